@@ -1,0 +1,117 @@
+// at::vec::Vectorized overloads of the dl_* shims used by csrc/math/, plus typed loads and
+// stores (with fp16/bf16 <-> fp32 conversion) and operand loads for the CPU SIMD loops.
+// Include this before any csrc/math/ header: the formulas find these overloads by
+// ordinary lookup at their definition.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../math/config.h"
+
+namespace detloss {
+namespace math {
+inline namespace DETLOSS_CAPABILITY_NS {
+
+template <class T>
+using Vec = at::vec::Vectorized<T>;
+
+template <class T> inline Vec<T> dl_exp(const Vec<T>& x) { return x.exp(); }
+template <class T> inline Vec<T> dl_log(const Vec<T>& x) { return x.log(); }
+template <class T> inline Vec<T> dl_log1p(const Vec<T>& x) { return x.log1p(); }
+template <class T> inline Vec<T> dl_abs(const Vec<T>& x) { return x.abs(); }
+template <class T> inline Vec<T> dl_pow(const Vec<T>& x, const Vec<T>& y) { return x.pow(y); }
+template <class T> inline Vec<T> dl_max(const Vec<T>& a, const Vec<T>& b) {
+  return at::vec::maximum(a, b);  // NaN-propagating, like the scalar dl_max
+}
+// mask lanes are all-ones (true) or all-zeros (false), as Vectorized comparisons return
+template <class T> inline Vec<T> dl_where(const Vec<T>& mask, const Vec<T>& a, const Vec<T>& b) {
+  return Vec<T>::blendv(b, a, mask);
+}
+
+}  // namespace DETLOSS_CAPABILITY_NS
+}  // namespace math
+}  // namespace detloss
+
+#include "../ops/operand.h"
+
+namespace detloss {
+// Not detloss::cpu: that namespace holds the non-inline per-capability entry points.
+namespace simd {
+inline namespace DETLOSS_CAPABILITY_NS {
+
+template <class T>
+using opmath_t = at::opmath_type<T>;
+template <class T>
+using OVec = at::vec::Vectorized<opmath_t<T>>;
+
+// Loads `count` (<= lanes) elements of T as opmath lanes; lanes past count are 0.
+template <class T>
+inline OVec<T> load(const T* p, int64_t count) {
+  using O = opmath_t<T>;
+  constexpr int64_t W = OVec<T>::size();
+  if constexpr (std::is_same_v<T, O>) {
+    return OVec<T>::loadu(p, count);
+  } else {
+    if (count == W) {
+      OVec<T> v;
+      at::vec::load_to_float(p, v);
+      return v;
+    }
+    O buf[W] = {};
+    for (int64_t j = 0; j < count; ++j) buf[j] = static_cast<O>(p[j]);
+    return OVec<T>::loadu(buf);
+  }
+}
+
+template <class T>
+inline void store(T* p, const OVec<T>& v, int64_t count) {
+  using O = opmath_t<T>;
+  constexpr int64_t W = OVec<T>::size();
+  if constexpr (std::is_same_v<T, O>) {
+    v.store(p, count);
+  } else {
+    O buf[W];
+    v.store(buf);
+    for (int64_t j = 0; j < count; ++j) p[j] = static_cast<T>(buf[j]);
+  }
+}
+
+// Operand values for elements [i, i + count), as opmath lanes (`absent` when not given).
+// Full operands and broadcast blocks that do not wrap inside the vector are loaded
+// contiguously; the rest is gathered.
+template <class O, class T>
+inline at::vec::Vectorized<O> load_operand(const Operand<T>& o, int64_t i, int64_t count,
+                                           O absent) {
+  using V = at::vec::Vectorized<O>;
+  switch (o.mode) {
+    case OperandMode::kAbsent: return V(absent);
+    case OperandMode::kScalar: return V(static_cast<O>(o.ptr[0]));
+    case OperandMode::kFull:
+      if constexpr (std::is_same_v<T, O> || std::is_same_v<opmath_t<T>, O>) {
+        if constexpr (!std::is_same_v<T, uint8_t> && !std::is_same_v<T, bool>)
+          return load(o.ptr + i, count);
+      }
+      break;
+    case OperandMode::kBroadcast:
+      if constexpr (!std::is_same_v<T, uint8_t> && !std::is_same_v<T, bool>) {
+        if (o.inner == 1) {
+          const int64_t j = i % o.mid;
+          if (j + count <= o.mid) return load(o.ptr + j, count);
+        }
+      }
+      break;
+  }
+  O buf[V::size()] = {};
+  for (int64_t j = 0; j < count; ++j)
+    buf[j] = static_cast<O>(o.ptr[math::operand_index(o, i + j)]);
+  return V::loadu(buf);
+}
+
+}  // namespace DETLOSS_CAPABILITY_NS
+}  // namespace simd
+}  // namespace detloss

@@ -1,0 +1,74 @@
+// Shared host/device helpers for the formulas in csrc/math/.
+//
+// No torch includes here: this header is compiled by nvcc for the CUDA kernels, by the
+// host compiler for the scalar CPU paths, and once per CPU capability (DEFAULT, AVX2,
+// AVX512) for the vectorised CPU loops. The formulas are templates over a value type V:
+// float or double (CUDA and CPU tails) or at::vec::Vectorized<float|double> (CPU SIMD,
+// whose overloads of the dl_* shims live in csrc/cpu/vec_ops.h). They use selects, not
+// branches, so one text serves scalars and SIMD lanes.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "config.h"
+
+namespace detloss {
+namespace math {
+inline namespace DETLOSS_CAPABILITY_NS {
+
+// ---- scalar shims (float / double); Vectorized overloads are in csrc/cpu/vec_ops.h ----
+DETLOSS_HD float dl_exp(float x) { return ::expf(x); }
+DETLOSS_HD double dl_exp(double x) { return ::exp(x); }
+DETLOSS_HD float dl_log(float x) { return ::logf(x); }
+DETLOSS_HD double dl_log(double x) { return ::log(x); }
+DETLOSS_HD float dl_log1p(float x) { return ::log1pf(x); }
+DETLOSS_HD double dl_log1p(double x) { return ::log1p(x); }
+DETLOSS_HD float dl_abs(float x) { return ::fabsf(x); }
+DETLOSS_HD double dl_abs(double x) { return ::fabs(x); }
+DETLOSS_HD float dl_pow(float x, float y) { return ::powf(x, y); }
+DETLOSS_HD double dl_pow(double x, double y) { return ::pow(x, y); }
+// max that propagates NaN (as at::vec::maximum and torch.maximum do).
+DETLOSS_HD float dl_max(float a, float b) { return (a != a || a > b) ? a : b; }
+DETLOSS_HD double dl_max(double a, double b) { return (a != a || a > b) ? a : b; }
+DETLOSS_HD float dl_where(bool c, float a, float b) { return c ? a : b; }
+DETLOSS_HD double dl_where(bool c, double a, double b) { return c ? a : b; }
+
+// base^gamma for the exponents detectors use. gamma = 0, 1, 2 are exact and cheap; any
+// other exponent goes through pow. The mode is chosen once per launch on the host.
+enum class PowMode : int32_t { kZero = 0, kOne = 1, kTwo = 2, kGeneral = 3 };
+
+inline PowMode pow_mode_for(double gamma) {
+  if (gamma == 0.0) return PowMode::kZero;
+  if (gamma == 1.0) return PowMode::kOne;
+  if (gamma == 2.0) return PowMode::kTwo;
+  return PowMode::kGeneral;
+}
+
+template <class V, class S>
+DETLOSS_HD V pow_gamma(V base, S gamma, PowMode mode) {
+  switch (mode) {
+    case PowMode::kZero: return V(S(1));  // pow(x, 0) == 1, including x == 0
+    case PowMode::kOne: return base;
+    case PowMode::kTwo: return base * base;
+    default: return dl_pow(base, V(gamma));
+  }
+}
+
+// Numerically stable sigmoid pair: p = sigmoid(x) and q = 1 - sigmoid(x), each computed
+// directly (never 1 - p), so both keep full relative accuracy in the tails. e = exp(-|x|)
+// is returned too: the loss needs log1p(e).
+template <class V>
+DETLOSS_HD void sigmoid_pair(V x, V& p, V& q, V& e) {
+  const V one(1);
+  e = dl_exp(V(0) - dl_abs(x));
+  const V r = one / (one + e);  // sigmoid(|x|)
+  const V s = e * r;            // sigmoid(-|x|)
+  const auto nonneg = x >= V(0);
+  p = dl_where(nonneg, r, s);
+  q = dl_where(nonneg, s, r);
+}
+
+}  // namespace DETLOSS_CAPABILITY_NS
+}  // namespace math
+}  // namespace detloss

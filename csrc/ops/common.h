@@ -1,0 +1,53 @@
+// Host-side helpers shared by every op family and both devices: argument validation with
+// messages that name the argument, reduction parsing, and the broadcast descriptor of
+// optional operands. Kernels never see at::Tensor; they get the plain structs of
+// csrc/ops/operand.h.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+
+#include "operand.h"
+
+namespace detloss {
+
+enum class Reduction : int32_t { kNone = 0, kMean = 1, kSum = 2 };
+
+// 'none' | 'mean' | 'sum'; anything else is a ValueError naming the valid values.
+Reduction parse_reduction(std::string_view reduction, const char* op);
+
+// A floating tensor (fp32, fp64, fp16, bf16); TypeError otherwise.
+void check_floating(const at::Tensor& t, const char* arg, const char* op);
+
+// `t` on the same device as `ref`; ValueError naming both devices otherwise.
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* arg,
+                       const char* ref_arg, const char* op);
+
+// An optional operand described for reading in place (see operand.h). The tensor is cast to
+// `dtype` if needed and kept alive by the descriptor. ValueError if it does not broadcast
+// to `shape` (the shape of the unreduced loss).
+struct OperandDesc {
+  at::Tensor tensor;  // what the pointer points into (keeps it alive)
+  int64_t inner = 1;
+  int64_t mid = 1;
+  OperandMode mode = OperandMode::kAbsent;
+
+  template <typename T>
+  Operand<T> typed() const {
+    Operand<T> o;
+    o.mode = mode;
+    o.inner = inner;
+    o.mid = mid;
+    o.ptr = mode == OperandMode::kAbsent ? nullptr
+                                         : static_cast<const T*>(tensor.const_data_ptr());
+    return o;
+  }
+  bool full() const { return mode == OperandMode::kFull; }
+};
+
+OperandDesc describe_operand(const std::optional<at::Tensor>& t, at::IntArrayRef shape,
+                             at::ScalarType dtype, const char* arg, const char* op);
+
+}  // namespace detloss

@@ -1,0 +1,99 @@
+"""``nn.Module`` drop-ins with the constructors of the seed article / YOLOv5 ``utils/loss.py``.
+
+``FocalLoss``, ``QualityFocalLoss`` and ``VariFocalLoss`` wrap an ``nn.BCEWithLogitsLoss``
+(``loss_fcn``) as YOLOv5 does: its ``reduction`` becomes theirs, its ``weight`` and
+``pos_weight`` are honoured, and, as in YOLOv5, ``loss_fcn.reduction`` is set to
+``'none'`` (the focal term applies per element).
+"""
+import torch
+from torch import nn
+
+from . import functional as F
+from .functional import _check_reduction, _cls_loss
+
+__all__ = [
+    "BCEWithLogitsLoss",
+    "FocalLoss",
+    "QualityFocalLoss",
+    "QFocalLoss",
+    "VariFocalLoss",
+    "VarifocalLoss",
+]
+
+
+class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    """``torch.nn.BCEWithLogitsLoss`` (same constructor, buffers and state dict), fused."""
+
+    def forward(self, input, target):
+        return F.binary_cross_entropy_with_logits(input, target, weight=self.weight,
+                                                  pos_weight=self.pos_weight,
+                                                  reduction=self.reduction)
+
+
+class _WrappedBCE(nn.Module):
+    _kind = None
+
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25):
+        super().__init__()
+        if loss_fcn is None:
+            loss_fcn = nn.BCEWithLogitsLoss()
+        if not isinstance(loss_fcn, nn.BCEWithLogitsLoss):
+            raise TypeError(
+                f"{type(self).__name__}: loss_fcn must be an nn.BCEWithLogitsLoss (its "
+                f"reduction, weight and pos_weight are used), got {type(loss_fcn).__name__}")
+        _check_reduction(loss_fcn.reduction)
+        self.loss_fcn = loss_fcn
+        self.gamma = gamma
+        self.alpha = alpha
+        self.reduction = loss_fcn.reduction
+        self.loss_fcn.reduction = "none"
+
+    def _loss(self, pred, true, label=None):
+        return _cls_loss(pred, true, self._kind, weight=self.loss_fcn.weight,
+                         pos_weight=self.loss_fcn.pos_weight, label=label, alpha=self.alpha,
+                         gamma=self.gamma, reduction=self.reduction)
+
+    def extra_repr(self):
+        return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
+
+
+class FocalLoss(_WrappedBCE):
+    """Focal loss ``ce · α_t · (1 - p_t)^γ`` (RetinaNet); ``alpha=None`` disables ``α_t``."""
+
+    _kind = "focal"
+
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25):
+        super().__init__(loss_fcn, gamma, alpha)
+
+    def forward(self, pred, true):
+        return self._loss(pred, true)
+
+
+class QualityFocalLoss(_WrappedBCE):
+    """Quality focal loss ``ce · α_t · |t - p|^γ`` (YOLOv5's ``QFocalLoss``);
+    ``alpha=None`` gives the GFL/mmdet form ``ce · |t - p|^γ``."""
+
+    _kind = "qfl"
+
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25):
+        super().__init__(loss_fcn, gamma, alpha)
+
+    def forward(self, pred, true):
+        return self._loss(pred, true)
+
+
+class VariFocalLoss(_WrappedBCE):
+    """VariFocal loss ``ce · w``, ``w = t`` on positives, ``α·p^γ`` on negatives.
+    Positives are ``label`` if given, else ``true > 0``."""
+
+    _kind = "vfl"
+
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.75):
+        super().__init__(loss_fcn, gamma, alpha)
+
+    def forward(self, pred, true, label=None):
+        return self._loss(pred, true, label)
+
+
+QFocalLoss = QualityFocalLoss
+VarifocalLoss = VariFocalLoss
