@@ -29,9 +29,14 @@ def _reduce(loss, weight, reduction):
 
 
 def _ce(x, t, pos_weight=None):
-    """BCE with logits: (1 - t)·x + (1 + (pw - 1)·t)·softplus(-x), softplus(-x) = -logsigmoid(x)."""
-    lw = 1 if pos_weight is None else 1 + (pos_weight - 1) * t
-    return (1 - t) * x - lw * F.logsigmoid(x)
+    """BCE with logits: (1 - t)·softplus(x) + pw·t·softplus(-x), softplus(z) = -logsigmoid(-z).
+
+    Equal to torch's (1 - t)·x + (1 + (pw - 1)·t)·softplus(-x), without its cancellation
+    (which, even in float64, costs the value and autograd gradient of a small loss their
+    digits, e.g. at x = -30, t = 0).
+    """
+    pw = 1 if pos_weight is None else pos_weight
+    return -(1 - t) * F.logsigmoid(-x) - pw * t * F.logsigmoid(x)
 
 
 def _alpha_t(t, alpha):

@@ -38,11 +38,13 @@ DETLOSS_HD void cls_element(V x, V t, V pw, M pos, const ClsConfig<S>& c, V& los
   sigmoid_pair(x, p, q, e);
   const V omt = one - t;
 
-  // BCE with logits, arranged as torch does (no cancellation for soft targets):
-  //   ce = (1 - t)·x + (1 + (pw - 1)·t)·softplus(-x),  softplus(-x) = max(-x, 0) + log1p(e^-|x|)
+  // BCE with logits (pos_weight pw), as a sum of two non-negative terms:
+  //   ce = (1 - t)·softplus(x) + pw·t·softplus(-x),  softplus(±x) = max(±x, 0) + log1p(e^-|x|)
+  // (= (1 - t)·x + (1 + (pw - 1)·t)·softplus(-x), torch's arrangement, without its
+  // cancellation: that loses all digits of a small loss, e.g. x = -30, t = 0 in fp32).
   //   dce/dx = (1 - t)·p - pw·t·q   (= p - t when pw = 1; each term exact for t in {0, 1})
-  const V softplus_neg = dl_max(zero - x, zero) + dl_log1p(e);
-  const V ce = omt * x + (one + (pw - one) * t) * softplus_neg;
+  const V l1p = dl_log1p_unit(e);  // e = exp(-|x|) in (0, 1]
+  const V ce = omt * (dl_max(x, zero) + l1p) + pw * t * (dl_max(zero - x, zero) + l1p);
   V dce = zero;
   if constexpr (GRAD) dce = omt * p - pw * t * q;
 

@@ -22,8 +22,9 @@ DETLOSS_HD float dl_exp(float x) { return ::expf(x); }
 DETLOSS_HD double dl_exp(double x) { return ::exp(x); }
 DETLOSS_HD float dl_log(float x) { return ::logf(x); }
 DETLOSS_HD double dl_log(double x) { return ::log(x); }
-DETLOSS_HD float dl_log1p(float x) { return ::log1pf(x); }
-DETLOSS_HD double dl_log1p(double x) { return ::log1p(x); }
+// log1p(x) for x in [0, 1]; the SIMD overload exploits the range (csrc/cpu/vec_ops.h)
+DETLOSS_HD float dl_log1p_unit(float x) { return ::log1pf(x); }
+DETLOSS_HD double dl_log1p_unit(double x) { return ::log1p(x); }
 DETLOSS_HD float dl_abs(float x) { return ::fabsf(x); }
 DETLOSS_HD double dl_abs(double x) { return ::fabs(x); }
 DETLOSS_HD float dl_pow(float x, float y) { return ::powf(x, y); }
