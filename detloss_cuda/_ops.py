@@ -1,17 +1,16 @@
-"""torch.library glue for the native ops: fake (meta) kernels, autograd and autocast.
+"""torch.library glue for the native ops: their fake (meta) kernels.
 
-The schemas and the CPU/CUDA kernels are registered by the extension (csrc/ops, csrc/cpu,
-csrc/cuda); this module adds what makes them first-class PyTorch ops: shape inference for
-``torch.compile`` and ``torch.library.opcheck``, the analytic backward as its own op, and
-an autocast policy.
+The extension registers the schemas, the CPU and CUDA kernels, and (in C++, for speed: the
+Python route cost ~70 us per call) the autograd formulas, whose backward is its own op, and
+the autocast policy (csrc/ops/<family>.cpp). This module adds shape inference, which
+``torch.compile`` and ``torch.library.opcheck`` need; the extension names it
+(``set_python_module``), so torch imports it whenever a fake kernel is asked for.
 """
 import torch
 
 from . import _C  # noqa: F401  (registers the schemas and the CPU/CUDA kernels)
 
 ops = torch.ops.detloss
-
-_NO_GRAD_ARGS = {"target": 1, "weight": 2, "pos_weight": 3}
 
 
 # ---------------------------------------------------------------------------- cls family
@@ -31,48 +30,3 @@ def _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma,
 def _cls_backward_fake(grad, input, target, weight, pos_weight, label, kind, alpha, gamma,
                        reduction):
     return input.new_empty(input.shape)
-
-
-def _cls_setup_context(ctx, inputs, output):
-    input, target, weight, pos_weight, label, kind, alpha, gamma, reduction = inputs
-    for name, i in _NO_GRAD_ARGS.items():
-        t = inputs[i]
-        if t is not None and t.requires_grad:
-            raise RuntimeError(
-                f"detloss: {name} requires grad, but these losses are differentiated with "
-                f"respect to input only; pass {name}.detach() (a detached {name} is what "
-                "ultralytics, mmdet and torchvision use)"
-            )
-    ctx.save_for_backward(input, target, weight, pos_weight, label)
-    ctx.args = (kind, alpha, gamma, reduction)
-
-
-def _cls_backward(ctx, grad):
-    input, target, weight, pos_weight, label = ctx.saved_tensors
-    grad_input = ops.cls_backward(grad, input, target, weight, pos_weight, label, *ctx.args)
-    return grad_input, None, None, None, None, None, None, None, None
-
-
-def _no_double_backward(name):
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"detloss: double backward through {name} is not supported (the backward op "
-            "is analytic and has no derivative of its own)"
-        )
-
-    return backward
-
-
-def _no_context(ctx, inputs, output):
-    pass
-
-
-torch.library.register_autograd("detloss::cls_loss", _cls_backward,
-                                setup_context=_cls_setup_context)
-torch.library.register_autograd("detloss::cls_backward", _no_double_backward("cls_loss"),
-                                setup_context=_no_context)
-
-# Under autocast, torch runs its own BCE-with-logits in float32; so do we, so that swapping
-# the import keeps the numbers (and a sum of fp16 losses cannot overflow to inf).
-for _device in ("cuda", "cpu"):
-    torch.library.register_autocast("detloss::cls_loss", _device, torch.float32)

@@ -1,0 +1,375 @@
+"""The benchmark: every op, fused vs the eager PyTorch users run today vs torch.compile of
+it, forward and forward+backward, over sizes and dtypes, with a roofline.
+
+Speed is reported as ratios measured in one process (never absolute claims from other
+runs). For each op the minimum bytes it must move (each input read once, each output
+written once) is divided by the time, and compared with a device copy of the same number
+of bytes measured in the same run.
+"""
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from . import baselines as BL
+from . import functional as DF
+
+# ----------------------------------------------------------------------------- the ops
+
+
+@dataclass
+class BenchOp:
+    name: str
+    family: str
+    unit: str  # what `size` counts
+    make: object  # (size, dtype, device, generator) -> dict of tensors; "x" is differentiated
+    fused: object  # inputs -> scalar loss
+    eager: object  # inputs -> scalar loss: the PyTorch code users run (baselines.py)
+    bytes_moved: object  # (inputs, mode) -> minimum bytes for that mode
+    sizes: dict = field(default_factory=dict)  # "cpu" / "cuda" / "quick" -> list of sizes
+    differentiable: bool = True
+
+
+def _nbytes(*ts):
+    return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _cls_inputs(size, dtype, device, gen, num_classes=80):
+    """Detector-like classification inputs: [anchors, classes] logits, targets mostly 0
+    with ~1% positives carrying IoU-like soft scores."""
+    n = max(1, size // num_classes)
+    x = torch.randn(n, num_classes, generator=gen) * 2 - 3  # most anchors confidently negative
+    u = torch.rand(n, num_classes, generator=gen)
+    t = torch.where(u < 0.01, torch.rand(n, num_classes, generator=gen), torch.zeros_like(u))
+    return {"x": x.to(device=device, dtype=dtype), "t": t.to(device=device, dtype=dtype)}
+
+
+def _cls_bytes(inp, mode):
+    x, t = inp["x"], inp["t"]
+    if mode == "fwd":
+        return _nbytes(x, t) + x.element_size()  # read x, t; write one scalar
+    return _nbytes(x, t) + _nbytes(x)  # read x, t; write d/dx (the loss scalar is noise)
+
+
+_CLS = {
+    "bce": ("binary_cross_entropy_with_logits", {}),
+    "focal": ("sigmoid_focal_loss", {"alpha": 0.25, "gamma": 2.0}),
+    "qfl": ("quality_focal_loss", {"gamma": 2.0}),
+    "vfl": ("varifocal_loss", {"alpha": 0.75, "gamma": 2.0}),
+}
+
+
+def _cls_op(name):
+    fn, kw = _CLS[name]
+    fused, eager = getattr(DF, fn), getattr(BL, fn)
+    return BenchOp(
+        name=name, family="cls", unit="elements", make=_cls_inputs,
+        fused=lambda i: fused(i["x"], i["t"], reduction="sum", **kw),
+        eager=lambda i: eager(i["x"], i["t"], reduction="sum", **kw),
+        bytes_moved=_cls_bytes,
+        sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
+               "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
+    )
+
+
+OPS = {name: _cls_op(name) for name in _CLS}
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn, device, min_time=0.2, min_reps=5, max_reps=2000):
+    """Median and spread (20th..80th percentile) of fn's time in seconds, after warm-up."""
+    for _ in range(2):
+        fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    est = max(time.perf_counter() - t0, 1e-6)
+    reps = int(min(max_reps, max(min_reps, min_time / est)))
+    times = []
+    if device == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for s, e in zip(starts, ends):
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize()
+        times = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends)]
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return {"median": q(0.5), "p20": q(0.2), "p80": q(0.8), "reps": reps}
+
+
+def peak_memory(fn, device):
+    """Peak bytes allocated by one call beyond what was allocated before it (CUDA: the
+    caching allocator's statistics). On CPU PyTorch keeps no allocator statistics, so
+    there is no figure to report (None)."""
+    if device != "cuda":
+        return None
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def copy_bandwidth(nbytes, device, min_time):
+    """Bytes/s of a device copy that moves `nbytes` in total (nbytes/2 read, nbytes/2 written)."""
+    n = max(1, int(nbytes // 2))
+    src = torch.empty(n, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    t = time_fn(lambda: dst.copy_(src), device, min_time=min_time)
+    return 2 * n / t["median"]
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def _make_runner(op, impl, inputs, mode, compiled_cache):
+    if impl == "fused":
+        f = op.fused
+    elif impl == "eager":
+        f = op.eager
+    else:
+        # compile: one compiled function per op and mode, with dynamic shapes, so a sweep
+        # compiles once per (op, mode, dtype) instead of once per size
+        key = (op.name, mode)
+        if key not in compiled_cache:
+            compiled_cache[key] = torch.compile(op.eager, dynamic=True)
+        f = compiled_cache[key]
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return f(inputs)
+        return run
+    x = inputs["x"]
+
+    def run():
+        return torch.autograd.grad(f(inputs), x)
+    return run
+
+
+def _git_commit():
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if out.returncode == 0:
+            return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+def device_name(device):
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
+          "bf16": torch.bfloat16}
+
+
+def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=None, log=print):
+    """Runs the sweep; returns the JSON-ready result (meta + rows)."""
+    from . import build_info
+
+    def cell_time(device):
+        if min_time is not None:
+            return min_time
+        return 0.05 if quick else (0.1 if device == "cuda" else 0.2)
+
+    # every (op, mode, dtype, size) compiles once; the default limit (8) would silently fall
+    # back to eager and make the "compile" column a lie
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 4096)
+    rows = []
+    compiled_cache = {}
+    copy_cache = {}
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "build_info": build_info(),
+        "python": sys.version.split()[0],
+        "devices": {d: device_name(d) for d in devices},
+        "quick": quick,
+        "min_time_s": {d: cell_time(d) for d in devices},
+        "command": " ".join(sys.argv),
+    }
+    for device in devices:
+        for dname in dtypes[device]:
+            dtype = DTYPES[dname]
+            for op in ops:
+                op_sizes = sizes or op.sizes["quick" if quick else device]
+                for size in op_sizes:
+                    gen = torch.Generator().manual_seed(0)
+                    inputs = op.make(int(size), dtype, device, gen)
+                    for mode in modes:
+                        if mode == "fwdbwd":
+                            if not op.differentiable:
+                                continue
+                            inputs["x"].requires_grad_(True)
+                        else:
+                            inputs["x"].requires_grad_(False)
+                        nbytes = op.bytes_moved(inputs, mode)
+                        ck = (device, nbytes)
+                        if ck not in copy_cache:
+                            copy_cache[ck] = copy_bandwidth(nbytes, device, cell_time(device))
+                        row = {"op": op.name, "family": op.family, "device": device,
+                               "dtype": dname, "size": int(size), "unit": op.unit,
+                               "mode": mode, "min_bytes": nbytes,
+                               "copy_bytes_per_s": copy_cache[ck]}
+                        for impl in impls:
+                            fn = _make_runner(op, impl, inputs, mode, compiled_cache)
+                            try:
+                                t = time_fn(fn, device, min_time=cell_time(device))
+                                mem = peak_memory(fn, device)
+                            except Exception as e:  # e.g. compile unavailable: report it
+                                row[impl] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                                continue
+                            bw = nbytes / t["median"]
+                            row[impl] = dict(t, peak_bytes=mem, bytes_per_s=bw,
+                                             copy_fraction=bw / copy_cache[ck])
+                        for other in ("eager", "compile"):
+                            if "median" in row.get("fused", {}) and "median" in row.get(other, {}):
+                                row[f"speedup_vs_{other}"] = row[other]["median"] / row["fused"]["median"]
+                        rows.append(row)
+                        log(format_row(row))
+                    del inputs
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    return {"meta": meta, "rows": rows}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt_time(s):
+    if s is None:
+        return "-"
+    return f"{s * 1e6:.1f}us" if s < 1e-3 else f"{s * 1e3:.2f}ms"
+
+
+def _fmt_size(n):
+    e = int(math.floor(math.log10(n))) if n > 0 else 0
+    return f"{n // 10**e}e{e}" if n == (n // 10**e) * 10**e else str(n)
+
+
+HEADER = (f"{'op':<7}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
+          f"{'fused':>10}{'eager':>10}{'compile':>10}{'x eager':>9}{'x comp':>8}"
+          f"{'GB/s':>8}{'% copy':>8}{'mem fused/eager':>18}")
+
+
+def format_row(r):
+    def t(impl):
+        return _fmt_time(r.get(impl, {}).get("median"))
+
+    def x(k):
+        v = r.get(k)
+        return f"{v:.2f}" if v else "-"
+
+    f = r.get("fused", {})
+    bw = f.get("bytes_per_s")
+    frac = f.get("copy_fraction")
+    mf, me = f.get("peak_bytes"), r.get("eager", {}).get("peak_bytes")
+    mem = "-" if mf is None or me is None else f"{mf / 2**20:.1f}/{me / 2**20:.1f}MiB"
+    return (f"{r['op']:<7}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
+            f"{r['mode']:<7}{t('fused'):>10}{t('eager'):>10}{t('compile'):>10}"
+            f"{x('speedup_vs_eager'):>9}{x('speedup_vs_compile'):>8}"
+            f"{(bw / 1e9 if bw else 0):>8.1f}{(100 * frac if frac else 0):>7.1f}%{mem:>18}")
+
+
+def markdown_table(result):
+    lines = ["| op | device | dtype | size | mode | fused | eager | compile | × eager | × compile | GB/s | % of copy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        f = r.get("fused", {})
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["op"], r["device"], r["dtype"], _fmt_size(r["size"]), r["mode"],
+            _fmt_time(f.get("median")), _fmt_time(r.get("eager", {}).get("median")),
+            _fmt_time(r.get("compile", {}).get("median")),
+            f"{r['speedup_vs_eager']:.2f}" if r.get("speedup_vs_eager") else "-",
+            f"{r['speedup_vs_compile']:.2f}" if r.get("speedup_vs_compile") else "-",
+            f"{f['bytes_per_s'] / 1e9:.1f}" if f.get("bytes_per_s") else "-",
+            f"{100 * f['copy_fraction']:.0f}%" if f.get("copy_fraction") else "-"))
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    """Speedup of the fused op over eager (forward+backward) against size, one line per op
+    and dtype, one panel per device. Returns False when matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in result["rows"] if r.get("speedup_vs_eager")]
+    devices = sorted({r["device"] for r in rows}) or ["cpu"]
+    fig, axes = plt.subplots(1, len(devices), figsize=(6.5 * len(devices), 4.5), squeeze=False)
+    for ax, dev in zip(axes[0], devices):
+        mode = "fwdbwd" if any(r["mode"] == "fwdbwd" for r in rows if r["device"] == dev) else "fwd"
+        lines = {}
+        for r in rows:
+            if r["device"] == dev and r["mode"] == mode:
+                lines.setdefault((r["op"], r["dtype"]), []).append((r["size"], r["speedup_vs_eager"]))
+        for (op, dt), pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{op} {dt}")
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("problem size")
+        ax.set_ylabel(f"speedup vs eager ({'fwd+bwd' if mode == 'fwdbwd' else 'fwd'})")
+        ax.set_title(result["meta"]["devices"].get(dev, dev), fontsize=9)
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"detloss_cuda {result['meta']['build_info']['version']} "
+                 f"({result['meta']['git_commit']}, {result['meta']['date'][:10]})", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def save_json(result, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=str)
