@@ -30,3 +30,35 @@ def _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma,
 def _cls_backward_fake(grad, input, target, weight, pos_weight, label, kind, alpha, gamma,
                        reduction):
     return input.new_empty(input.shape)
+
+
+# ---------------------------------------------------------------------------- box family
+def _box_shape(pred, target):
+    torch._check(pred.dim() >= 1 and pred.shape[-1] == 4,
+                 lambda: f"detloss.box_loss: pred must have shape [..., 4], got {tuple(pred.shape)}")
+    torch._check(target.dim() >= 1 and target.shape[-1] == 4,
+                 lambda: f"detloss.box_loss: target must have shape [..., 4], got {tuple(target.shape)}")
+    return torch.broadcast_shapes(pred.shape[:-1], target.shape[:-1])
+
+
+@torch.library.register_fake("detloss::box_loss")
+def _box_loss_fake(pred, target, weight, kind, box_format, eps, reduction):
+    shape = _box_shape(pred, target)
+    return pred.new_empty(shape if reduction == "none" else ())
+
+
+@torch.library.register_fake("detloss::box_backward")
+def _box_backward_fake(grad, pred, target, weight, kind, box_format, eps, reduction,
+                       output_mask):
+    shape = (*_box_shape(pred, target), 4)
+    return (pred.new_empty(shape) if output_mask[0] else None,
+            pred.new_empty(shape) if output_mask[1] else None)
+
+
+@torch.library.register_fake("detloss::box_iou_matrix")
+def _box_iou_matrix_fake(boxes1, boxes2, kind, box_format, eps):
+    dtype = torch.result_type(boxes1, boxes2)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    shape = boxes1.shape[:-1] + boxes2.shape[-2:-1]
+    return boxes1.new_empty(shape, dtype=dtype)

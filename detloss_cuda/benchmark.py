@@ -30,7 +30,7 @@ class BenchOp:
     family: str
     unit: str  # what `size` counts
     make: object  # (size, dtype, device, generator) -> dict of tensors; "x" is differentiated
-    fused: object  # inputs -> scalar loss
+    fused: object  # inputs -> scalar loss (the matrix op: the matrix)
     eager: object  # inputs -> scalar loss: the PyTorch code users run (baselines.py)
     bytes_moved: object  # (inputs, mode) -> minimum bytes for that mode
     sizes: dict = field(default_factory=dict)  # "cpu" / "cuda" / "quick" -> list of sizes
@@ -79,7 +79,59 @@ def _cls_op(name):
     )
 
 
+def _box_inputs(size, dtype, device, gen):
+    """Box pairs as a detector's box loss sees them: predictions near their targets."""
+    n = max(1, size)
+    xy = torch.rand(n, 2, generator=gen) * 640
+    wh = torch.rand(n, 2, generator=gen) * 120 + 4
+    t = torch.cat([xy, xy + wh], -1)
+    p = t + torch.randn(n, 4, generator=gen) * 8
+    return {"x": p.to(device=device, dtype=dtype), "t": t.to(device=device, dtype=dtype)}
+
+
+def _box_bytes(inp, mode):
+    x, t = inp["x"], inp["t"]
+    if mode == "fwd":
+        return _nbytes(x, t) + x.element_size()
+    return _nbytes(x, t) + _nbytes(x)  # read both boxes, write d/d(pred)
+
+
+def _box_op(kind):
+    return BenchOp(
+        name=kind, family="box", unit="box pairs", make=_box_inputs,
+        fused=lambda i: DF.iou_loss(i["x"], i["t"], kind, reduction="sum"),
+        eager=lambda i: BL.iou_loss(i["x"], i["t"], kind, reduction="sum"),
+        bytes_moved=_box_bytes,
+        sizes={"quick": [10**3, 10**5], "cpu": [10**2, 10**3, 10**4, 10**5, 10**6],
+               "cuda": [10**2, 10**3, 10**4, 10**5, 10**6, 10**7]},
+    )
+
+
+_MATRIX_M = 64  # ground-truth boxes per image, the assigner's other side
+
+
+def _matrix_inputs(size, dtype, device, gen):
+    n = max(1, size // _MATRIX_M)
+    a = _box_inputs(n, dtype, device, gen)["t"]
+    b = _box_inputs(_MATRIX_M, dtype, device, gen)["t"]
+    return {"x": a, "t": b}
+
+
+def _matrix_bytes(inp, mode):
+    a, b = inp["x"], inp["t"]
+    return _nbytes(a, b) + a.shape[0] * b.shape[0] * a.element_size()
+
+
 OPS = {name: _cls_op(name) for name in _CLS}
+OPS.update({kind: _box_op(kind) for kind in ("iou", "giou", "diou", "ciou")})
+OPS["iou_matrix"] = BenchOp(
+    name="iou_matrix", family="box", unit="matrix elements (N x 64)", make=_matrix_inputs,
+    fused=lambda i: DF.box_iou_matrix(i["x"], i["t"]),
+    eager=lambda i: BL.box_iou(i["x"], i["t"]),
+    bytes_moved=_matrix_bytes, differentiable=False,
+    sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
+           "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
+)
 
 # ----------------------------------------------------------------------------- timing
 
@@ -291,7 +343,7 @@ def _fmt_size(n):
     return f"{n // 10**e}e{e}" if n == (n // 10**e) * 10**e else str(n)
 
 
-HEADER = (f"{'op':<7}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
+HEADER = (f"{'op':<11}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
           f"{'fused':>10}{'eager':>10}{'compile':>10}{'x eager':>9}{'x comp':>8}"
           f"{'GB/s':>8}{'% copy':>8}{'mem fused/eager':>18}")
 
@@ -309,7 +361,7 @@ def format_row(r):
     frac = f.get("copy_fraction")
     mf, me = f.get("peak_bytes"), r.get("eager", {}).get("peak_bytes")
     mem = "-" if mf is None or me is None else f"{mf / 2**20:.1f}/{me / 2**20:.1f}MiB"
-    return (f"{r['op']:<7}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
+    return (f"{r['op']:<11}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
             f"{r['mode']:<7}{t('fused'):>10}{t('eager'):>10}{t('compile'):>10}"
             f"{x('speedup_vs_eager'):>9}{x('speedup_vs_compile'):>8}"
             f"{(bw / 1e9 if bw else 0):>8.1f}{(100 * frac if frac else 0):>7.1f}%{mem:>18}")

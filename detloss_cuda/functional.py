@@ -1,6 +1,6 @@
 """Public loss functions, backed by the fused ops in ``torch.ops.detloss``.
 
-All take the logits ``input`` and a ``target`` of the same shape (any shape), in float32,
+Classification losses: all take the logits ``input`` and a ``target`` of the same shape (any shape), in float32,
 float64, float16 or bfloat16, on CPU or CUDA, and are differentiable with respect to
 ``input`` (a ``target``, ``weight`` or ``pos_weight`` that requires grad is an error:
 detach it). ``weight`` multiplies the unreduced loss and broadcasts to it. ``reduction``
@@ -20,6 +20,12 @@ __all__ = [
     "sigmoid_focal_loss",
     "quality_focal_loss",
     "varifocal_loss",
+    "iou_loss",
+    "generalized_box_iou_loss",
+    "distance_box_iou_loss",
+    "complete_box_iou_loss",
+    "bbox_iou",
+    "box_iou_matrix",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -105,3 +111,81 @@ def varifocal_loss(input, target, label=None, alpha=0.75, gamma=2.0, reduction="
         raise ValueError("varifocal_loss: alpha (the weight of negatives) must be a number >= 0")
     return _cls_loss(input, target, "vfl", weight=weight, label=label, alpha=alpha,
                      gamma=gamma, reduction=reduction)
+
+
+# ------------------------------------------------------------------------- box losses
+_BOX_KINDS = ("iou", "giou", "diou", "ciou")
+_BOX_FORMATS = ("xyxy", "xywh")
+
+
+def _check_eps(eps):
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _check_box_args(kind, box_format):
+    if kind not in _BOX_KINDS:
+        raise ValueError(f"kind must be one of 'iou', 'giou', 'diou', 'ciou', got {kind!r}")
+    if box_format not in _BOX_FORMATS:
+        raise ValueError(f"box_format must be 'xyxy' (corners) or 'xywh' (centre, size), "
+                         f"got {box_format!r}")
+
+
+def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="mean",
+             weight=None):
+    """``1 - metric`` of box pairs, metric one of IoU, GIoU, DIoU, CIoU (``kind``).
+
+    ``pred`` and ``target`` are ``[..., 4]`` with broadcastable leading dims, as corners
+    ``(x1, y1, x2, y2)`` or, with ``box_format='xywh'``, centre and size ``(cx, cy, w, h)``.
+    The unreduced loss has the broadcast leading shape; ``weight`` broadcasts to it.
+    Differentiable with respect to both boxes (CIoU's trade-off alpha is a constant, as in
+    ultralytics, torchvision and mmdet).
+    """
+    _check_tensor("pred", pred)
+    _check_tensor("target", target)
+    _check_tensor("weight", weight, optional=True)
+    _check_box_args(kind, box_format)
+    _check_reduction(reduction)
+    return _ops.ops.box_loss(pred, target, weight, kind, box_format, _check_eps(eps), reduction)
+
+
+def generalized_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
+    """``torchvision.ops.generalized_box_iou_loss``: ``1 - GIoU`` of xyxy box pairs."""
+    return iou_loss(boxes1, boxes2, "giou", "xyxy", eps, reduction)
+
+
+def distance_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
+    """``torchvision.ops.distance_box_iou_loss``: ``1 - DIoU`` of xyxy box pairs."""
+    return iou_loss(boxes1, boxes2, "diou", "xyxy", eps, reduction)
+
+
+def complete_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
+    """``torchvision.ops.complete_box_iou_loss``: ``1 - CIoU`` of xyxy box pairs.
+
+    (torchvision takes ``atan(w / h)``; this takes ``atan(w / (h + eps))``, which differs by
+    O(eps) and stays finite for zero-height boxes.)
+    """
+    return iou_loss(boxes1, boxes2, "ciou", "xyxy", eps, reduction)
+
+
+def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7):  # noqa: N803
+    """ultralytics / YOLOv5 ``bbox_iou``: the metric (not the loss) of box pairs, shaped like
+    theirs (broadcast leading dims, last dim 1), differentiable with respect to both boxes.
+    CIoU takes precedence over DIoU over GIoU, as there."""
+    kind = "ciou" if CIoU else "diou" if DIoU else "giou" if GIoU else "iou"
+    loss = iou_loss(box1, box2, kind, "xywh" if xywh else "xyxy", eps, "none")
+    return (1 - loss).unsqueeze(-1)
+
+
+def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
+    """The metric of every pair: ``[N, 4] x [M, 4] -> [N, M]``, or batched
+    ``[B, N, 4] x [B, M, 4] -> [B, N, M]`` — what label assigners compute.
+
+    Forward only: it has no gradient (calling backward through it raises). Integer boxes are
+    computed in float32, as ``torchvision.ops.box_iou`` does.
+    """
+    _check_tensor("boxes1", boxes1)
+    _check_tensor("boxes2", boxes2)
+    _check_box_args(kind, box_format)
+    return _ops.ops.box_iou_matrix(boxes1, boxes2, kind, box_format, _check_eps(eps))

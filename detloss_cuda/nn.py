@@ -18,6 +18,10 @@ __all__ = [
     "QFocalLoss",
     "VariFocalLoss",
     "VarifocalLoss",
+    "IoULoss",
+    "GIoULoss",
+    "DIoULoss",
+    "CIoULoss",
 ]
 
 
@@ -97,3 +101,44 @@ class VariFocalLoss(_WrappedBCE):
 
 QFocalLoss = QualityFocalLoss
 VarifocalLoss = VariFocalLoss
+
+
+class _BoxLoss(nn.Module):
+    _kind = None
+
+    def __init__(self, box_format="xyxy", eps=1e-7, reduction="mean"):
+        super().__init__()
+        F._check_box_args(self._kind, box_format)
+        _check_reduction(reduction)
+        self.box_format, self.eps, self.reduction = box_format, eps, reduction
+
+    def forward(self, pred, target, weight=None):
+        return F.iou_loss(pred, target, self._kind, self.box_format, self.eps, self.reduction,
+                          weight)
+
+    def extra_repr(self):
+        return f"box_format={self.box_format!r}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class IoULoss(_BoxLoss):
+    """``1 - IoU`` of box pairs (see ``functional.iou_loss``)."""
+
+    _kind = "iou"
+
+
+class GIoULoss(_BoxLoss):
+    """``1 - GIoU`` of box pairs."""
+
+    _kind = "giou"
+
+
+class DIoULoss(_BoxLoss):
+    """``1 - DIoU`` of box pairs."""
+
+    _kind = "diou"
+
+
+class CIoULoss(_BoxLoss):
+    """``1 - CIoU`` of box pairs (alpha a constant for the gradient)."""
+
+    _kind = "ciou"

@@ -4,6 +4,8 @@ against it. Same signatures as ``detloss_cuda.functional``.
 
 Slow and memory-hungry on purpose (one tensor per term); never used on a training path.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -12,6 +14,12 @@ __all__ = [
     "sigmoid_focal_loss",
     "quality_focal_loss",
     "varifocal_loss",
+    "iou_loss",
+    "generalized_box_iou_loss",
+    "distance_box_iou_loss",
+    "complete_box_iou_loss",
+    "bbox_iou",
+    "box_iou_matrix",
 ]
 
 
@@ -71,3 +79,75 @@ def varifocal_loss(input, target, label=None, alpha=0.75, gamma=2.0, reduction="
     pos = target > 0 if label is None else label.bool()
     w = torch.where(pos, target, alpha * p ** gamma)
     return _reduce(_ce(input, target, pos_weight) * w, weight, reduction)
+
+
+# ------------------------------------------------------------------------- box losses
+def _xyxy(b, box_format):
+    if box_format == "xyxy":
+        return b.unbind(-1)
+    cx, cy, w, h = b.unbind(-1)
+    return cx - w * 0.5, cy - h * 0.5, cx + w * 0.5, cy + h * 0.5
+
+
+def _aspect(w, h, eps):
+    """atan(w / (h + eps)); a point box (w = h = 0) passes no gradient through it (the fused
+    op's documented choice: there the formula's derivative is 1/eps)."""
+    point = (w == 0) & (h == 0)
+    return torch.where(point, torch.atan(w.detach() / (h.detach() + eps)), torch.atan(w / (h + eps)))
+
+
+def _box_metric(a, b, kind, box_format, eps):
+    ax1, ay1, ax2, ay2 = _xyxy(a, box_format)
+    bx1, by1, bx2, by2 = _xyxy(b, box_format)
+    wa, ha, wb, hb = ax2 - ax1, ay2 - ay1, bx2 - bx1, by2 - by1
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = iw * ih
+    union = wa * ha + wb * hb - inter + eps
+    iou = inter / union
+    if kind == "iou":
+        return iou
+    cw = torch.maximum(ax2, bx2) - torch.minimum(ax1, bx1)
+    ch = torch.maximum(ay2, by2) - torch.minimum(ay1, by1)
+    if kind == "giou":
+        c = cw * ch + eps
+        return iou - (c - union) / c
+    c2 = cw**2 + ch**2 + eps
+    rho2 = ((bx1 + bx2 - ax1 - ax2) ** 2 + (by1 + by2 - ay1 - ay2) ** 2) / 4
+    diou = iou - rho2 / c2
+    if kind == "diou":
+        return diou
+    v = (4 / math.pi**2) * (_aspect(wb, hb, eps) - _aspect(wa, ha, eps)) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + 1 + eps)
+    return diou - alpha * v
+
+
+def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="mean",
+             weight=None):
+    return _reduce(1 - _box_metric(pred, target, kind, box_format, eps), weight, reduction)
+
+
+def generalized_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
+    return iou_loss(boxes1, boxes2, "giou", "xyxy", eps, reduction)
+
+
+def distance_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
+    return iou_loss(boxes1, boxes2, "diou", "xyxy", eps, reduction)
+
+
+def complete_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
+    return iou_loss(boxes1, boxes2, "ciou", "xyxy", eps, reduction)
+
+
+def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7):  # noqa: N803
+    kind = "ciou" if CIoU else "diou" if DIoU else "giou" if GIoU else "iou"
+    return _box_metric(box1, box2, kind, "xywh" if xywh else "xyxy", eps).unsqueeze(-1)
+
+
+def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
+    if not boxes1.is_floating_point():
+        boxes1 = boxes1.float()
+    if not boxes2.is_floating_point():
+        boxes2 = boxes2.float()
+    return _box_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, box_format, eps)

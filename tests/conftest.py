@@ -23,9 +23,19 @@ TOL = {
 }
 
 
-def assert_close_dtype(actual, expected, dtype, msg=""):
-    """actual: a result computed in `dtype`; expected: the float64 reference."""
+# The arithmetic part of TOL for the opmath of each dtype (fp32, or fp64 for fp64): what a
+# formula of ~10 operations accumulates. Longer formulas scale it (`ops`).
+ARITH = {torch.float64: (1e-9, 1e-12), torch.float32: (2e-5, 2e-6),
+         torch.float16: (2e-5, 2e-6), torch.bfloat16: (2e-5, 2e-6)}
+
+
+def assert_close_dtype(actual, expected, dtype, msg="", ops=1):
+    """actual: a result computed in `dtype`; expected: the float64 reference. `ops` scales
+    the arithmetic error budget for formulas longer than ~10 operations (box gradients: a
+    coordinate's gradient sums up to 8 terms of either sign, each as large as the result)."""
     rtol, atol_rel, floor = TOL[dtype]
+    rtol += (ops - 1) * ARITH[dtype][0]
+    atol_rel += (ops - 1) * ARITH[dtype][1]
     # the exact value, rounded to the dtype the op returns (an fp16 sum past 65504 is inf)
     expected = expected.detach().cpu().to(dtype).double()
     actual = actual.detach().double().cpu()

@@ -3,22 +3,15 @@
 #include "cls_kernel.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <vector>
-
 #include "../ops/cls.h"
+#include "parallel.h"
 
 namespace detloss {
 namespace cpu {
 namespace {
-
-// Elements per partial sum. Fixed, so the order of the fp32 additions (and the result)
-// does not depend on the number of threads.
-constexpr int64_t kChunk = int64_t(1) << 15;
 
 template <typename T>
 ClsLoopArgs<T> loop_args(const ClsArgs& a) {
@@ -47,20 +40,14 @@ at::Tensor cls_forward(const ClsArgs& a) {
     ClsLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
     if (!reduce) {
       la.out = out.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, n, kChunk, [&](int64_t b, int64_t e) {
+      chunked_for(n, kChunk, [&](int64_t b, int64_t e) {
         DETLOSS_CPU_DISPATCH(cls_forward_range, la, b, e);
       });
       return;
     }
-    const int64_t chunks = (n + kChunk - 1) / kChunk;
-    std::vector<O> partial(static_cast<size_t>(chunks), O(0));
-    at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c)
-        partial[c] = DETLOSS_CPU_DISPATCH(cls_forward_range, la, c * kChunk,
-                                          std::min(n, (c + 1) * kChunk));
+    O s = chunked_sum<O>(n, kChunk, [&](int64_t b, int64_t e) {
+      return DETLOSS_CPU_DISPATCH(cls_forward_range, la, b, e);
     });
-    O s(0);
-    for (const O v : partial) s += v;
     if (a.reduction == Reduction::kMean) s = n > 0 ? s / static_cast<O>(n) : O(0);
     *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(s);
   });
@@ -77,7 +64,7 @@ at::Tensor cls_backward(const ClsArgs& a, const OperandDesc& grad) {
     la.grad = grad.typed<scalar_t>();
     la.grad_scale = (a.reduction == Reduction::kMean && n > 0) ? O(1) / static_cast<O>(n) : O(1);
     la.out = grad_input.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n, kChunk, [&](int64_t b, int64_t e) {
+    chunked_for(n, kChunk, [&](int64_t b, int64_t e) {
       DETLOSS_CPU_DISPATCH(cls_backward_range, la, b, e);
     });
   });

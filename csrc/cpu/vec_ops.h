@@ -37,8 +37,12 @@ template <class T> inline Vec<T> dl_log1p_unit(const Vec<T>& x) {
 }
 template <class T> inline Vec<T> dl_abs(const Vec<T>& x) { return x.abs(); }
 template <class T> inline Vec<T> dl_pow(const Vec<T>& x, const Vec<T>& y) { return x.pow(y); }
+template <class T> inline Vec<T> dl_atan(const Vec<T>& x) { return x.atan(); }
 template <class T> inline Vec<T> dl_max(const Vec<T>& a, const Vec<T>& b) {
   return at::vec::maximum(a, b);  // NaN-propagating, like the scalar dl_max
+}
+template <class T> inline Vec<T> dl_min(const Vec<T>& a, const Vec<T>& b) {
+  return at::vec::minimum(a, b);
 }
 // mask lanes are all-ones (true) or all-zeros (false), as Vectorized comparisons return
 template <class T> inline Vec<T> dl_where(const Vec<T>& mask, const Vec<T>& a, const Vec<T>& b) {

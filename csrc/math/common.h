@@ -29,9 +29,13 @@ DETLOSS_HD float dl_abs(float x) { return ::fabsf(x); }
 DETLOSS_HD double dl_abs(double x) { return ::fabs(x); }
 DETLOSS_HD float dl_pow(float x, float y) { return ::powf(x, y); }
 DETLOSS_HD double dl_pow(double x, double y) { return ::pow(x, y); }
-// max that propagates NaN (as at::vec::maximum and torch.maximum do).
+DETLOSS_HD float dl_atan(float x) { return ::atanf(x); }
+DETLOSS_HD double dl_atan(double x) { return ::atan(x); }
+// max/min that propagate NaN (as at::vec::maximum/minimum and torch.maximum do).
 DETLOSS_HD float dl_max(float a, float b) { return (a != a || a > b) ? a : b; }
 DETLOSS_HD double dl_max(double a, double b) { return (a != a || a > b) ? a : b; }
+DETLOSS_HD float dl_min(float a, float b) { return (a != a || a < b) ? a : b; }
+DETLOSS_HD double dl_min(double a, double b) { return (a != a || a < b) ? a : b; }
 DETLOSS_HD float dl_where(bool c, float a, float b) { return c ? a : b; }
 DETLOSS_HD double dl_where(bool c, double a, double b) { return c ? a : b; }
 

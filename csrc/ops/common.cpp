@@ -27,38 +27,42 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* a
                     ref_arg, " is on ", ref.device(), "; all tensors must be on one device");
 }
 
-OperandDesc describe_operand(const std::optional<at::Tensor>& maybe, at::IntArrayRef shape,
-                             at::ScalarType dtype, const char* arg, const char* op) {
-  OperandDesc d;
-  if (!maybe.has_value() || !maybe->defined()) return d;
-  const at::Tensor& t = *maybe;
+namespace {
 
-  // Broadcastable *to* the loss shape: the loss never grows to the operand's shape.
+// `lead` holds the leading dims of the operand, already cast to its dtype; its strides count
+// elements, and a row is `row` contiguous elements.
+OperandDesc describe_leading(const at::Tensor& owner, const at::Tensor& lead,
+                             at::IntArrayRef shape, int64_t row, const char* arg,
+                             const char* op) {
   const int64_t nd = static_cast<int64_t>(shape.size());
-  bool ok = t.dim() <= nd;
-  for (int64_t k = 1; ok && k <= t.dim(); ++k) {
-    const int64_t s = t.size(t.dim() - k);
+  bool ok = lead.dim() <= nd;
+  for (int64_t k = 1; ok && k <= lead.dim(); ++k) {
+    const int64_t s = lead.size(lead.dim() - k);
     ok = s == 1 || s == shape[nd - k];
   }
-  TORCH_CHECK_VALUE(ok, op, ": ", arg, " of shape ", t.sizes(),
-                    " is not broadcastable to the loss shape ", shape);
-
-  const at::Tensor e = (t.scalar_type() == dtype ? t : t.to(dtype)).expand(shape);
+  if (row == 1) {
+    TORCH_CHECK_VALUE(ok, op, ": ", arg, " of shape ", owner.sizes(),
+                      " is not broadcastable to the loss shape ", shape);
+  } else {
+    TORCH_CHECK_VALUE(ok, op, ": ", arg, " of shape ", owner.sizes(), " has leading dims ",
+                      lead.sizes(), " that do not broadcast to ", shape);
+  }
+  const at::Tensor e = lead.expand(shape);
   const at::IntArrayRef st = e.strides();
 
+  OperandDesc d;
   // Dims that actually advance through memory: size > 1 and stride != 0.
   std::vector<int64_t> live;
   for (int64_t k = 0; k < nd; ++k)
     if (shape[k] > 1 && st[k] != 0) live.push_back(k);
-
-  if (live.empty()) {  // a single value (also covers an empty loss)
-    d.tensor = e;
+  if (live.empty()) {  // a single value or row (also covers an empty loss)
+    d.tensor = owner;
     d.mode = OperandMode::kScalar;
     return d;
   }
   const int64_t a = live.front(), b = live.back() + 1;
   bool in_place = true;
-  int64_t expect = 1;
+  int64_t expect = row;
   for (int64_t k = b - 1; k >= a && in_place; --k) {
     if (shape[k] == 1) continue;
     in_place = st[k] == expect;  // contiguous inside the block, no broadcast hole
@@ -71,15 +75,38 @@ OperandDesc describe_operand(const std::optional<at::Tensor>& maybe, at::IntArra
       if (k >= b) inner *= shape[k];
       else if (k >= a) mid *= shape[k];
     }
-    d.tensor = e;
+    d.tensor = owner;
     d.inner = inner;
     d.mid = mid;
     d.mode = (inner == 1 && mid == n) ? OperandMode::kFull : OperandMode::kBroadcast;
     return d;
   }
-  d.tensor = e.contiguous();
+  // materialise: [shape..., row] contiguous
+  std::vector<int64_t> full(shape.begin(), shape.end());
+  if (row > 1) full.push_back(row);
+  d.tensor = row > 1 ? owner.expand(full).contiguous() : e.contiguous();
   d.mode = OperandMode::kFull;
   return d;
+}
+
+}  // namespace
+
+// The descriptor's tensor must start at the operand's first element: `owner` (or a view
+// that shares its data pointer) is what typed() reads.
+OperandDesc describe_operand(const std::optional<at::Tensor>& maybe, at::IntArrayRef shape,
+                             at::ScalarType dtype, const char* arg, const char* op) {
+  if (!maybe.has_value() || !maybe->defined()) return OperandDesc();
+  const at::Tensor t = maybe->scalar_type() == dtype ? *maybe : maybe->to(dtype);
+  return describe_leading(t, t, shape, 1, arg, op);
+}
+
+OperandDesc describe_rows(const at::Tensor& t0, at::IntArrayRef shape, int64_t row,
+                          at::ScalarType dtype, const char* arg, const char* op) {
+  TORCH_CHECK_VALUE(t0.dim() >= 1 && t0.size(-1) == row, op, ": ", arg, " must have shape [..., ",
+                    row, "], got ", t0.sizes());
+  at::Tensor t = t0.scalar_type() == dtype ? t0 : t0.to(dtype);
+  if (t.stride(-1) != 1 && t.size(-1) > 1) t = t.contiguous();
+  return describe_leading(t, t.select(-1, 0), shape, row, arg, op);
 }
 
 }  // namespace detloss

@@ -50,4 +50,10 @@ struct OperandDesc {
 OperandDesc describe_operand(const std::optional<at::Tensor>& t, at::IntArrayRef shape,
                              at::ScalarType dtype, const char* arg, const char* op);
 
+// The same for a tensor of rows [..., row] (boxes: row = 4) whose leading dims broadcast to
+// `shape`: element i of the loss reads the `row` values at ptr + row·operand_index(i).
+// ValueError unless the last dim is `row` and the leading dims broadcast.
+OperandDesc describe_rows(const at::Tensor& t, at::IntArrayRef shape, int64_t row,
+                          at::ScalarType dtype, const char* arg, const char* op);
+
 }  // namespace detloss

@@ -1,3 +1,4 @@
 // The vectorised CPU loops of every family, compiled for CPU_CAPABILITY=AVX2.
 // setup.py and CMakeLists.txt give this file its own flags (see csrc/cpu/dispatch.h).
 #include "../cls_vec.h"
+#include "../box_vec.h"

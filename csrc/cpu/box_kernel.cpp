@@ -1,0 +1,123 @@
+// CPU kernels of the box family: output allocation, deterministic chunking, parallelism;
+// the vectorised loops are in box_vec.h, chosen per CPU at run time.
+#include "box_kernel.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../ops/box.h"
+#include "parallel.h"
+
+namespace detloss {
+namespace cpu {
+namespace {
+
+constexpr int64_t kBoxChunk = int64_t(1) << 12;  // pairs per partial sum / task
+
+template <typename T>
+BoxLoopArgs<T> loop_args(const BoxArgs& a) {
+  using O = at::opmath_type<T>;
+  BoxLoopArgs<T> la;
+  la.pred = a.pred.typed<T>();
+  la.target = a.target.typed<T>();
+  la.weight = a.weight.typed<T>();
+  la.kind = a.kind;
+  la.xywh = a.xywh;
+  la.eps = static_cast<O>(a.eps);
+  return la;
+}
+
+std::vector<int64_t> with_row(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> s(shape);
+  s.push_back(4);
+  return s;
+}
+
+}  // namespace
+
+at::Tensor box_forward(const BoxArgs& a) {
+  const int64_t n = a.numel();
+  const bool reduce = a.reduction != Reduction::kNone;
+  at::Tensor out = reduce ? at::empty({}, a.options) : at::empty(a.shape, a.options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.options.dtype().toScalarType(),
+                                  "detloss_box_forward_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    BoxLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
+    if (!reduce) {
+      la.out = out.mutable_data_ptr<scalar_t>();
+      chunked_for(n, kBoxChunk, [&](int64_t b, int64_t e) {
+        DETLOSS_CPU_DISPATCH(box_forward_range, la, b, e);
+      });
+      return;
+    }
+    O s = chunked_sum<O>(n, kBoxChunk, [&](int64_t b, int64_t e) {
+      return DETLOSS_CPU_DISPATCH(box_forward_range, la, b, e);
+    });
+    if (a.reduction == Reduction::kMean) s = n > 0 ? s / static_cast<O>(n) : O(0);
+    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(s);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> box_backward(const BoxArgs& a, const OperandDesc& grad,
+                                                bool need_pred, bool need_target) {
+  const int64_t n = a.numel();
+  at::Tensor gp, gt;
+  if (need_pred) gp = at::empty(with_row(a.shape), a.options);
+  if (need_target) gt = at::empty(with_row(a.shape), a.options);
+  if (!need_pred && !need_target) return {gp, gt};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.options.dtype().toScalarType(),
+                                  "detloss_box_backward_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    BoxLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
+    la.grad = grad.typed<scalar_t>();
+    la.grad_scale = (a.reduction == Reduction::kMean && n > 0) ? O(1) / static_cast<O>(n) : O(1);
+    la.grad_pred = need_pred ? gp.mutable_data_ptr<scalar_t>() : nullptr;
+    la.grad_target = need_target ? gt.mutable_data_ptr<scalar_t>() : nullptr;
+    chunked_for(n, kBoxChunk, [&](int64_t b, int64_t e) {
+      DETLOSS_CPU_DISPATCH(box_backward_range, la, b, e);
+    });
+  });
+  return {gp, gt};
+}
+
+at::Tensor box_matrix(const BoxMatrixArgs& a) {
+  const int64_t B = a.boxes1.size(0), N = a.boxes1.size(1), M = a.boxes2.size(1);
+  at::Tensor out = at::empty({B, N, M}, a.boxes1.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.boxes1.scalar_type(),
+                                  "detloss_box_matrix_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    BoxMatrixLoopArgs<scalar_t> la;
+    la.boxes1 = a.boxes1.const_data_ptr<scalar_t>();
+    la.boxes2 = a.boxes2.const_data_ptr<scalar_t>();
+    la.out = out.mutable_data_ptr<scalar_t>();
+    la.n = N;
+    la.m = M;
+    la.kind = a.kind;
+    la.xywh = a.xywh;
+    la.eps = static_cast<O>(a.eps);
+    const int64_t grain = std::max<int64_t>(1, kBoxChunk / std::max<int64_t>(M, 1));
+    chunked_for(B * N, grain, [&](int64_t b, int64_t e) {
+      DETLOSS_CPU_DISPATCH(box_matrix_rows, la, b, e);
+    });
+  });
+  return a.batched ? out : out.squeeze(0);
+}
+
+}  // namespace cpu
+
+at::Tensor box_forward_cpu(const BoxArgs& a) { return cpu::box_forward(a); }
+std::tuple<at::Tensor, at::Tensor> box_backward_cpu(const BoxArgs& a, const OperandDesc& grad,
+                                                    bool need_pred, bool need_target) {
+  return cpu::box_backward(a, grad, need_pred, need_target);
+}
+at::Tensor box_matrix_cpu(const BoxMatrixArgs& a) { return cpu::box_matrix(a); }
+
+}  // namespace detloss
+
+TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+  m.impl("box_loss", &detloss::box_loss_entry<detloss::box_forward_cpu>);
+  m.impl("box_backward", &detloss::box_backward_entry<detloss::box_backward_cpu>);
+  m.impl("box_iou_matrix", &detloss::box_matrix_entry<detloss::box_matrix_cpu>);
+}

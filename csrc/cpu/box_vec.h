@@ -1,0 +1,162 @@
+// The vectorised CPU loops of the box family: W pairs per step, the four coordinates
+// gathered into one vector each (boxes are stored as rows), the shared formula
+// (math::box_element), the results scattered back. Included only by csrc/cpu/capability/.
+#pragma once
+
+#if !defined(CPU_CAPABILITY)
+#error "box_vec.h is compiled once per CPU capability; include it from csrc/cpu/capability/"
+#endif
+
+#include "vec_ops.h"  // first: the Vectorized overloads of the dl_* shims
+
+#include <algorithm>
+
+#include "../math/box.h"
+#include "box_kernel.h"
+
+namespace detloss {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using math::Box;
+using math::BoxKind;
+
+// Coordinates of rows i .. i+count of a row operand, as one vector per coordinate
+// (lanes past count are 0: a zero box gives finite values in every formula).
+template <class O, class T>
+Box<at::vec::Vectorized<O>> gather_boxes(const Operand<T>& o, int64_t i, int64_t count) {
+  using V = at::vec::Vectorized<O>;
+  constexpr int64_t W = V::size();
+  O c[4][W] = {};
+  if (o.mode == OperandMode::kFull && count == W) {  // the common case: de-interleave rows
+    const T* p = o.ptr + 4 * i;
+    for (int64_t j = 0; j < W; ++j)
+      for (int k = 0; k < 4; ++k) c[k][j] = static_cast<O>(p[4 * j + k]);
+  } else {
+    for (int64_t j = 0; j < count; ++j) {
+      const T* p = o.ptr + 4 * math::operand_index(o, i + j);
+      for (int k = 0; k < 4; ++k) c[k][j] = static_cast<O>(p[k]);
+    }
+  }
+  return {V::loadu(c[0]), V::loadu(c[1]), V::loadu(c[2]), V::loadu(c[3])};
+}
+
+template <class O, class T>
+void scatter_boxes(T* out, const Box<at::vec::Vectorized<O>>& b, int64_t count) {
+  using V = at::vec::Vectorized<O>;
+  O c[4][V::size()];
+  b.x1.store(c[0]);
+  b.y1.store(c[1]);
+  b.x2.store(c[2]);
+  b.y2.store(c[3]);
+  for (int64_t j = 0; j < count; ++j)
+    for (int k = 0; k < 4; ++k) out[4 * j + k] = static_cast<T>(c[k][j]);
+}
+
+template <class T, BoxKind K, bool FORWARD>
+at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end) {
+  using O = at::opmath_type<T>;
+  using V = at::vec::Vectorized<O>;
+  constexpr int64_t W = V::size();
+  const V zero(O(0)), one(O(1));
+  V acc(O(0));
+  for (int64_t i = begin; i < end; i += W) {
+    const int64_t n = std::min<int64_t>(W, end - i);
+    Box<V> pa = gather_boxes<O>(a.pred, i, n), pb = gather_boxes<O>(a.target, i, n);
+    if (a.xywh) {
+      pa = math::xywh_to_xyxy(pa);
+      pb = math::xywh_to_xyxy(pb);
+    }
+    const V w = simd::load_operand<O>(a.weight, i, n, O(1));
+    Box<V> ga, gb;
+    if constexpr (FORWARD) {
+      const V loss = (one - math::box_element<K, false>(pa, pb, a.eps, zero, ga, gb)) * w;
+      if (a.out != nullptr) simd::store(a.out + i, loss, n);
+      acc = acc + (n == W ? loss : V::set(zero, loss, n));
+    } else {
+      const V g = simd::load_operand<O>(a.grad, i, n, O(1)) * V(a.grad_scale) * w;
+      math::box_element<K, true>(pa, pb, a.eps, zero - g, ga, gb);  // loss = 1 - metric
+      if (a.xywh) {
+        ga = math::xyxy_grad_to_xywh(ga);
+        gb = math::xyxy_grad_to_xywh(gb);
+      }
+      if (a.grad_pred != nullptr) scatter_boxes<O>(a.grad_pred + 4 * i, ga, n);
+      if (a.grad_target != nullptr) scatter_boxes<O>(a.grad_target + 4 * i, gb, n);
+    }
+  }
+  O lanes[W];
+  acc.store(lanes);
+  O s(0);
+  for (int64_t j = 0; j < W; ++j) s += lanes[j];
+  return s;
+}
+
+template <class T, bool FORWARD>
+at::opmath_type<T> box_kind_dispatch(const BoxLoopArgs<T>& a, int64_t b, int64_t e) {
+  switch (a.kind) {
+    case BoxKind::kGIoU: return box_loop<T, BoxKind::kGIoU, FORWARD>(a, b, e);
+    case BoxKind::kDIoU: return box_loop<T, BoxKind::kDIoU, FORWARD>(a, b, e);
+    case BoxKind::kCIoU: return box_loop<T, BoxKind::kCIoU, FORWARD>(a, b, e);
+    default: return box_loop<T, BoxKind::kIoU, FORWARD>(a, b, e);
+  }
+}
+
+// Rows [begin, end) of the B·N rows of the matrix: box n against all M boxes of its batch.
+template <class T, BoxKind K>
+void matrix_rows(const BoxMatrixLoopArgs<T>& a, int64_t begin, int64_t end) {
+  using O = at::opmath_type<T>;
+  using V = at::vec::Vectorized<O>;
+  constexpr int64_t W = V::size();
+  Operand<T> col;
+  col.mode = OperandMode::kFull;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t batch = r / a.n;
+    const T* p = a.boxes1 + 4 * r;
+    Box<V> pa{V(static_cast<O>(p[0])), V(static_cast<O>(p[1])), V(static_cast<O>(p[2])),
+              V(static_cast<O>(p[3]))};
+    if (a.xywh) pa = math::xywh_to_xyxy(pa);
+    col.ptr = a.boxes2 + 4 * batch * a.m;
+    T* out = a.out + r * a.m;
+    for (int64_t j = 0; j < a.m; j += W) {
+      const int64_t n = std::min<int64_t>(W, a.m - j);
+      Box<V> pb = gather_boxes<O>(col, j, n);
+      if (a.xywh) pb = math::xywh_to_xyxy(pb);
+      Box<V> ga, gb;
+      simd::store(out + j, math::box_element<K, false>(pa, pb, a.eps, V(O(0)), ga, gb), n);
+    }
+  }
+}
+
+template <class T>
+void matrix_kind_dispatch(const BoxMatrixLoopArgs<T>& a, int64_t b, int64_t e) {
+  switch (a.kind) {
+    case BoxKind::kGIoU: return matrix_rows<T, BoxKind::kGIoU>(a, b, e);
+    case BoxKind::kDIoU: return matrix_rows<T, BoxKind::kDIoU>(a, b, e);
+    case BoxKind::kCIoU: return matrix_rows<T, BoxKind::kCIoU>(a, b, e);
+    default: return matrix_rows<T, BoxKind::kIoU>(a, b, e);
+  }
+}
+
+}  // namespace
+
+#define DETLOSS_DEFINE_BOX_CPU(T)                                                       \
+  at::opmath_type<T> box_forward_range(const BoxLoopArgs<T>& a, int64_t b, int64_t e) { \
+    return box_kind_dispatch<T, true>(a, b, e);                                         \
+  }                                                                                     \
+  void box_backward_range(const BoxLoopArgs<T>& a, int64_t b, int64_t e) {              \
+    box_kind_dispatch<T, false>(a, b, e);                                               \
+  }                                                                                     \
+  void box_matrix_rows(const BoxMatrixLoopArgs<T>& a, int64_t b, int64_t e) {           \
+    matrix_kind_dispatch<T>(a, b, e);                                                   \
+  }
+
+DETLOSS_DEFINE_BOX_CPU(float)
+DETLOSS_DEFINE_BOX_CPU(double)
+DETLOSS_DEFINE_BOX_CPU(c10::Half)
+DETLOSS_DEFINE_BOX_CPU(c10::BFloat16)
+#undef DETLOSS_DEFINE_BOX_CPU
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace detloss

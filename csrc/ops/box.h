@@ -1,0 +1,89 @@
+// The box family (IoU, GIoU, DIoU, CIoU losses; the pairwise metric matrix): validated,
+// device-independent arguments and the device entry points csrc/cpu and csrc/cuda implement.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "../math/box.h"
+#include "common.h"
+
+namespace detloss {
+
+struct BoxArgs {
+  OperandDesc pred, target;  // rows of 4, in pred's dtype
+  OperandDesc weight;
+  std::vector<int64_t> shape;  // the unreduced loss: broadcast of the leading dims
+  at::TensorOptions options;   // dtype and device of the loss
+  math::BoxKind kind = math::BoxKind::kIoU;
+  bool xywh = false;
+  double eps = 1e-7;
+  Reduction reduction = Reduction::kMean;
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    return n;
+  }
+};
+
+BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
+                    const std::optional<at::Tensor>& weight, std::string_view kind,
+                    std::string_view box_format, double eps, std::string_view reduction);
+OperandDesc prepare_box_grad(const at::Tensor& grad, const BoxArgs& a);
+
+struct BoxMatrixArgs {
+  at::Tensor boxes1, boxes2;  // [B, N, 4], [B, M, 4], contiguous, one floating dtype
+  bool batched = false;
+  math::BoxKind kind = math::BoxKind::kIoU;
+  bool xywh = false;
+  double eps = 1e-7;
+};
+
+BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& boxes2,
+                                 std::string_view kind, std::string_view box_format,
+                                 double eps);
+
+// Device kernels. forward: 1 - metric per pair ('none', shaped a.shape) or its mean/sum.
+// backward: d/d(pred) and d/d(target), each [shape..., 4] (the caller sums them to the
+// inputs' shapes), undefined where not asked for.
+at::Tensor box_forward_cpu(const BoxArgs& a);
+std::tuple<at::Tensor, at::Tensor> box_backward_cpu(const BoxArgs& a, const OperandDesc& grad,
+                                                    bool need_pred, bool need_target);
+at::Tensor box_matrix_cpu(const BoxMatrixArgs& a);
+at::Tensor box_forward_cuda(const BoxArgs& a);
+std::tuple<at::Tensor, at::Tensor> box_backward_cuda(const BoxArgs& a, const OperandDesc& grad,
+                                                     bool need_pred, bool need_target);
+at::Tensor box_matrix_cuda(const BoxMatrixArgs& a);
+
+inline std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
+
+template <at::Tensor (*Forward)(const BoxArgs&)>
+at::Tensor box_loss_entry(const at::Tensor& pred, const at::Tensor& target,
+                          const std::optional<at::Tensor>& weight, c10::string_view kind,
+                          c10::string_view box_format, double eps, c10::string_view reduction) {
+  return Forward(prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction)));
+}
+
+template <std::tuple<at::Tensor, at::Tensor> (*Backward)(const BoxArgs&, const OperandDesc&,
+                                                         bool, bool)>
+std::tuple<at::Tensor, at::Tensor> box_backward_entry(
+    const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
+    const std::optional<at::Tensor>& weight, c10::string_view kind, c10::string_view box_format,
+    double eps, c10::string_view reduction, std::array<bool, 2> output_mask) {
+  const BoxArgs a =
+      prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction));
+  return Backward(a, prepare_box_grad(grad, a), output_mask[0], output_mask[1]);
+}
+
+template <at::Tensor (*Matrix)(const BoxMatrixArgs&)>
+at::Tensor box_matrix_entry(const at::Tensor& boxes1, const at::Tensor& boxes2,
+                            c10::string_view kind, c10::string_view box_format, double eps) {
+  return Matrix(prepare_box_matrix(boxes1, boxes2, sv(kind), sv(box_format), eps));
+}
+
+}  // namespace detloss

@@ -1,0 +1,460 @@
+"""The box family (IoU, GIoU, DIoU, CIoU): values and gradients w.r.t. both boxes against
+the pure-PyTorch reference, known values, degenerate boxes, the pairwise matrix,
+registration (gradcheck, opcheck, torch.compile), compatibility with torchvision.ops and
+ultralytics' bbox_iou, and argument errors."""
+import pytest
+import torch
+
+import detloss_cuda.baselines as BL
+import detloss_cuda.functional as DF
+import detloss_cuda.nn as DN
+import detloss_cuda.reference as R
+from conftest import DTYPES, assert_close_dtype as _assert_close_dtype, devices
+
+# Box formulas run ~40 operations and their gradients sum terms of either sign (min/max,
+# width, union, enclosing box, centre distance; xywh adds two more): five times the
+# arithmetic budget of the ~10-operation classification formulas.
+BOX_OPS = 5
+
+
+def assert_close_dtype(actual, expected, dtype, msg=""):
+    _assert_close_dtype(actual, expected, dtype, msg, ops=BOX_OPS)
+
+KINDS = ["iou", "giou", "diou", "ciou"]
+FORMATS = ["xyxy", "xywh"]
+
+
+def boxes(shape, fmt="xyxy", dtype=torch.float64, scale=10.0, gen=None):
+    """Plausible boxes: corners in [0, scale), sizes in (0.1, scale/2)."""
+    xy = torch.rand(*shape, 2, dtype=torch.float64, generator=gen) * scale
+    wh = torch.rand(*shape, 2, dtype=torch.float64, generator=gen) * (scale / 2) + 0.1
+    b = torch.cat([xy + wh / 2, wh], -1) if fmt == "xywh" else torch.cat([xy, xy + wh], -1)
+    return b.to(dtype)
+
+
+def near(b, jitter=0.3):
+    """Targets that overlap their predictions (the case a detector trains on)."""
+    return b + torch.randn_like(b) * jitter
+
+
+def check_parity(kind, fmt, p64, t64, dtype, device, reduction, weight=None, g64=None,
+                 grads=(True, True)):
+    p = p64.to(dtype).to(device).requires_grad_(grads[0])
+    t = t64.to(dtype).to(device).requires_grad_(grads[1])
+    pr = p.detach().double().cpu().requires_grad_(grads[0])
+    tr = t.detach().double().cpu().requires_grad_(grads[1])
+    w = None if weight is None else weight.to(dtype).to(device)
+    wr = None if weight is None else w.double().cpu()
+    out = DF.iou_loss(p, t, kind, fmt, reduction=reduction, weight=w)
+    ref = R.iou_loss(pr, tr, kind, fmt, reduction=reduction, weight=wr)
+    msg = f"{kind} {fmt} {tuple(p.shape)}x{tuple(t.shape)} {dtype} {device} {reduction}"
+    assert out.dtype == dtype and out.shape == ref.shape, msg
+    assert_close_dtype(out, ref, dtype, "value " + msg)
+    if g64 is None:
+        g64 = torch.randn(ref.shape, dtype=torch.float64) if reduction == "none" else torch.ones(())
+    inputs = [x for x, need in ((p, grads[0]), (t, grads[1])) if need]
+    rinputs = [x for x, need in ((pr, grads[0]), (tr, grads[1])) if need]
+    g = torch.autograd.grad(out, inputs, g64.to(dtype).to(device))
+    gr = torch.autograd.grad(ref, rinputs, g64.to(dtype).double())
+    for a, b, name in zip(g, gr, ("pred", "target")):
+        assert a.shape == b.shape and a.dtype == dtype
+        assert_close_dtype(a, b, dtype, f"grad {name} " + msg)
+    return out, g
+
+
+# ------------------------------------------------------------------------------ parity
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_parity(kind, fmt, dtype, device, reduction):
+    p = boxes((1003,), fmt)
+    check_parity(kind, fmt, p, near(p), dtype, device, reduction)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shapes", [((1, 4), (50, 4)), ((50, 4), (1, 4)), ((4,), (30, 4)),
+                                    ((3, 20, 4), (20, 4)), ((3, 1, 4), (1, 20, 4)),
+                                    ((4,), (4,)), ((0, 4), (0, 4)), ((2, 0, 4), (1, 4))],
+                         ids=str)
+def test_broadcast_leading_dims(kind, shapes, device):
+    sp, st = shapes
+    p = boxes(sp[:-1])
+    t = boxes(st[:-1])
+    for red in ("none", "sum", "mean"):
+        check_parity(kind, "xyxy", p, t, torch.float64, device, red)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_pred_requires_grad_and_weight(kind, device):
+    p = boxes((64,))
+    t = near(p)
+    w = torch.rand(64, dtype=torch.float64) + 0.5
+    check_parity(kind, "xywh", p, t, torch.float32, device, "sum", weight=w, grads=(True, False))
+    check_parity(kind, "xyxy", p, t, torch.float64, device, "none", weight=w[:1],
+                 grads=(False, True))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_non_contiguous_and_strided_rows(device):
+    # boxes sliced out of a detection tensor [N, 6] (x1, y1, x2, y2, score, class): rows
+    # with stride 6; and a transposed layout
+    det = torch.cat([boxes((200,)), torch.rand(200, 2, dtype=torch.float64)], -1)
+    p = det[:, :4]
+    assert not p.is_contiguous()
+    check_parity("ciou", "xyxy", p, near(p.contiguous()), torch.float64, device, "none")
+    pt = boxes((200,)).t().contiguous().t()  # column-major [200, 4]
+    check_parity("giou", "xyxy", pt, near(pt.contiguous()), torch.float64, device, "mean")
+
+
+def test_mixed_dtypes_target_grad_dtype():
+    p = boxes((20,), dtype=torch.float32).requires_grad_()
+    t = near(boxes((20,))).requires_grad_()  # float64 target
+    out = DF.iou_loss(p, t, "giou", reduction="sum")
+    assert out.dtype == torch.float32
+    gp, gt = torch.autograd.grad(out, (p, t))
+    assert gp.dtype == torch.float32 and gt.dtype == torch.float64
+
+
+# ------------------------------------------------------------------------------ known values
+@pytest.mark.parametrize("device", devices())
+def test_known_values(device):
+    def L(p, t, kind):
+        return DF.iou_loss(torch.tensor(p, device=device), torch.tensor(t, device=device), kind,
+                           reduction="none").item()
+
+    # identical boxes: 0 for all kinds (up to eps / area)
+    for kind in KINDS:
+        assert L([[0.0, 0, 1, 1]], [[0.0, 0, 1, 1]], kind) == pytest.approx(0, abs=1e-6)
+        assert L([[2.0, 3, 7, 11]], [[2.0, 3, 7, 11]], kind) == pytest.approx(0, abs=1e-6)
+    # a quarter-size box inside another (torchvision's tests): IoU 1/4, C = union
+    inside = ([[0.0, 0, 1, 1]], [[-1.0, -1, 1, 1]])
+    assert L(*inside, "iou") == pytest.approx(0.75, abs=1e-6)
+    assert L(*inside, "giou") == pytest.approx(0.75, abs=1e-6)
+    assert L(*inside, "diou") == pytest.approx(0.8125, abs=1e-6)
+    assert L(*inside, "ciou") == pytest.approx(0.8125, abs=1e-6)  # same aspect: v = 0
+    # side-by-side unit boxes: IoU 0, enclosing area 2 = union
+    side = ([[0.0, 0, 1, 1]], [[1.0, 0, 2, 1]])
+    assert L(*side, "iou") == pytest.approx(1.0, abs=1e-6)
+    assert L(*side, "giou") == pytest.approx(1.0, abs=1e-6)
+    # far apart: GIoU -> 2
+    assert L([[0.0, 0, 1, 1]], [[100.0, 100, 101, 101]], "giou") == pytest.approx(2.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_disjoint_boxes_still_pulled_together(device):
+    p = torch.tensor([[0.0, 0, 1, 1]], device=device, requires_grad=True)
+    t = torch.tensor([[3.0, 0, 4, 1]], device=device)
+    (g,) = torch.autograd.grad(DF.iou_loss(p, t, "iou", reduction="sum"), p)
+    assert torch.all(g == 0)  # IoU is flat when boxes do not overlap
+    for kind in ("giou", "diou", "ciou"):
+        loss = DF.iou_loss(p, t, kind, reduction="sum")
+        (g,) = torch.autograd.grad(loss, p)
+        assert g.abs().sum() > 0, kind
+        assert g[0, 2] < 0, (kind, g)  # the right edge is pulled towards the target
+        step = (p - 0.1 * g).detach()
+        assert DF.iou_loss(step, t, kind, reduction="sum") < loss, kind
+        if kind != "giou":  # the centre-distance term moves the centre towards the target's
+            assert g[0, 0] + g[0, 2] < 0, (kind, g)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_degenerate_boxes_are_finite(kind, fmt, dtype, device):
+    cases = [
+        ([0.0, 0, 0, 1], [0.0, 0, 1, 1]),  # zero width
+        ([0.0, 0, 1, 0], [0.0, 0, 1, 1]),  # zero height
+        ([2.0, 2, 2, 2], [0.0, 0, 1, 1]),  # zero area
+        ([2.0, 2, 2, 2], [2.0, 2, 2, 2]),  # identical degenerate
+        ([0.0, 0, 0, 0], [0.0, 0, 0, 0]),  # all zero
+        ([0.0, 0, 1e4, 1e4], [5e3, 5e3, 1e4, 9e3]),  # large coordinates
+        ([1e4, 1e4, 1e4 + 1, 1e4 + 2], [1e4, 1e4, 1e4 + 2, 1e4 + 1]),  # small boxes far out
+    ]
+    p = torch.tensor([c[0] for c in cases], dtype=dtype, device=device)
+    t = torch.tensor([c[1] for c in cases], dtype=dtype, device=device)
+    if fmt == "xywh":  # the same boxes, as centre and size
+        p = torch.cat([(p[:, :2] + p[:, 2:]) / 2, p[:, 2:] - p[:, :2]], -1)
+        t = torch.cat([(t[:, :2] + t[:, 2:]) / 2, t[:, 2:] - t[:, :2]], -1)
+    p.requires_grad_()
+    t.requires_grad_()
+    out = DF.iou_loss(p, t, kind, fmt, reduction="none")
+    gp, gt = torch.autograd.grad(out.sum(), (p, t))
+    assert torch.isfinite(out).all(), out
+    assert torch.isfinite(gp).all() and torch.isfinite(gt).all(), (gp, gt)
+    assert ((out >= -1e-3) & (out <= 2 + 1e-3)).all(), out
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", KINDS)
+def test_ties_split_the_gradient_like_autograd(kind, device):
+    # identical boxes and shared edges: every min/max is a tie
+    p = torch.tensor([[0.0, 0, 2, 1], [0.0, 0, 1, 1], [1.0, 1, 3, 2]], dtype=torch.float64)
+    t = torch.tensor([[0.0, 0, 2, 1], [0.0, 0, 1, 2], [1.0, 0, 3, 2]], dtype=torch.float64)
+    check_parity(kind, "xyxy", p, t, torch.float64, device, "none")
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty(kind, device):
+    p = torch.zeros(0, 4, device=device, requires_grad=True)
+    t = torch.zeros(0, 4, device=device)
+    out = DF.iou_loss(p, t, kind, reduction="mean")
+    assert out.item() == 0.0
+    out.backward()
+    assert p.grad.shape == (0, 4)
+    assert DF.iou_loss(p, t, kind, reduction="none").shape == (0,)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_reduction_is_deterministic(device):
+    p = boxes((300_001,)).float().to(device)
+    t = near(p.double()).float().to(device)
+    first = DF.iou_loss(p, t, "ciou", reduction="sum")
+    assert all(torch.equal(DF.iou_loss(p, t, "ciou", reduction="sum"), first) for _ in range(3))
+
+
+# ------------------------------------------------------------------------------ matrix
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+def test_matrix_is_the_loss_metric_of_every_pair(kind, fmt, dtype, device):
+    a = boxes((37,), fmt).to(dtype).to(device)
+    b = boxes((45,), fmt).to(dtype).to(device)
+    m = DF.box_iou_matrix(a, b, kind, fmt)
+    assert m.shape == (37, 45) and m.dtype == dtype
+    # the loop over pairs, through the (separately tested) loss op, on the same inputs in
+    # float64 (1 - loss in fp16 would round twice)
+    loop = 1 - DF.iou_loss(a[:, None, :].double(), b[None, :, :].double(), kind, fmt,
+                           reduction="none")
+    assert_close_dtype(m, loop.double(), dtype)
+    ref = R.box_iou_matrix(a.double().cpu(), b.double().cpu(), kind, fmt)
+    assert_close_dtype(m, ref, dtype)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_matrix_batched_integer_and_empty(device):
+    a = boxes((3, 33)).to(device)
+    b = boxes((3, 70)).to(device)
+    m = DF.box_iou_matrix(a, b, "giou")
+    assert m.shape == (3, 33, 70)
+    for i in range(3):
+        assert_close_dtype(m[i], R.box_iou_matrix(a[i].cpu(), b[i].cpu(), "giou"), torch.float64)
+    ai = torch.tensor([[0, 0, 10, 10], [5, 5, 15, 15]], device=device)
+    mi = DF.box_iou_matrix(ai, ai)
+    assert mi.dtype == torch.float32
+    assert mi[0, 1].item() == pytest.approx(25 / 175, rel=1e-6)
+    assert DF.box_iou_matrix(a[0, :0], b[0]).shape == (0, 70)
+    assert DF.box_iou_matrix(a[:, :0], b[:, :0]).shape == (3, 0, 0)
+
+
+def test_matrix_has_no_gradient():
+    a = boxes((5,)).requires_grad_()
+    m = DF.box_iou_matrix(a, boxes((6,)))
+    with pytest.raises(RuntimeError, match="box_iou_matrix is forward-only"):
+        m.sum().backward()
+    with torch.no_grad():
+        DF.box_iou_matrix(a, boxes((6,)))  # what assigners do
+
+
+# ------------------------------------------------------------------------------ compat
+@pytest.mark.parametrize("xywh", [True, False])
+@pytest.mark.parametrize("flags", [{}, {"GIoU": True}, {"DIoU": True}, {"CIoU": True}],
+                         ids=["iou", "giou", "diou", "ciou"])
+@pytest.mark.parametrize("shapes", [((1, 4), (300, 4)), ((300, 4), (300, 4))], ids=str)
+def test_bbox_iou_matches_ultralytics(xywh, flags, shapes):
+    b1 = boxes(shapes[0][:-1], "xywh" if xywh else "xyxy", dtype=torch.float32)
+    b2 = boxes(shapes[1][:-1], "xywh" if xywh else "xyxy", dtype=torch.float32)
+    b1.requires_grad_()
+    ours = DF.bbox_iou(b1, b2, xywh=xywh, **flags)
+    theirs = BL.bbox_iou(b1, b2, xywh=xywh, **flags)
+    assert ours.shape == theirs.shape == (300, 1)
+    # ultralytics adds eps to h in xyxy mode; the difference is O(eps)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    g1, = torch.autograd.grad(ours.sum(), b1)
+    g2, = torch.autograd.grad(theirs.sum(), b1)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["generalized_box_iou_loss", "distance_box_iou_loss",
+                                  "complete_box_iou_loss"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_matches_torchvision_ops(name, reduction):
+    tv = pytest.importorskip("torchvision.ops", reason="torchvision is not installed")
+    p = boxes((500,), dtype=torch.float32).requires_grad_()
+    t = near(p.detach().double()).float()
+    t = torch.cat([t[:, :2], torch.maximum(t[:, 2:], t[:, :2] + 0.05)], -1)  # valid boxes
+    ours = getattr(DF, name)(p, t, reduction=reduction)
+    theirs = getattr(tv, name)(p, t, reduction=reduction)
+    assert ours.shape == theirs.shape
+    # complete: torchvision's atan(w / h) vs atan(w / (h + eps)) differ by O(eps)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    g = torch.randn(ours.shape) if reduction == "none" else torch.ones(())
+    g1, = torch.autograd.grad(ours, p, g)
+    g2, = torch.autograd.grad(theirs, p, g)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
+    # and their empty-input convention
+    e = torch.zeros(0, 4)
+    assert getattr(DF, name)(e, e, reduction="mean").item() == getattr(tv, name)(e, e, reduction="mean").item() == 0
+
+
+# ------------------------------------------------------------------- registration checks
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou"])  # CIoU: alpha is held constant
+@pytest.mark.parametrize("fmt", FORMATS)                   # by design, so finite differences
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])  # disagree; see test_parity
+def test_gradcheck_both_boxes(kind, fmt, reduction):
+    p = boxes((8,), fmt).requires_grad_()
+    t = near(boxes((8,), fmt), 0.5).requires_grad_()
+    w = torch.rand(8, dtype=torch.float64) + 0.5
+
+    def f(p, t):
+        return torch.ops.detloss.box_loss(p, t, w, kind, fmt, 1e-7, reduction)
+
+    assert torch.autograd.gradcheck(f, (p, t))
+
+
+def _box_opcheck_cases():
+    p = boxes((6,), dtype=torch.float32)
+    t = near(p)
+    for kind in KINDS:
+        for red in ("none", "mean", "sum"):
+            yield (p.clone().requires_grad_(), t.clone().requires_grad_(), None, kind, "xyxy", 1e-7, red)
+    yield (p[:1].clone().requires_grad_(), t, torch.rand(6), "ciou", "xywh", 1e-7, "sum")
+    yield (p.clone().requires_grad_(), t[:1], None, "giou", "xyxy", 1e-7, "none")
+
+
+@pytest.mark.parametrize("args", list(_box_opcheck_cases()), ids=lambda a: f"{a[3]}-{a[6]}")
+def test_opcheck_box_loss(args):
+    torch.library.opcheck(torch.ops.detloss.box_loss.default, args)
+
+
+def test_opcheck_box_backward_and_matrix():
+    p = boxes((6,), dtype=torch.float32)
+    t = near(p)
+    for mask in ([True, True], [True, False], [False, True]):
+        torch.library.opcheck(torch.ops.detloss.box_backward.default,
+                              (torch.randn(6), p, t, None, "ciou", "xyxy", 1e-7, "none", mask))
+    torch.library.opcheck(torch.ops.detloss.box_iou_matrix.default,
+                          (p, t, "giou", "xyxy", 1e-7))
+    torch.library.opcheck(torch.ops.detloss.box_iou_matrix.default,
+                          (p[None].expand(2, 6, 4).contiguous(), t[None].repeat(2, 1, 1), "iou", "xywh", 1e-7))
+
+
+def test_torch_compile_fullgraph_ciou():
+    torch._dynamo.reset()
+    head = torch.nn.Linear(16, 4)
+    crit = DN.CIoULoss(box_format="xywh", reduction="mean")
+
+    def step(x, t):
+        out = head(x)
+        pred = torch.cat([out[:, :2], out[:, 2:].exp()], -1)  # positive sizes
+        return crit(pred, t)
+
+    x = torch.randn(64, 16)
+    t = boxes((64,), "xywh", dtype=torch.float32, scale=2.0)
+    compiled = torch.compile(step, fullgraph=True)
+    out_c = compiled(x, t)
+    gc = torch.autograd.grad(out_c, list(head.parameters()))
+    out_e = step(x, t)
+    ge = torch.autograd.grad(out_e, list(head.parameters()))
+    torch.testing.assert_close(out_c, out_e)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
+
+
+def test_nn_modules():
+    p = boxes((40,))
+    t = near(p)
+    w = torch.rand(40, dtype=torch.float64)
+    for cls, kind in ((DN.IoULoss, "iou"), (DN.GIoULoss, "giou"), (DN.DIoULoss, "diou"),
+                      (DN.CIoULoss, "ciou")):
+        m = cls(box_format="xyxy", reduction="sum")
+        assert_close_dtype(m(p, t, w), R.iou_loss(p, t, kind, reduction="sum", weight=w),
+                           torch.float64)
+    with pytest.raises(ValueError, match="box_format"):
+        DN.GIoULoss(box_format="cxcywh")
+
+
+def test_double_backward_is_a_clear_error():
+    p = boxes((4,)).requires_grad_()
+    (g,) = torch.autograd.grad(DF.iou_loss(p, near(p.detach()), "giou", reduction="sum"), p,
+                               create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward through box_loss is not supported"):
+        g.sum().backward()
+
+
+# ------------------------------------------------------------------------------ errors
+def test_errors_name_the_argument():
+    p = boxes((5,), dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"pred must have shape \[\.\.\., 4\], got \[5, 3\]"):
+        DF.iou_loss(p[:, :3], p)
+    with pytest.raises(ValueError, match=r"target must have shape \[\.\.\., 4\], got \[5, 5\]"):
+        DF.iou_loss(p, torch.rand(5, 5))
+    with pytest.raises(ValueError, match=r"leading dims of pred \[5, 4\] and target \[3, 4\] do not broadcast"):
+        DF.iou_loss(p, p[:3])
+    with pytest.raises(TypeError, match="pred must be a floating tensor.*box_iou_matrix takes integer"):
+        DF.iou_loss(p.long(), p)
+    with pytest.raises(ValueError, match="kind must be one of 'iou', 'giou', 'diou', 'ciou'"):
+        DF.iou_loss(p, p, kind="eiou")
+    with pytest.raises(ValueError, match="box_format must be 'xyxy'"):
+        DF.iou_loss(p, p, box_format="cxcywh")
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        DF.iou_loss(p, p, reduction="max")
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
+        DF.iou_loss(p, p, eps=-1.0)
+    with pytest.raises(ValueError, match=r"weight of shape \[4\] is not broadcastable"):
+        DF.iou_loss(p, p, weight=torch.rand(4))
+    with pytest.raises(ValueError, match=r"boxes1 and boxes2 must be \[N, 4\] and \[M, 4\]"):
+        DF.box_iou_matrix(p, p[None])
+    with pytest.raises(RuntimeError, match="weight requires grad"):
+        DF.iou_loss(p.requires_grad_(), p.detach(), weight=torch.rand(5, requires_grad=True))
+
+
+@pytest.mark.cuda
+def test_mixed_devices_error():
+    p = boxes((5,), dtype=torch.float32)
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        DF.iou_loss(p.cuda(), p)
+    with pytest.raises((ValueError, RuntimeError), match="device"):
+        DF.box_iou_matrix(p.cuda(), p)
+
+
+# ------------------------------------------------------------------------------ CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cuda_matches_cpu(kind, fmt, dtype):
+    p = boxes((100_003,), fmt)
+    t = near(p)
+    w = torch.rand(100_003, dtype=torch.float64)
+    g64 = torch.randn(100_003, dtype=torch.float64)
+    oc, gc = check_parity(kind, fmt, p, t, dtype, "cuda", "none", weight=w, g64=g64)
+    oh, gh = check_parity(kind, fmt, p, t, dtype, "cpu", "none", weight=w, g64=g64)
+    assert_close_dtype(oc, oh.double(), dtype)
+    for a, b in zip(gc, gh):
+        assert_close_dtype(a, b.double(), dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("offset", [0, 1, 2])
+def test_cuda_misaligned_rows(offset):
+    base = boxes((1000,)).reshape(-1)
+    flat = torch.cat([torch.zeros(offset, dtype=torch.float64), base])
+    p = flat[offset:].view(1000, 4)
+    check_parity("ciou", "xyxy", p, near(p), torch.float32, "cuda", "none")
+    check_parity("giou", "xywh", p, near(p), torch.float16, "cuda", "sum")
+
+
+@pytest.mark.cuda
+def test_cuda_matrix_large_tiles():
+    a = boxes((2, 1000)).float().cuda()
+    b = boxes((2, 77)).float().cuda()
+    m = DF.box_iou_matrix(a, b, "diou")
+    ref = R.box_iou_matrix(a.double().cpu(), b.double().cpu(), "diou")
+    assert_close_dtype(m, ref, torch.float32)
