@@ -144,8 +144,15 @@ def make_extension():
     ]
     macros += [(f"DETLOSS_HAVE_{name}", "1") for name, _ in CAPABILITIES if name != "DEFAULT"]
     cxx = ["-O3", "-Wno-unknown-pragmas"]  # ATen's vec headers carry CUDA pragmas
+    link = []
+    if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
+        # at::parallel_for is inline: with torch's OpenMP backend it only runs in parallel if
+        # this code is compiled with -fopenmp (else serially, silently). libgomp.so.1 then
+        # resolves to the copy torch already loaded: one OpenMP runtime, torch's thread count.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     kwargs = dict(name="detloss_cuda._C", sources=sources, define_macros=macros,
-                  include_dirs=[os.path.join(ROOT, "csrc")])
+                  include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=link)
     if CUDA_HOME:
         sources += listdir("cuda", ".cu")
         macros += [("DETLOSS_WITH_CUDA", "1"), ("DETLOSS_CUDA_ARCHS", f'"{cuda_archs_string()}"')]

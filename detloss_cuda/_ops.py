@@ -62,3 +62,37 @@ def _box_iou_matrix_fake(boxes1, boxes2, kind, box_format, eps):
         dtype = torch.float32
     shape = boxes1.shape[:-1] + boxes2.shape[-2:-1]
     return boxes1.new_empty(shape, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- dfl family
+@torch.library.register_fake("detloss::dfl_loss")
+def _dfl_loss_fake(pred, target, weight, reduction):
+    torch._check(pred.dim() >= 1 and pred.shape[-1] >= 2,
+                 lambda: f"detloss.dfl_loss: DFL needs at least 2 bins, got pred of shape {tuple(pred.shape)}")
+    torch._check(target.shape == pred.shape[:-1],
+                 lambda: f"detloss.dfl_loss: target of shape {tuple(target.shape)} must have the "
+                 f"leading shape of pred {tuple(pred.shape)}")
+    loss = pred.new_empty(pred.shape[:-1] if reduction == "none" else ())
+    return loss, pred.new_empty(pred.shape[:-1], dtype=_opmath(pred.dtype))
+
+
+@torch.library.register_fake("detloss::dfl_backward")
+def _dfl_backward_fake(grad, pred, target, lse, weight, reduction):
+    return pred.new_empty(pred.shape)
+
+
+@torch.library.register_fake("detloss::dfl_integral")
+def _dfl_integral_fake(pred):
+    torch._check(pred.dim() >= 1 and pred.shape[-1] >= 2,
+                 lambda: f"detloss.dfl_integral: needs at least 2 bins, got pred of shape {tuple(pred.shape)}")
+    return (pred.new_empty(pred.shape[:-1]),
+            pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype)))
+
+
+@torch.library.register_fake("detloss::dfl_integral_backward")
+def _dfl_integral_backward_fake(grad, pred, stats):
+    return pred.new_empty(pred.shape)
+
+
+def _opmath(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32

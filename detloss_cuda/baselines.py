@@ -94,3 +94,21 @@ def box_iou(boxes1, boxes2):
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, :, 0] * wh[:, :, 1]
     return inter / (area1[:, None] + area2 - inter)
+
+
+def distribution_focal_loss(pred_dist, target, reg_max=16, reduction="sum"):
+    """ultralytics.utils.loss.DFLoss (8.3), transcribed, over rows of reg_max bins."""
+    target = target.clamp(0, reg_max - 1 - 0.01)
+    tl = target.long()
+    tr = tl + 1
+    wl = tr - target
+    wr = 1 - wl
+    loss = (F.cross_entropy(pred_dist, tl.view(-1), reduction="none").view(tl.shape) * wl
+            + F.cross_entropy(pred_dist, tr.view(-1), reduction="none").view(tl.shape) * wr)
+    return _reduce(loss, reduction)
+
+
+def distribution_integral(pred):
+    """ultralytics' DFL decode: softmax over the bins, then the projection onto 0..R-1."""
+    proj = torch.arange(pred.shape[-1], dtype=pred.dtype, device=pred.device)
+    return pred.softmax(-1) @ proj

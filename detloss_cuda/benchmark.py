@@ -122,6 +122,30 @@ def _matrix_bytes(inp, mode):
     return _nbytes(a, b) + a.shape[0] * b.shape[0] * a.element_size()
 
 
+def _dfl_inputs(size, dtype, device, gen, bins=16):
+    """A YOLOv8 head's distance distributions: rows of 16 bin logits, targets in bins."""
+    n = max(1, size // bins)
+    x = torch.randn(n, bins, generator=gen) * 2
+    t = torch.rand(n, generator=gen) * (bins - 1)
+    return {"x": x.to(device=device, dtype=dtype), "t": t.to(device=device)}
+
+
+def _dfl_bytes(inp, mode):
+    x, t = inp["x"], inp["t"]
+    if mode == "fwd":
+        return _nbytes(x, t) + x.element_size()
+    return _nbytes(x, t) + _nbytes(x)
+
+
+def _integral_bytes(inp, mode):
+    x = inp["x"]
+    out = x.shape[0] * x.element_size()
+    return _nbytes(x) + out if mode == "fwd" else _nbytes(x) + _nbytes(x)  # bwd: + d/dx
+
+
+_DFL_SIZES = {"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7, 64 * 10**6],
+              "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]}
+
 OPS = {name: _cls_op(name) for name in _CLS}
 OPS.update({kind: _box_op(kind) for kind in ("iou", "giou", "diou", "ciou")})
 OPS["iou_matrix"] = BenchOp(
@@ -131,6 +155,18 @@ OPS["iou_matrix"] = BenchOp(
     bytes_moved=_matrix_bytes, differentiable=False,
     sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
            "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
+)
+OPS["dfl"] = BenchOp(
+    name="dfl", family="dfl", unit="logits (rows x 16)", make=_dfl_inputs,
+    fused=lambda i: DF.distribution_focal_loss(i["x"], i["t"], reduction="sum"),
+    eager=lambda i: BL.distribution_focal_loss(i["x"], i["t"], reg_max=i["x"].shape[-1]),
+    bytes_moved=_dfl_bytes, sizes=_DFL_SIZES,
+)
+OPS["integral"] = BenchOp(
+    name="integral", family="dfl", unit="logits (rows x 16)", make=_dfl_inputs,
+    fused=lambda i: DF.distribution_integral(i["x"]).sum(),
+    eager=lambda i: BL.distribution_integral(i["x"]).sum(),
+    bytes_moved=_integral_bytes, sizes=_DFL_SIZES,
 )
 
 # ----------------------------------------------------------------------------- timing
@@ -339,8 +375,11 @@ def _fmt_time(s):
 
 
 def _fmt_size(n):
-    e = int(math.floor(math.log10(n))) if n > 0 else 0
-    return f"{n // 10**e}e{e}" if n == (n // 10**e) * 10**e else str(n)
+    if n <= 0:
+        return str(n)
+    e = int(math.floor(math.log10(n)))
+    m = n / 10**e
+    return f"{m:.0f}e{e}" if m == int(m) else f"{m:.1f}e{e}"
 
 
 HEADER = (f"{'op':<11}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"

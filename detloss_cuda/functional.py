@@ -26,6 +26,8 @@ __all__ = [
     "complete_box_iou_loss",
     "bbox_iou",
     "box_iou_matrix",
+    "distribution_focal_loss",
+    "distribution_integral",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -189,3 +191,28 @@ def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
     _check_tensor("boxes2", boxes2)
     _check_box_args(kind, box_format)
     return _ops.ops.box_iou_matrix(boxes1, boxes2, kind, box_format, _check_eps(eps))
+
+
+# ------------------------------------------------------------------- distribution (DFL)
+def distribution_focal_loss(pred, target, reduction="mean", weight=None):
+    """Distribution Focal Loss (GFL): ``pred [..., R]`` bin logits, ``target [...]`` the
+    continuous distance in bins.
+
+    ``target`` is clamped to ``[0, R - 1 - 0.01]`` (ultralytics' convention), then with
+    ``l = floor(y)``, ``r = l + 1``: ``loss = -((r - y)·log softmax(z)_l + (y - l)·log softmax(z)_r)``.
+    Differentiable with respect to ``pred`` only. A NaN target gives a NaN loss for its row
+    (detecting it would need a host synchronisation). ``R`` from 2 to 1024; targets are
+    read in float32 (float64 for float64 logits), whatever the logits' dtype.
+    """
+    _check_tensor("pred", pred)
+    _check_tensor("target", target)
+    _check_tensor("weight", weight, optional=True)
+    _check_reduction(reduction)
+    return _ops.ops.dfl_loss(pred, target, weight, reduction)[0]
+
+
+def distribution_integral(pred):
+    """The expected bin of each row: ``sum_i i·softmax(pred)_i``, ``[..., R] -> [...]``,
+    differentiable — what turns a GFL / YOLOv8 head's distribution into a distance."""
+    _check_tensor("pred", pred)
+    return _ops.ops.dfl_integral(pred)[0]

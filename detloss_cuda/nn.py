@@ -22,6 +22,7 @@ __all__ = [
     "GIoULoss",
     "DIoULoss",
     "CIoULoss",
+    "DistributionFocalLoss",
 ]
 
 
@@ -142,3 +143,24 @@ class CIoULoss(_BoxLoss):
     """``1 - CIoU`` of box pairs (alpha a constant for the gradient)."""
 
     _kind = "ciou"
+
+
+class DistributionFocalLoss(nn.Module):
+    """ultralytics' ``DFLoss`` / the seed's ``DistributionFocalLoss(reg_max)``:
+    ``forward(pred_dist, target)`` with ``pred_dist`` reshaped to ``(-1, reg_max)`` and
+    ``target`` of shape ``(n, 4)`` (distances to the four sides, in bins), returning the
+    loss of each box averaged over its four sides, shape ``(n, 1)``."""
+
+    def __init__(self, reg_max=16):
+        super().__init__()
+        if not isinstance(reg_max, int) or reg_max < 2:
+            raise ValueError(f"reg_max must be an int >= 2 (DFL needs at least 2 bins), got {reg_max!r}")
+        self.reg_max = reg_max
+
+    def forward(self, pred_dist, target):
+        loss = F.distribution_focal_loss(pred_dist.reshape(*target.shape, self.reg_max), target,
+                                         reduction="none")
+        return loss.mean(-1, keepdim=True)
+
+    def extra_repr(self):
+        return f"reg_max={self.reg_max}"

@@ -20,6 +20,8 @@ __all__ = [
     "complete_box_iou_loss",
     "bbox_iou",
     "box_iou_matrix",
+    "distribution_focal_loss",
+    "distribution_integral",
 ]
 
 
@@ -151,3 +153,26 @@ def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
     if not boxes2.is_floating_point():
         boxes2 = boxes2.float()
     return _box_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, box_format, eps)
+
+
+# ------------------------------------------------------------------- distribution (DFL)
+def distribution_focal_loss(pred, target, reduction="mean", weight=None):
+    bins = pred.shape[-1]
+    y = target.to(torch.promote_types(pred.dtype, torch.float32))
+    nan = torch.isnan(y)
+    y = y.nan_to_num(0.0).clamp(0, bins - 1 - 0.01)
+    left = y.floor()
+    wl = left + 1 - y
+    wr = y - left
+    logp = torch.log_softmax(pred.to(y.dtype), dim=-1)
+    li = left.long().unsqueeze(-1)
+    loss = -(wl * logp.gather(-1, li).squeeze(-1) + wr * logp.gather(-1, li + 1).squeeze(-1))
+    # a NaN target: NaN loss and NaN gradient for its row only
+    loss = loss * torch.where(nan, float("nan"), 1.0).to(loss.dtype)
+    return _reduce(loss.to(pred.dtype), weight, reduction)
+
+
+def distribution_integral(pred):
+    bins = pred.shape[-1]
+    proj = torch.arange(bins, dtype=pred.dtype, device=pred.device)
+    return torch.softmax(pred, dim=-1) @ proj

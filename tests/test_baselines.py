@@ -38,6 +38,18 @@ def test_box_baseline_matches_reference(name):
     torch.testing.assert_close(op.fused(inputs), expected)
 
 
+@pytest.mark.parametrize("name", ["dfl", "integral"])
+def test_dfl_baseline_matches_reference(name):
+    op = B.OPS[name]
+    inputs = op.make(16 * 4096, torch.float64, "cpu", torch.Generator().manual_seed(0))
+    if name == "dfl":
+        expected = R.distribution_focal_loss(inputs["x"], inputs["t"], reduction="sum")
+    else:
+        expected = R.distribution_integral(inputs["x"]).sum()
+    torch.testing.assert_close(op.eager(inputs), expected)
+    torch.testing.assert_close(op.fused(inputs), expected)
+
+
 def test_bench_quick_smoke(tmp_path):
     """The benchmark runs end to end and writes its JSON (timings are never asserted)."""
     from detloss_cuda.__main__ import main

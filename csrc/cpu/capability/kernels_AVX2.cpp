@@ -2,3 +2,4 @@
 // setup.py and CMakeLists.txt give this file its own flags (see csrc/cpu/dispatch.h).
 #include "../cls_vec.h"
 #include "../box_vec.h"
+#include "../dfl_vec.h"

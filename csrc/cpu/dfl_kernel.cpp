@@ -1,0 +1,97 @@
+// CPU kernels of the distribution family: output allocation, deterministic chunking,
+// parallelism; the vectorised loops are in dfl_vec.h, chosen per CPU at run time.
+#include "dfl_kernel.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../ops/dfl.h"
+#include "parallel.h"
+
+namespace detloss {
+namespace cpu {
+namespace {
+
+int64_t rows_per_chunk(int32_t bins) { return std::max<int64_t>(64, kChunk / bins); }
+
+template <typename T>
+DflLoopArgs<T> loop_args(const DflArgs& a, bool integral) {
+  DflLoopArgs<T> la;
+  la.pred = a.pred.const_data_ptr<T>();
+  if (!integral) la.target = a.target.const_data_ptr<at::opmath_type<T>>();
+  la.weight = a.weight.typed<T>();
+  la.bins = a.bins;
+  la.integral = integral;
+  return la;
+}
+
+DflPair forward(const DflArgs& a, bool integral) {
+  const bool reduce = !integral && a.reduction != Reduction::kNone;
+  at::Tensor out = reduce ? at::empty({}, a.pred.options()) : at::empty(a.shape, a.pred.options());
+  std::vector<int64_t> sshape(a.shape);
+  if (integral) sshape.push_back(2);
+  at::Tensor stats =
+      at::empty(sshape, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
+                                  "detloss_dfl_forward_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    DflLoopArgs<scalar_t> la = loop_args<scalar_t>(a, integral);
+    la.stats_out = stats.mutable_data_ptr<O>();
+    const int64_t chunk = rows_per_chunk(a.bins);
+    if (!reduce) {
+      la.out = out.mutable_data_ptr<scalar_t>();
+      chunked_for(a.rows, chunk, [&](int64_t b, int64_t e) {
+        DETLOSS_CPU_DISPATCH(dfl_forward_rows, la, b, e);
+      });
+      return;
+    }
+    O s = chunked_sum<O>(a.rows, chunk, [&](int64_t b, int64_t e) {
+      return DETLOSS_CPU_DISPATCH(dfl_forward_rows, la, b, e);
+    });
+    if (a.reduction == Reduction::kMean) s = a.rows > 0 ? s / static_cast<O>(a.rows) : O(0);
+    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(s);
+  });
+  return {out, stats};
+}
+
+at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
+  at::Tensor gz = at::empty(a.pred.sizes(), a.pred.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
+                                  "detloss_dfl_backward_cpu", [&] {
+    using O = at::opmath_type<scalar_t>;
+    DflLoopArgs<scalar_t> la = loop_args<scalar_t>(a, integral);
+    la.grad = grad.typed<scalar_t>();
+    la.grad_scale = (!integral && a.reduction == Reduction::kMean && a.rows > 0)
+                        ? O(1) / static_cast<O>(a.rows)
+                        : O(1);
+    la.stats = a.stats.const_data_ptr<O>();
+    la.out = gz.mutable_data_ptr<scalar_t>();
+    chunked_for(a.rows, rows_per_chunk(a.bins), [&](int64_t b, int64_t e) {
+      DETLOSS_CPU_DISPATCH(dfl_backward_rows, la, b, e);
+    });
+  });
+  return gz;
+}
+
+}  // namespace
+}  // namespace cpu
+
+DflPair dfl_forward_cpu(const DflArgs& a) { return cpu::forward(a, false); }
+at::Tensor dfl_backward_cpu(const DflArgs& a, const OperandDesc& g) {
+  return cpu::backward(a, g, false);
+}
+DflPair dfl_integral_cpu(const DflArgs& a) { return cpu::forward(a, true); }
+at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& g) {
+  return cpu::backward(a, g, true);
+}
+
+}  // namespace detloss
+
+TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+  m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cpu>);
+  m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cpu>);
+  m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cpu>);
+  m.impl("dfl_integral_backward",
+         &detloss::dfl_integral_backward_entry<detloss::dfl_integral_backward_cpu>);
+}

@@ -1,0 +1,280 @@
+// CUDA kernels of the distribution family. A row of R bin logits is held in the registers of
+// a group of TPR lanes (VPT bins each), reduced with shuffles inside the group (max, sum,
+// the target's two bins); the forward also writes each row's log-sum-exp (and the
+// integral's mean) so that the backward is one pass with no reductions. Formulas:
+// csrc/math/dfl.h; launch and deterministic reduction: csrc/cuda/launch.cuh.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cfloat>
+
+#include "../math/dfl.h"
+#include "../ops/dfl.h"
+#include "launch.cuh"
+
+namespace detloss {
+namespace cuda {
+namespace {
+
+template <int TPR>
+__device__ __forceinline__ unsigned group_mask() {
+  if constexpr (TPR == 32) {
+    return 0xffffffffu;
+  } else {
+    const unsigned lane = threadIdx.x & 31u;
+    return ((1u << TPR) - 1u) << (lane & ~(TPR - 1u));
+  }
+}
+
+template <int TPR, typename O>
+__device__ __forceinline__ O group_sum(O v) {
+  const unsigned mask = group_mask<TPR>();
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o, TPR);
+  return v;
+}
+
+template <int TPR, typename O>
+__device__ __forceinline__ O group_max(O v) {
+  const unsigned mask = group_mask<TPR>();
+#pragma unroll
+  for (int o = TPR / 2; o > 0; o >>= 1) v = math::dl_max(v, __shfl_xor_sync(mask, v, o, TPR));
+  return v;
+}
+
+template <typename T>
+struct DflParams {
+  using O = at::opmath_type<T>;
+  const T* __restrict__ pred;
+  const O* __restrict__ target;
+  Operand<T> weight, grad;
+  O grad_scale;
+  T* __restrict__ out;       // forward: the row results (or null: reduce); backward: grad
+  O* __restrict__ stats_out;  // forward
+  const O* __restrict__ stats;  // backward
+  int32_t bins;
+  bool vec_ok;  // rows start 4·sizeof(T)-aligned: load/store bins in 4s
+};
+
+// Lane `lane` of its row group owns bins lane·VPT .. lane·VPT + VPT - 1.
+template <typename T, int VPT>
+__device__ __forceinline__ void load_bins(const DflParams<T>& p, const T* row, int lane,
+                                          at::opmath_type<T> (&v)[VPT], at::opmath_type<T> fill) {
+  using O = at::opmath_type<T>;
+  const int first = lane * VPT;
+  if (p.vec_ok && first + VPT <= p.bins) {
+#pragma unroll
+    for (int j = 0; j < VPT; j += 4) {
+      const Pack<T, 4> q = *reinterpret_cast<const Pack<T, 4>*>(row + first + j);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[j + k] = static_cast<O>(q.v[k]);
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) v[j] = first + j < p.bins ? static_cast<O>(row[first + j]) : fill;
+  }
+}
+
+template <typename T, int VPT, int TPR, bool INTEGRAL>
+struct DflForward {
+  using O = at::opmath_type<T>;
+  DflParams<T> p;
+
+  __device__ __forceinline__ O operator()(int64_t u) const {
+    const int64_t r = u / TPR;
+    const int lane = static_cast<int>(u % TPR);
+    const T* row = p.pred + r * p.bins;
+    O v[VPT];
+    load_bins<T, VPT>(p, row, lane, v, -INFINITY);
+    O m = v[0];
+#pragma unroll
+    for (int j = 1; j < VPT; ++j) m = math::dl_max(m, v[j]);
+    m = group_max<TPR>(m);
+    O s(0), si(0);
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+      const O e = math::dl_exp(v[j] - m);  // exp(-inf) = 0 for padding
+      s += e;
+      if constexpr (INTEGRAL) si += e * O(lane * VPT + j);
+    }
+    s = group_sum<TPR>(s);
+    const O lse = m + math::dl_log(s);
+    if constexpr (INTEGRAL) {
+      const O d = group_sum<TPR>(si) / s;
+      if (lane == 0) {
+        p.out[r] = static_cast<T>(d);
+        p.stats_out[2 * r] = lse;
+        p.stats_out[2 * r + 1] = d;
+      }
+      return O(0);
+    } else {
+      const math::DflTarget<O> t = math::dfl_target(p.target[r], p.bins);
+      O lin(0);
+#pragma unroll
+      for (int j = 0; j < VPT; ++j) lin += math::dfl_pick(t, lane * VPT + j, v[j]);
+      lin = group_sum<TPR>(lin);
+      if (lane != 0) return O(0);
+      O loss = t.nan ? math::nan_value<O>() : lse - lin;
+      loss *= math::operand_at(p.weight, r, O(1));
+      if (p.out != nullptr) p.out[r] = static_cast<T>(loss);
+      p.stats_out[r] = lse;
+      return loss;
+    }
+  }
+};
+
+template <typename T, int VPT, int TPR, bool INTEGRAL>
+struct DflBackward {
+  using O = at::opmath_type<T>;
+  DflParams<T> p;
+
+  __device__ __forceinline__ O operator()(int64_t u) const {
+    const int64_t r = u / TPR;
+    const int lane = static_cast<int>(u % TPR);
+    const T* row = p.pred + r * p.bins;
+    O v[VPT];
+    load_bins<T, VPT>(p, row, lane, v, O(0));
+    O res[VPT];
+    if constexpr (INTEGRAL) {
+      const O lse = p.stats[2 * r], d = p.stats[2 * r + 1];
+      const O g = math::operand_at(p.grad, r, O(1));
+#pragma unroll
+      for (int j = 0; j < VPT; ++j)
+        res[j] = g * math::dl_exp(v[j] - lse) * (O(lane * VPT + j) - d);
+    } else {
+      const O lse = p.stats[r];
+      const O g = math::operand_at(p.grad, r, O(1)) * p.grad_scale *
+                  math::operand_at(p.weight, r, O(1));
+      const math::DflTarget<O> t = math::dfl_target(p.target[r], p.bins);
+#pragma unroll
+      for (int j = 0; j < VPT; ++j)
+        res[j] = t.nan ? math::nan_value<O>()
+                       : g * math::dfl_grad(t, lane * VPT + j, math::dl_exp(v[j] - lse));
+    }
+    T* gz = p.out + r * p.bins;
+    const int first = lane * VPT;
+    if (p.vec_ok && first + VPT <= p.bins) {
+#pragma unroll
+      for (int j = 0; j < VPT; j += 4) {
+        Pack<T, 4> q;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) q.v[k] = static_cast<T>(res[j + k]);
+        *reinterpret_cast<Pack<T, 4>*>(gz + first + j) = q;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < VPT; ++j)
+        if (first + j < p.bins) gz[first + j] = static_cast<T>(res[j]);
+    }
+    return O(0);
+  }
+};
+
+// (bins per lane, lanes per row) for a row of R bins: R = 16 and 17, the common heads, take
+// 4 and 5 lanes' worth of a 4 x 4 and 4 x 8 group.
+template <typename F>
+void with_config(int32_t bins, const F& f) {
+  if (bins <= 16) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 4>());
+  if (bins <= 32) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 8>());
+  if (bins <= 128) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>());
+  if (bins <= 256) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>());
+  return f(std::integral_constant<int, 32>(), std::integral_constant<int, 32>());
+}
+
+template <typename T>
+DflParams<T> params(const DflArgs& a, bool integral) {
+  DflParams<T> p{};
+  p.pred = a.pred.const_data_ptr<T>();
+  p.target = integral ? nullptr : a.target.const_data_ptr<at::opmath_type<T>>();
+  p.weight = a.weight.typed<T>();
+  p.grad_scale = 1;
+  p.bins = a.bins;
+  p.vec_ok = a.bins % 4 == 0 && aligned16(p.pred);  // 16B covers Pack<T, 4> for half..float
+  if (sizeof(T) == 8) p.vec_ok = p.vec_ok && reinterpret_cast<uintptr_t>(p.pred) % 32 == 0;
+  return p;
+}
+
+DflPair forward(const DflArgs& a, bool integral) {
+  const c10::cuda::CUDAGuard guard(a.pred.device());
+  const bool reduce = !integral && a.reduction != Reduction::kNone;
+  at::Tensor out = reduce ? at::empty({}, a.pred.options()) : at::empty(a.shape, a.pred.options());
+  std::vector<int64_t> sshape(a.shape);
+  if (integral) sshape.push_back(2);
+  at::Tensor stats =
+      at::empty(sshape, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
+                                  "detloss_dfl_forward_cuda", [&] {
+    using O = at::opmath_type<scalar_t>;
+    DflParams<scalar_t> p = params<scalar_t>(a, integral);
+    p.stats_out = stats.mutable_data_ptr<O>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    p.out = reduce ? nullptr : o;
+    const O scale = a.reduction == Reduction::kMean && a.rows > 0 ? O(1) / static_cast<O>(a.rows) : O(1);
+    with_config(a.bins, [&](auto vpt, auto tpr) {
+      constexpr int VPT = decltype(vpt)::value, TPR = decltype(tpr)::value;
+      const int64_t units = a.rows * TPR;
+      if (integral) {
+        launch_map_reduce<O, scalar_t>(units, DflForward<scalar_t, VPT, TPR, true>{p}, nullptr, scale,
+                                       a.pred.device());
+      } else {
+        launch_map_reduce<O, scalar_t>(units, DflForward<scalar_t, VPT, TPR, false>{p},
+                                       reduce ? o : nullptr, scale, a.pred.device());
+      }
+    });
+  });
+  return {out, stats};
+}
+
+at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
+  const c10::cuda::CUDAGuard guard(a.pred.device());
+  at::Tensor gz = at::empty(a.pred.sizes(), a.pred.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
+                                  "detloss_dfl_backward_cuda", [&] {
+    using O = at::opmath_type<scalar_t>;
+    DflParams<scalar_t> p = params<scalar_t>(a, integral);
+    p.grad = grad.typed<scalar_t>();
+    p.grad_scale = (!integral && a.reduction == Reduction::kMean && a.rows > 0)
+                       ? O(1) / static_cast<O>(a.rows)
+                       : O(1);
+    p.stats = a.stats.const_data_ptr<O>();
+    p.out = gz.mutable_data_ptr<scalar_t>();
+    with_config(a.bins, [&](auto vpt, auto tpr) {
+      constexpr int VPT = decltype(vpt)::value, TPR = decltype(tpr)::value;
+      const int64_t units = a.rows * TPR;
+      if (integral) {
+        launch_map_reduce<O, scalar_t>(units, DflBackward<scalar_t, VPT, TPR, true>{p}, nullptr,
+                                       O(1), a.pred.device());
+      } else {
+        launch_map_reduce<O, scalar_t>(units, DflBackward<scalar_t, VPT, TPR, false>{p}, nullptr,
+                                       O(1), a.pred.device());
+      }
+    });
+  });
+  return gz;
+}
+
+}  // namespace
+}  // namespace cuda
+
+DflPair dfl_forward_cuda(const DflArgs& a) { return cuda::forward(a, false); }
+at::Tensor dfl_backward_cuda(const DflArgs& a, const OperandDesc& g) {
+  return cuda::backward(a, g, false);
+}
+DflPair dfl_integral_cuda(const DflArgs& a) { return cuda::forward(a, true); }
+at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& g) {
+  return cuda::backward(a, g, true);
+}
+
+}  // namespace detloss
+
+TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
+  m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cuda>);
+  m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cuda>);
+  m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cuda>);
+  m.impl("dfl_integral_backward",
+         &detloss::dfl_integral_backward_entry<detloss::dfl_integral_backward_cuda>);
+}

@@ -1,0 +1,83 @@
+// The distribution family (DFL, the distribution integral): validated, device-independent
+// arguments and the device entry points csrc/cpu and csrc/cuda implement.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+
+#include "../math/dfl.h"
+#include "common.h"
+
+namespace detloss {
+
+struct DflArgs {
+  at::Tensor pred;    // [rows, R] contiguous
+  at::Tensor target;  // [rows] contiguous, opmath dtype (loss only)
+  at::Tensor stats;   // backward: what the forward saved per row, opmath, contiguous:
+                      // the loss' lse [rows]; the integral's (lse, mean) [rows, 2]
+  OperandDesc weight;
+  std::vector<int64_t> shape;  // the leading dims: the unreduced loss / the integral
+  int64_t rows = 0;
+  int32_t bins = 0;
+  Reduction reduction = Reduction::kMean;
+};
+
+DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& target,
+                    const std::optional<at::Tensor>& weight, std::string_view reduction,
+                    const char* op);
+OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op);
+
+// Forwards return (result, stats): the loss per row ('none', shaped a.shape) or reduced, and
+// its per-row log-sum-exp (opmath, a.shape); the integral (a.shape) and its per-row
+// (lse, mean) (opmath, [..., 2]). The stats make the backward one pass with no reductions.
+// Backwards: d/d(pred), shaped like pred.
+using DflPair = std::tuple<at::Tensor, at::Tensor>;
+DflPair dfl_forward_cpu(const DflArgs& a);
+at::Tensor dfl_backward_cpu(const DflArgs& a, const OperandDesc& grad);
+DflPair dfl_integral_cpu(const DflArgs& a);
+at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& grad);
+DflPair dfl_forward_cuda(const DflArgs& a);
+at::Tensor dfl_backward_cuda(const DflArgs& a, const OperandDesc& grad);
+DflPair dfl_integral_cuda(const DflArgs& a);
+at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& grad);
+
+// The stats a backward reads, checked against pred.
+void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const char* op);
+
+inline std::string_view dfl_sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
+
+template <DflPair (*F)(const DflArgs&)>
+DflPair dfl_loss_entry(const at::Tensor& pred, const at::Tensor& target,
+                       const std::optional<at::Tensor>& weight, c10::string_view reduction) {
+  return F(prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss"));
+}
+
+template <at::Tensor (*F)(const DflArgs&, const OperandDesc&)>
+at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
+                              const at::Tensor& target, const at::Tensor& lse,
+                              const std::optional<at::Tensor>& weight,
+                              c10::string_view reduction) {
+  constexpr const char* op = "detloss.dfl_backward";
+  DflArgs a = prepare_dfl(pred, target, weight, dfl_sv(reduction), op);
+  check_dfl_stats(lse, a, 1, op);
+  return F(a, prepare_dfl_grad(grad, a, op));
+}
+
+template <DflPair (*F)(const DflArgs&)>
+DflPair dfl_integral_entry(const at::Tensor& pred) {
+  return F(prepare_dfl(pred, std::nullopt, std::nullopt, "none", "detloss.dfl_integral"));
+}
+
+template <at::Tensor (*F)(const DflArgs&, const OperandDesc&)>
+at::Tensor dfl_integral_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
+                                       const at::Tensor& stats) {
+  constexpr const char* op = "detloss.dfl_integral_backward";
+  DflArgs a = prepare_dfl(pred, std::nullopt, std::nullopt, "none", op);
+  check_dfl_stats(stats, a, 2, op);
+  return F(a, prepare_dfl_grad(grad, a, op));
+}
+
+}  // namespace detloss

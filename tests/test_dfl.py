@@ -1,0 +1,271 @@
+"""The distribution family: DFL and the distribution integral against the pure-PyTorch
+reference (values, gradients), edge targets, large logits, registration (gradcheck,
+opcheck, torch.compile), the ultralytics-shaped nn module, and argument errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import detloss_cuda.functional as DF
+import detloss_cuda.nn as DN
+import detloss_cuda.reference as R
+from conftest import DTYPES, assert_close_dtype as _assert_close_dtype, devices
+
+_BINS_IN_CHECK = [16]
+
+
+def assert_close_dtype(actual, expected, dtype, msg=""):
+    # a row's log-sum-exp adds R terms in opmath: its rounding grows with R, and every
+    # probability (hence value and gradient) inherits it; budget one ~10-op formula per 16 bins
+    _assert_close_dtype(actual, expected, dtype, msg, ops=1 + _BINS_IN_CHECK[0] // 16)
+
+BINS = [2, 7, 16, 17, 64, 256]
+
+
+def targets_for(n, bins, gen=None):
+    """Continuous targets across the range, plus the edges: 0, integers, R - 1 and beyond."""
+    y = torch.rand(n, dtype=torch.float64, generator=gen) * (bins - 1)
+    edges = torch.tensor([0.0, 1.0, bins / 2, bins - 1.0, bins - 1 - 0.01, bins + 3.0, -2.0],
+                         dtype=torch.float64)
+    y[: len(edges)] = edges[: min(len(edges), n)]
+    return y
+
+
+def check(bins, dtype, device, reduction, shape=(301,), scale=3.0, weight=None, integral=True):
+    _BINS_IN_CHECK[0] = bins
+    z64 = torch.randn(*shape, bins, dtype=torch.float64) * scale
+    y = targets_for(int(torch.tensor(shape).prod()), bins).reshape(shape)
+    z = z64.to(dtype).to(device).requires_grad_()
+    zr = z.detach().double().cpu().requires_grad_()
+    w = None if weight is None else weight.to(dtype).to(device)
+    out = DF.distribution_focal_loss(z, y.to(device), reduction=reduction, weight=w)
+    ref = R.distribution_focal_loss(zr, y, reduction=reduction,
+                                    weight=None if w is None else w.double().cpu())
+    msg = f"dfl R={bins} {dtype} {device} {reduction}"
+    assert out.dtype == dtype and out.shape == ref.shape
+    assert_close_dtype(out, ref, dtype, "value " + msg)
+    g = torch.randn(ref.shape, dtype=torch.float64) if reduction == "none" else torch.ones(())
+    (gz,) = torch.autograd.grad(out, z, g.to(dtype).to(device))
+    (gr,) = torch.autograd.grad(ref, zr, g.to(dtype).double())
+    assert_close_dtype(gz, gr, dtype, "grad " + msg)
+    if integral:
+        d = DF.distribution_integral(z)
+        dr = R.distribution_integral(zr)
+        assert d.shape == shape and d.dtype == dtype
+        assert_close_dtype(d, dr, dtype, "integral " + msg)
+        gi = torch.randn(shape, dtype=torch.float64).to(dtype)
+        (gz,) = torch.autograd.grad(d, z, gi.to(device))
+        (gr,) = torch.autograd.grad(dr, zr, gi.double())
+        assert_close_dtype(gz, gr, dtype, "integral grad " + msg)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bins", BINS)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_parity(bins, dtype, device, reduction):
+    check(bins, dtype, device, reduction)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("shape", [(1,), (5, 4), (2, 3, 4), (0,), (4, 0)], ids=str)
+def test_shapes_and_weight(shape, device):
+    check(16, torch.float64, device, "none", shape=shape)
+    check(17, torch.float32, device, "sum", shape=shape)
+    if shape and shape[-1] == 4:
+        check(16, torch.float64, device, "mean", shape=shape, weight=torch.rand(shape[-1]) + 0.5)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_empty_mean_is_zero(device):
+    z = torch.randn(0, 16, device=device, requires_grad=True)
+    out = DF.distribution_focal_loss(z, torch.zeros(0, device=device))
+    assert out.item() == 0.0
+    out.backward()
+    assert z.grad.shape == (0, 16)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype,big", [(torch.float32, 1e4), (torch.float16, 6e4),
+                                       (torch.bfloat16, 1e4), (torch.float64, 1e4)], ids=str)
+def test_large_logits_stay_finite(dtype, big, device):
+    _BINS_IN_CHECK[0] = 16
+    z = (torch.rand(64, 16, dtype=torch.float64) * 2 - 1) * big  # |z| <= big, finite in dtype
+    z[0] = big
+    z[1] = -big
+    z[2, 3] = big
+    z = z.to(dtype).to(device).requires_grad_()
+    y = targets_for(64, 16).to(device)
+    out = DF.distribution_focal_loss(z, y, reduction="none")
+    (g,) = torch.autograd.grad(out.sum(), z)
+    assert torch.isfinite(g).all()  # softmax - one-hot: always in [-1, 1]
+    ref = R.distribution_focal_loss(z.detach().double().cpu(), y.cpu(), reduction="none")
+    # the loss itself is finite wherever the dtype can hold it (with fp16 logits of +-60000 a
+    # loss of 1e5 is not representable: it rounds to +inf, never NaN); that is torch's
+    # cross_entropy in fp16 too, and under autocast the loss comes back in float32, finite
+    fits = ref.abs() <= torch.finfo(dtype).max
+    assert torch.isfinite(out.cpu()[fits]).all() and not torch.isnan(out).any()
+    assert_close_dtype(out, ref, dtype)
+    if dtype == torch.float16:
+        with torch.autocast(device_type=device, dtype=torch.float16):
+            out32 = DF.distribution_focal_loss(z, y, reduction="none")
+        assert out32.dtype == torch.float32 and torch.isfinite(out32).all()
+    d = DF.distribution_integral(z)
+    (g,) = torch.autograd.grad(d.sum(), z)
+    assert torch.isfinite(d).all() and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("device", devices())
+def test_target_clamping_and_nan(device):
+    z = torch.randn(1, 16, dtype=torch.float64, device=device).repeat(6, 1).requires_grad_()
+    y = torch.tensor([-5.0, 0.0, 14.99, 15.0, 100.0, float("nan")], dtype=torch.float64,
+                     device=device)
+    out = DF.distribution_focal_loss(z, y, reduction="none")
+    # clamped to [0, R - 1 - 0.01]: -5 acts as 0; 15 and 100 act as 14.99
+    assert out[0].item() == pytest.approx(out[1].item(), rel=1e-12)
+    assert out[3].item() == pytest.approx(out[2].item(), rel=1e-12)
+    assert out[4].item() == pytest.approx(out[2].item(), rel=1e-12)
+    # a NaN target: NaN loss and gradient for its row only (no host sync to detect it)
+    assert torch.isnan(out[5]) and torch.isfinite(out[:5]).all()
+    (g,) = torch.autograd.grad(out.sum(), z)
+    assert torch.isnan(g[5]).all() and torch.isfinite(g[:5]).all()
+
+
+def test_matches_ultralytics_dfloss_and_cross_entropy_form():
+    # ultralytics.utils.loss.DFLoss (8.3), transcribed
+    def ultra(pred_dist, target, reg_max=16):
+        target = target.clamp_(0, reg_max - 1 - 0.01)
+        tl = target.long()
+        tr = tl + 1
+        wl = tr - target
+        wr = 1 - wl
+        return (F.cross_entropy(pred_dist, tl.view(-1), reduction="none").view(tl.shape) * wl
+                + F.cross_entropy(pred_dist, tr.view(-1), reduction="none").view(tl.shape) * wr
+                ).mean(-1, keepdim=True)
+
+    pred = torch.randn(50 * 4, 16, requires_grad=True)
+    target = torch.rand(50, 4) * 17 - 0.5
+    ours = DN.DistributionFocalLoss(16)(pred, target.clone())
+    theirs = ultra(pred, target.clone())
+    assert ours.shape == theirs.shape == (50, 1)
+    torch.testing.assert_close(ours, theirs, rtol=2e-5, atol=2e-6)
+    (g1,) = torch.autograd.grad(ours.sum(), pred)
+    (g2,) = torch.autograd.grad(theirs.sum(), pred)
+    torch.testing.assert_close(g1, g2, rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="reg_max must be an int >= 2"):
+        DN.DistributionFocalLoss(1)
+
+
+def test_integral_is_the_yolov8_decode():
+    # ultralytics DFL decode: softmax over bins, then a 1x1 conv with weights 0..R-1
+    z = torch.randn(2, 4, 16, 80, requires_grad=True)  # [b, 4 sides, R, anchors]
+    proj = torch.arange(16, dtype=torch.float32)
+    theirs = (z.softmax(2) * proj.view(1, 1, 16, 1)).sum(2)
+    ours = DF.distribution_integral(z.transpose(2, 3)).reshape(2, 4, 80)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bins", [2, 16, 17, 65])
+def test_gradcheck(bins):
+    z = (torch.randn(5, bins, dtype=torch.float64) * 2).requires_grad_()
+    y = targets_for(5, bins)
+    w = torch.rand(5, dtype=torch.float64) + 0.5
+    for red in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(
+            lambda z: torch.ops.detloss.dfl_loss(z, y, w, red)[0], (z,))
+    assert torch.autograd.gradcheck(lambda z: torch.ops.detloss.dfl_integral(z)[0], (z,))
+
+
+def test_opcheck():
+    z = torch.randn(6, 16)
+    y = torch.rand(6) * 15
+    for red in ("none", "mean", "sum"):
+        torch.library.opcheck(torch.ops.detloss.dfl_loss.default,
+                              (z.clone().requires_grad_(), y, None, red))
+    torch.library.opcheck(torch.ops.detloss.dfl_loss.default,
+                          (z.clone().requires_grad_(), y, torch.rand(6), "mean"))
+    torch.library.opcheck(torch.ops.detloss.dfl_integral.default, (z.clone().requires_grad_(),))
+    _, lse = torch.ops.detloss.dfl_loss(z, y, None, "none")
+    torch.library.opcheck(torch.ops.detloss.dfl_backward.default,
+                          (torch.randn(6), z, y, lse, None, "none"))
+    _, stats = torch.ops.detloss.dfl_integral(z)
+    torch.library.opcheck(torch.ops.detloss.dfl_integral_backward.default,
+                          (torch.randn(6), z, stats))
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    head = torch.nn.Linear(8, 4 * 16)
+    crit = DN.DistributionFocalLoss(16)
+
+    def step(x, t):
+        dist = head(x)
+        return crit(dist, t).mean() + DF.distribution_integral(dist.view(-1, 4, 16)).sum() * 1e-3
+
+    x = torch.randn(32, 8)
+    t = torch.rand(32, 4) * 15
+    compiled = torch.compile(step, fullgraph=True)
+    out_c = compiled(x, t)
+    gc = torch.autograd.grad(out_c, list(head.parameters()))
+    out_e = step(x, t)
+    ge = torch.autograd.grad(out_e, list(head.parameters()))
+    torch.testing.assert_close(out_c, out_e)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
+
+
+def test_double_backward_is_a_clear_error():
+    z = torch.randn(4, 16, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(DF.distribution_focal_loss(z, torch.rand(4) * 10), z,
+                               create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward through dfl_loss"):
+        g.sum().backward()
+
+
+def test_errors_name_the_argument():
+    z = torch.randn(4, 16)
+    with pytest.raises(ValueError, match=r"DFL needs at least 2 bins, got pred of shape \[4, 1\]"):
+        DF.distribution_focal_loss(torch.randn(4, 1), torch.rand(4))
+    with pytest.raises(ValueError, match="at least 2 bins"):
+        DF.distribution_integral(torch.randn(4, 1))
+    with pytest.raises(ValueError, match=r"target of shape \[5\] must have the leading shape of pred \[4, 16\]"):
+        DF.distribution_focal_loss(z, torch.rand(5))
+    with pytest.raises(TypeError, match="pred must be a floating tensor of bin logits"):
+        DF.distribution_focal_loss(z.long(), torch.rand(4))
+    with pytest.raises(ValueError, match="at most 1024 bins"):
+        DF.distribution_integral(torch.randn(2, 2000))
+    with pytest.raises(RuntimeError, match="target requires grad"):
+        DF.distribution_focal_loss(z.requires_grad_(), torch.rand(4, requires_grad=True))
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        DF.distribution_focal_loss(z, torch.rand(4), reduction="avg")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bins", BINS + [4, 5, 32, 33, 128, 129, 1024])
+def test_cuda_matches_cpu(bins, dtype):
+    shape = (20_011,)
+    z64 = torch.randn(*shape, bins, dtype=torch.float64) * 3
+    y = targets_for(shape[0], bins)
+    _BINS_IN_CHECK[0] = bins
+    outs = {}
+    for dev in ("cuda", "cpu"):
+        z = z64.to(dtype).to(dev).requires_grad_()
+        loss = DF.distribution_focal_loss(z, y.to(dev), reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), z)
+        d = DF.distribution_integral(z)
+        (gi,) = torch.autograd.grad(d.sum(), z)
+        outs[dev] = [t.double().cpu() for t in (loss, g, d, gi)]
+    for a, b in zip(outs["cuda"], outs["cpu"]):
+        assert_close_dtype(a, b, dtype)
+    check(bins, dtype, "cuda", "mean", shape=(2001,))
+
+
+@pytest.mark.cuda
+def test_cuda_misaligned_rows_and_determinism():
+    base = torch.randn(1 + 5000 * 16, device="cuda")
+    z = base[1:].view(5000, 16)  # rows not 16-byte aligned: the scalar path
+    y = (torch.rand(5000) * 15).cuda()
+    ref = R.distribution_focal_loss(z.double().cpu(), y.double().cpu(), reduction="sum")
+    a = DF.distribution_focal_loss(z, y, reduction="sum")
+    assert_close_dtype(a, ref, torch.float32)
+    assert all(torch.equal(a, DF.distribution_focal_loss(z, y, reduction="sum")) for _ in range(3))
