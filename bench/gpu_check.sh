@@ -66,7 +66,7 @@ else
 fi
 
 # 4. the GPU benchmark
-step bench 330 $PY -m detloss_cuda bench --devices cuda $QUICK \
+step bench 330 $PY -m detloss_cuda bench --devices cuda $QUICK --compile-dtypes fp32 \
   --json "$OUT/bench-cuda.json" --markdown "$OUT/bench-cuda.md" --plot "$OUT/bench-cuda.png" \
   > "$OUT/bench.txt" 2>&1
 tail -n +1 "$OUT/bench.txt" | grep -v Warning | tail -60

@@ -66,8 +66,10 @@ def cmd_bench(args):
     sizes = [int(float(s)) for s in _csv(args.sizes)] if args.sizes else None
 
     print(B.HEADER)
+    compile_dtypes = _csv(args.compile_dtypes) if args.compile_dtypes else None
     result = B.run([B.OPS[o] for o in ops], devices, dtypes, modes, impls, sizes=sizes,
-                   quick=args.quick, min_time=args.min_time, log=print)
+                   quick=args.quick, min_time=args.min_time, log=print,
+                   compile_dtypes=compile_dtypes)
     print(f"\n{len(result['rows'])} rows; speedups are eager/fused and compile/fused times in "
           "this run; GB/s counts the minimum bytes each op must move; % copy compares that "
           "with a device copy of as many bytes, timed in this run.")
@@ -98,6 +100,8 @@ def main(argv=None):
     b.add_argument("--sizes", default=None, help="comma list, e.g. 1e4,1e6 (default: per op)")
     b.add_argument("--modes", default="fwd,fwdbwd", help="fwd and/or fwdbwd")
     b.add_argument("--impls", default="fused,eager,compile", help="fused,eager,compile")
+    b.add_argument("--compile-dtypes", default=None,
+                   help="time torch.compile only for these dtypes (compiling dominates a GPU sweep)")
     b.add_argument("--quick", action="store_true", help="few sizes, short timing")
     b.add_argument("--min-time", type=float, default=None, help="seconds of timing per cell")
     b.add_argument("--json", default=None, help="write every row as JSON here")

@@ -290,8 +290,10 @@ DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
           "bf16": torch.bfloat16}
 
 
-def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=None, log=print):
-    """Runs the sweep; returns the JSON-ready result (meta + rows)."""
+def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=None, log=print,
+        compile_dtypes=None):
+    """Runs the sweep; returns the JSON-ready result (meta + rows). `compile_dtypes` limits
+    the torch.compile column to those dtypes (compiling is most of a GPU sweep's time)."""
     from . import build_info
 
     def cell_time(device):
@@ -344,6 +346,8 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
                                "mode": mode, "min_bytes": nbytes,
                                "copy_bytes_per_s": copy_cache[ck]}
                         for impl in impls:
+                            if impl == "compile" and compile_dtypes and dname not in compile_dtypes:
+                                continue
                             fn = _make_runner(op, impl, inputs, mode, compiled_cache)
                             try:
                                 t = time_fn(fn, device, min_time=cell_time(device))
