@@ -102,8 +102,12 @@ def _box_metric(a, b, kind, box_format, eps):
     ax1, ay1, ax2, ay2 = _xyxy(a, box_format)
     bx1, by1, bx2, by2 = _xyxy(b, box_format)
     wa, ha, wb, hb = ax2 - ax1, ay2 - ay1, bx2 - bx1, by2 - by1
-    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
-    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    # max(overlap, 0) passing the gradient only where the overlap is > 0. (Written with where:
+    # Tensor.clamp(min=0) passes it at exactly 0 in torch 2.11 and not in 2.14.)
+    iw_raw = torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)
+    ih_raw = torch.minimum(ay2, by2) - torch.maximum(ay1, by1)
+    iw = torch.where(iw_raw > 0, iw_raw, torch.zeros_like(iw_raw))
+    ih = torch.where(ih_raw > 0, ih_raw, torch.zeros_like(ih_raw))
     inter = iw * ih
     union = wa * ha + wb * hb - inter + eps
     iou = inter / union

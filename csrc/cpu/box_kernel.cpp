@@ -44,18 +44,12 @@ at::Tensor box_forward(const BoxArgs& a) {
                                   "detloss_box_forward_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     BoxLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
-    if (!reduce) {
-      la.out = out.mutable_data_ptr<scalar_t>();
-      chunked_for(n, kBoxChunk, [&](int64_t b, int64_t e) {
-        DETLOSS_CPU_DISPATCH(box_forward_range, la, b, e);
-      });
-      return;
-    }
-    O s = chunked_sum<O>(n, kBoxChunk, [&](int64_t b, int64_t e) {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    la.out = reduce ? nullptr : o;
+    forward_and_reduce<scalar_t, O>(n, kBoxChunk, reduce, a.reduction == Reduction::kMean, o,
+                                    [&](int64_t b, int64_t e) {
       return DETLOSS_CPU_DISPATCH(box_forward_range, la, b, e);
     });
-    if (a.reduction == Reduction::kMean) s = n > 0 ? s / static_cast<O>(n) : O(0);
-    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(s);
   });
   return out;
 }

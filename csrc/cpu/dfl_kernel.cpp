@@ -38,19 +38,13 @@ DflPair forward(const DflArgs& a, bool integral) {
     using O = at::opmath_type<scalar_t>;
     DflLoopArgs<scalar_t> la = loop_args<scalar_t>(a, integral);
     la.stats_out = stats.mutable_data_ptr<O>();
-    const int64_t chunk = rows_per_chunk(a.bins);
-    if (!reduce) {
-      la.out = out.mutable_data_ptr<scalar_t>();
-      chunked_for(a.rows, chunk, [&](int64_t b, int64_t e) {
-        DETLOSS_CPU_DISPATCH(dfl_forward_rows, la, b, e);
-      });
-      return;
-    }
-    O s = chunked_sum<O>(a.rows, chunk, [&](int64_t b, int64_t e) {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    la.out = reduce ? nullptr : o;
+    forward_and_reduce<scalar_t, O>(a.rows, rows_per_chunk(a.bins), reduce,
+                                    a.reduction == Reduction::kMean, o,
+                                    [&](int64_t b, int64_t e) {
       return DETLOSS_CPU_DISPATCH(dfl_forward_rows, la, b, e);
     });
-    if (a.reduction == Reduction::kMean) s = a.rows > 0 ? s / static_cast<O>(a.rows) : O(0);
-    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(s);
   });
   return {out, stats};
 }

@@ -34,5 +34,20 @@ acc_t chunked_sum(int64_t n, int64_t chunk, const F& f) {
   return s;
 }
 
+// A forward over [0, n) whose range function writes per-unit results itself (reduction
+// 'none') or returns the sum of its range: with `reduce`, the deterministic sum, divided by
+// n for 'mean' (0 for an empty input), is written to *result.
+template <typename scalar_t, typename acc_t, typename F>
+void forward_and_reduce(int64_t n, int64_t chunk, bool reduce, bool mean, scalar_t* result,
+                        const F& range) {
+  if (!reduce) {
+    chunked_for(n, chunk, [&](int64_t b, int64_t e) { range(b, e); });
+    return;
+  }
+  acc_t s = chunked_sum<acc_t>(n, chunk, range);
+  if (mean) s = n > 0 ? s / static_cast<acc_t>(n) : acc_t(0);
+  *result = static_cast<scalar_t>(s);
+}
+
 }  // namespace cpu
 }  // namespace detloss

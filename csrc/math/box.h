@@ -15,7 +15,8 @@
 //   loss = 1 - metric (the callers' business: box_element returns the metric)
 // Gradients follow autograd of that formula exactly: ties in min/max split the gradient
 // equally (torch.minimum/maximum), the clamp at 0 passes it only where the overlap is > 0
-// (Tensor.clamp(min=0): touching boxes get no gradient through the intersection). One
+// (touching boxes get no gradient through the intersection; Tensor.clamp(min=0) agrees in
+// torch 2.14, while 2.11's passed it at exactly 0). One
 // documented departure: CIoU's aspect term gives no gradient to a point box (w = h = 0),
 // where the formula's 1/eps would overflow (see atan_ratio_dw).
 #pragma once
