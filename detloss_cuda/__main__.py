@@ -1,4 +1,4 @@
-"""Command line: python -m detloss_cuda {info,bench} (also installed as `detloss`)."""
+"""Command line: python -m detloss_cuda {info,verify,bench} (also installed as `detloss`)."""
 import argparse
 import sys
 
@@ -32,6 +32,13 @@ def cmd_info(args):
     else:
         print("  no CUDA device visible")
     return 0
+
+
+def cmd_verify(args):
+    from . import verify
+
+    devices = _csv(args.devices) if args.devices else None
+    return 1 if verify.run(devices) else 0
 
 
 def _csv(s):
@@ -92,6 +99,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="detloss", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="version, build (CUDA? archs? CPU capabilities) and devices")
+    v = sub.add_parser("verify", help="every op against the reference on this machine; "
+                       "exit code 1 on any failure")
+    v.add_argument("--devices", default=None, help="cpu,cuda (default: all available)")
     b = sub.add_parser("bench", help="fused vs eager vs torch.compile, with a roofline")
     b.add_argument("--ops", default="all", help="comma list of ops, or 'all'")
     b.add_argument("--devices", default=None, help="cpu,cuda (default: all available)")
@@ -108,7 +118,7 @@ def main(argv=None):
     b.add_argument("--plot", default=None, help="write a PNG plot here (needs matplotlib)")
     b.add_argument("--markdown", default=None, help="write a markdown table here")
     args = p.parse_args(argv)
-    return {"info": cmd_info, "bench": cmd_bench}[args.cmd](args)
+    return {"info": cmd_info, "verify": cmd_verify, "bench": cmd_bench}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,160 @@
+"""`python -m detloss_cuda verify`: proves this build correct on this machine.
+
+For every op on every available device: values and gradients against the pure-PyTorch
+reference (computed in float64 on the CPU from the same dtype-rounded inputs) over a few
+shapes and dtypes, and a float64 gradcheck of each fused op on the CPU. Prints a PASS/FAIL
+table; the exit code is non-zero on any failure. The tolerances are the test suite's.
+"""
+import time
+
+import torch
+
+from . import functional as DF
+from . import reference as R
+
+# (rtol, atol relative to the largest |expected|, absolute floor) of a result in `dtype`
+# against the float64 reference: the output rounding (half an ulp of the dtype: 2^-11 fp16,
+# 2^-8 bf16) plus a few opmath ulps from a ~10-operation formula, about twice the sum; the
+# relative atol covers absolute cancellation, the floor fp16 subnormals (spaced 2^-24).
+TOL = {
+    torch.float64: (1e-9, 1e-12, 0.0),
+    torch.float32: (2e-5, 2e-6, 0.0),
+    torch.float16: (1e-3, 1e-4, 6e-8),
+    torch.bfloat16: (8e-3, 1e-3, 0.0),
+}
+# The arithmetic share of TOL, scaled by `ops` for formulas longer than ~10 operations.
+ARITH = {torch.float64: (1e-9, 1e-12), torch.float32: (2e-5, 2e-6),
+         torch.float16: (2e-5, 2e-6), torch.bfloat16: (2e-5, 2e-6)}
+
+
+def tolerance(expected, dtype, ops=1):
+    """(rtol, atol) for comparing a result in `dtype` with the float64 `expected`."""
+    rtol, atol_rel, floor = TOL[dtype]
+    rtol += (ops - 1) * ARITH[dtype][0]
+    atol_rel += (ops - 1) * ARITH[dtype][1]
+    finite = expected[torch.isfinite(expected)]
+    scale = finite.abs().max().item() if finite.numel() else 1.0
+    return rtol, atol_rel * scale + floor
+
+
+def assert_close_dtype(actual, expected, dtype, msg="", ops=1):
+    """actual: a result computed in `dtype`; expected: the float64 reference, rounded here to
+    `dtype` (an fp16 sum past 65504 is inf)."""
+    expected = expected.detach().cpu().to(dtype).double()
+    actual = actual.detach().double().cpu()
+    rtol, atol = tolerance(expected, dtype, ops)
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol,
+                               msg=(lambda m: f"{msg}\n{m}") if msg else None)
+
+
+def _boxes(n, gen):
+    xy = torch.rand(n, 2, dtype=torch.float64, generator=gen) * 10
+    wh = torch.rand(n, 2, dtype=torch.float64, generator=gen) * 5 + 0.1
+    t = torch.cat([xy, xy + wh], -1)
+    return t + torch.randn(n, 4, dtype=torch.float64, generator=gen) * 0.3, t
+
+
+def _cases():
+    """(name, ops, make(n, gen) -> (x, t), fused(x, t), reference(x, t)); x is differentiated."""
+    def cls_inputs(n, gen):
+        x = torch.randn(n, 80, dtype=torch.float64, generator=gen) * 3
+        u = torch.rand(n, 80, dtype=torch.float64, generator=gen)
+        t = torch.where(u < 0.2, torch.rand(n, 80, dtype=torch.float64, generator=gen), 0 * u)
+        return x, t
+
+    def dfl_inputs(n, gen):
+        return (torch.randn(n, 16, dtype=torch.float64, generator=gen) * 3,
+                torch.rand(n, dtype=torch.float64, generator=gen) * 16)
+
+    cases = []
+    for name, fn in (("bce", "binary_cross_entropy_with_logits"), ("focal", "sigmoid_focal_loss"),
+                     ("qfl", "quality_focal_loss"), ("vfl", "varifocal_loss")):
+        cases.append((name, 1, cls_inputs,
+                      lambda x, t, fn=fn: getattr(DF, fn)(x, t, reduction="none"),
+                      lambda x, t, fn=fn: getattr(R, fn)(x, t, reduction="none")))
+    for kind in ("iou", "giou", "diou", "ciou"):
+        for fmt in ("xyxy", "xywh"):
+            cases.append((f"{kind}-{fmt}", 5, _boxes,
+                          lambda x, t, k=kind, f=fmt: DF.iou_loss(x, t, k, f, reduction="none"),
+                          lambda x, t, k=kind, f=fmt: R.iou_loss(x, t, k, f, reduction="none")))
+    cases.append(("dfl", 2, dfl_inputs,
+                  lambda x, t: DF.distribution_focal_loss(x, t, reduction="none"),
+                  lambda x, t: R.distribution_focal_loss(x, t, reduction="none")))
+    cases.append(("integral", 2, dfl_inputs,
+                  lambda x, t: DF.distribution_integral(x),
+                  lambda x, t: R.distribution_integral(x)))
+    return cases
+
+
+def _check(case, device, dtype, n, reduction_sum):
+    name, ops, make, fused, ref = case
+    gen = torch.Generator().manual_seed(n)
+    x64, t64 = make(n, gen)
+    x = x64.to(dtype).to(device).requires_grad_()
+    t = t64.to(device) if name in ("dfl", "integral") else t64.to(dtype).to(device)
+    xr = x.detach().double().cpu().requires_grad_()
+    tr = t.double().cpu()
+    out, expected = fused(x, t), ref(xr, tr)
+    g = torch.randn(expected.shape, dtype=torch.float64, generator=gen).to(dtype)
+    if reduction_sum:  # the reduced path: sum of the unreduced one, reduced by the op
+        out, expected = out.sum(), expected.sum()
+        g = torch.ones((), dtype=dtype)
+    (gx,) = torch.autograd.grad(out, x, g.to(device))
+    (gr,) = torch.autograd.grad(expected, xr, g.double())
+    errs, ok = [], True
+    for a, b in ((out, expected), (gx, gr)):
+        b16 = b.detach().to(dtype).double()
+        a = a.detach().double().cpu()
+        rtol, atol = tolerance(b16, dtype, ops)
+        diff = (a - b16).abs()
+        bound = atol + rtol * b16.abs()
+        same_inf = a.isinf() & b16.isinf() & (a.sign() == b16.sign())
+        bad = ~(diff <= bound) & ~same_inf
+        ratio = torch.where(same_inf, 0.0, diff / bound.clamp_min(1e-300))
+        errs.append(ratio.max().item() if diff.numel() else 0.0)
+        ok &= not bool(bad.any())
+    return ok, errs
+
+
+def _gradcheck(case):
+    name, _, make, fused, _ = case
+    gen = torch.Generator().manual_seed(7)
+    x64, t64 = make(3, gen)
+    if name.startswith("ciou"):
+        return None  # CIoU holds alpha constant by design: finite differences disagree
+    return torch.autograd.gradcheck(lambda x: fused(x, t64), (x64.requires_grad_(),))
+
+
+def run(devices=None, log=print):
+    from . import build_info
+
+    info = build_info()
+    devices = devices or (["cpu"] + (["cuda"] if info["cuda_available"] else []))
+    t0 = time.perf_counter()
+    rows, failures = [], 0
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    log(f"{'op':<12}{'device':<7}{'dtype':<10}{'sizes':<10}{'worst err/tol (value, grad)':<30}result")
+    for case in _cases():
+        for device in devices:
+            for dtype in dtypes:
+                ok, worst = True, [0.0, 0.0]
+                for n, red in ((1, False), (37, False), (1000, True)):
+                    try:
+                        good, errs = _check(case, device, dtype, n, red)
+                    except Exception as e:  # a crash is a failure, with its message
+                        good, errs = False, [float("nan")] * 2
+                        log(f"  {case[0]} {device} {dtype} n={n}: {type(e).__name__}: {e}")
+                    ok &= good
+                    worst = [max(a, b) for a, b in zip(worst, errs)]
+                failures += not ok
+                rows.append((case[0], device, str(dtype).replace("torch.", ""), ok))
+                log(f"{case[0]:<12}{device:<7}{str(dtype).replace('torch.', ''):<10}"
+                    f"{'1,37,1000':<10}{worst[0]:>10.3f}, {worst[1]:<18.3f}{'PASS' if ok else 'FAIL'}")
+        gc = _gradcheck(case)
+        if gc is not None:
+            failures += not gc
+            log(f"{case[0]:<12}{'cpu':<7}{'float64':<10}{'gradcheck':<10}{'':<30}{'PASS' if gc else 'FAIL'}")
+    log(f"\n{len(rows)} value/gradient checks on {', '.join(devices)}, "
+        f"{failures} failure(s), {time.perf_counter() - t0:.1f}s "
+        f"(err/tol: the worst error as a fraction of the allowed one; <= 1 passes)")
+    return failures
