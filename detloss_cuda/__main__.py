@@ -109,7 +109,9 @@ def main(argv=None):
                    "fp32,bf16,fp16 on CUDA)")
     b.add_argument("--sizes", default=None, help="comma list, e.g. 1e4,1e6 (default: per op)")
     b.add_argument("--modes", default="fwd,fwdbwd", help="fwd and/or fwdbwd")
-    b.add_argument("--impls", default="fused,eager,compile", help="fused,eager,compile")
+    b.add_argument("--impls", default="fused,eager,compile",
+                   help="fused,eager,compile (eager: the code users run, baselines.py), and "
+                   "reference (the oracle, reference.py)")
     b.add_argument("--compile-dtypes", default=None,
                    help="time torch.compile only for these dtypes (compiling dominates a GPU sweep)")
     b.add_argument("--quick", action="store_true", help="few sizes, short timing")

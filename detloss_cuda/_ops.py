@@ -73,11 +73,17 @@ def _dfl_loss_fake(pred, target, weight, reduction):
                  lambda: f"detloss.dfl_loss: target of shape {tuple(target.shape)} must have the "
                  f"leading shape of pred {tuple(pred.shape)}")
     loss = pred.new_empty(pred.shape[:-1] if reduction == "none" else ())
-    return loss, pred.new_empty(pred.shape[:-1], dtype=_opmath(pred.dtype))
+    return loss, pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype))
+
+
+@torch.library.register_fake("detloss::dfl_loss_with_grad")
+def _dfl_loss_with_grad_fake(pred, target, weight, reduction):
+    loss, lse = _dfl_loss_fake(pred, target, weight, reduction)
+    return loss, lse, pred.new_empty(pred.shape)
 
 
 @torch.library.register_fake("detloss::dfl_backward")
-def _dfl_backward_fake(grad, pred, target, lse, weight, reduction):
+def _dfl_backward_fake(grad, pred, target, stats, weight, reduction):
     return pred.new_empty(pred.shape)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from . import baselines as BL
 from . import functional as DF
+from . import reference as R
 
 # ----------------------------------------------------------------------------- the ops
 
@@ -35,6 +36,7 @@ class BenchOp:
     bytes_moved: object  # (inputs, mode) -> minimum bytes for that mode
     sizes: dict = field(default_factory=dict)  # "cpu" / "cuda" / "quick" -> list of sizes
     differentiable: bool = True
+    reference: object = None  # inputs -> scalar loss: the oracle (impl "reference", opt-in)
 
 
 def _nbytes(*ts):
@@ -73,6 +75,7 @@ def _cls_op(name):
         name=name, family="cls", unit="elements", make=_cls_inputs,
         fused=lambda i: fused(i["x"], i["t"], reduction="sum", **kw),
         eager=lambda i: eager(i["x"], i["t"], reduction="sum", **kw),
+        reference=lambda i: getattr(R, fn)(i["x"], i["t"], reduction="sum", **kw),
         bytes_moved=_cls_bytes,
         sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
                "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
@@ -101,6 +104,7 @@ def _box_op(kind):
         name=kind, family="box", unit="box pairs", make=_box_inputs,
         fused=lambda i: DF.iou_loss(i["x"], i["t"], kind, reduction="sum"),
         eager=lambda i: BL.iou_loss(i["x"], i["t"], kind, reduction="sum"),
+        reference=lambda i: R.iou_loss(i["x"], i["t"], kind, reduction="sum"),
         bytes_moved=_box_bytes,
         sizes={"quick": [10**3, 10**5], "cpu": [10**2, 10**3, 10**4, 10**5, 10**6],
                "cuda": [10**2, 10**3, 10**4, 10**5, 10**6, 10**7]},
@@ -152,6 +156,7 @@ OPS["iou_matrix"] = BenchOp(
     name="iou_matrix", family="box", unit="matrix elements (N x 64)", make=_matrix_inputs,
     fused=lambda i: DF.box_iou_matrix(i["x"], i["t"]),
     eager=lambda i: BL.box_iou(i["x"], i["t"]),
+    reference=lambda i: R.box_iou_matrix(i["x"], i["t"]),
     bytes_moved=_matrix_bytes, differentiable=False,
     sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
            "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
@@ -160,12 +165,14 @@ OPS["dfl"] = BenchOp(
     name="dfl", family="dfl", unit="logits (rows x 16)", make=_dfl_inputs,
     fused=lambda i: DF.distribution_focal_loss(i["x"], i["t"], reduction="sum"),
     eager=lambda i: BL.distribution_focal_loss(i["x"], i["t"], reg_max=i["x"].shape[-1]),
+    reference=lambda i: R.distribution_focal_loss(i["x"], i["t"], reduction="sum"),
     bytes_moved=_dfl_bytes, sizes=_DFL_SIZES,
 )
 OPS["integral"] = BenchOp(
     name="integral", family="dfl", unit="logits (rows x 16)", make=_dfl_inputs,
     fused=lambda i: DF.distribution_integral(i["x"]).sum(),
     eager=lambda i: BL.distribution_integral(i["x"]).sum(),
+    reference=lambda i: R.distribution_integral(i["x"]).sum(),
     bytes_moved=_integral_bytes, sizes=_DFL_SIZES,
 )
 
@@ -238,6 +245,8 @@ def _make_runner(op, impl, inputs, mode, compiled_cache):
         f = op.fused
     elif impl == "eager":
         f = op.eager
+    elif impl == "reference":
+        f = op.reference
     else:
         # compile: one compiled function per op and mode, with dynamic shapes, so a sweep
         # compiles once per (op, mode, dtype) instead of once per size
@@ -358,7 +367,7 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
                             bw = nbytes / t["median"]
                             row[impl] = dict(t, peak_bytes=mem, bytes_per_s=bw,
                                              copy_fraction=bw / copy_cache[ck])
-                        for other in ("eager", "compile"):
+                        for other in ("eager", "compile", "reference"):
                             if "median" in row.get("fused", {}) and "median" in row.get(other, {}):
                                 row[f"speedup_vs_{other}"] = row[other]["median"] / row["fused"]["median"]
                         rows.append(row)
@@ -404,10 +413,13 @@ def format_row(r):
     frac = f.get("copy_fraction")
     mf, me = f.get("peak_bytes"), r.get("eager", {}).get("peak_bytes")
     mem = "-" if mf is None or me is None else f"{mf / 2**20:.1f}/{me / 2**20:.1f}MiB"
-    return (f"{r['op']:<11}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
+    line = (f"{r['op']:<11}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
             f"{r['mode']:<7}{t('fused'):>10}{t('eager'):>10}{t('compile'):>10}"
             f"{x('speedup_vs_eager'):>9}{x('speedup_vs_compile'):>8}"
             f"{(bw / 1e9 if bw else 0):>8.1f}{(100 * frac if frac else 0):>7.1f}%{mem:>18}")
+    if "reference" in r:
+        line += f"   reference {t('reference')} (x{x('speedup_vs_reference')})"
+    return line
 
 
 def markdown_table(result):

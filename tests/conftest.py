@@ -1,6 +1,13 @@
 
-import pytest
-import torch
+import os
+import tempfile
+
+# A fresh torch.compile cache per test session: Inductor's on-disk cache outlives a rebuild of
+# the extension, and a cached graph of an op whose fake kernel changed fails at run time.
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="detloss-inductor-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import detloss_cuda
 

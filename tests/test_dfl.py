@@ -184,9 +184,10 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.detloss.dfl_loss.default,
                           (z.clone().requires_grad_(), y, torch.rand(6), "mean"))
     torch.library.opcheck(torch.ops.detloss.dfl_integral.default, (z.clone().requires_grad_(),))
-    _, lse = torch.ops.detloss.dfl_loss(z, y, None, "none")
+    _, stats = torch.ops.detloss.dfl_loss(z, y, None, "none")
+    assert stats.shape == (6, 2)
     torch.library.opcheck(torch.ops.detloss.dfl_backward.default,
-                          (torch.randn(6), z, y, lse, None, "none"))
+                          (torch.randn(6), z, y, stats, None, "none"))
     _, stats = torch.ops.detloss.dfl_integral(z)
     torch.library.opcheck(torch.ops.detloss.dfl_integral_backward.default,
                           (torch.randn(6), z, stats))
@@ -211,6 +212,28 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(out_c, out_e)
     for a, b in zip(gc, ge):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_cpu_gradient_computed_in_the_forward(reduction):
+    """On CPU the forward also writes the gradient and the backward scales it in place: it
+    must still be exact for any upstream gradient, a retained graph used twice, and gradient
+    accumulation over two steps."""
+    z = torch.randn(300, 16, dtype=torch.float64, requires_grad=True)
+    y = targets_for(300, 16)
+    zr = z.detach().clone().requires_grad_()
+    loss = DF.distribution_focal_loss(z, y, reduction=reduction)
+    ref = R.distribution_focal_loss(zr, y, reduction=reduction)
+    g = torch.randn(ref.shape, dtype=torch.float64) * 3
+    (gr,) = torch.autograd.grad(ref, zr, g)
+    (a,) = torch.autograd.grad(loss, z, g, retain_graph=True)
+    (b,) = torch.autograd.grad(loss, z, g)  # the second use recomputes
+    assert_close_dtype(a, gr, torch.float64)
+    assert_close_dtype(b, gr, torch.float64)
+    for _ in range(2):  # accumulation into .grad (upstream exactly 1 for reduced losses)
+        DF.distribution_focal_loss(z, y, reduction=reduction).sum().backward()
+    (g1,) = torch.autograd.grad(R.distribution_focal_loss(zr, y, reduction=reduction).sum(), zr)
+    assert_close_dtype(z.grad, 2 * g1, torch.float64)
 
 
 def test_double_backward_is_a_clear_error():

@@ -26,18 +26,26 @@ DflLoopArgs<T> loop_args(const DflArgs& a, bool integral) {
   return la;
 }
 
-DflPair forward(const DflArgs& a, bool integral) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const DflArgs& a, bool integral,
+                                                       bool with_grad) {
   const bool reduce = !integral && a.reduction != Reduction::kNone;
   at::Tensor out = reduce ? at::empty({}, a.pred.options()) : at::empty(a.shape, a.pred.options());
   std::vector<int64_t> sshape(a.shape);
-  if (integral) sshape.push_back(2);
+  sshape.push_back(2);
   at::Tensor stats =
       at::empty(sshape, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
+  at::Tensor grad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
                                   "detloss_dfl_forward_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     DflLoopArgs<scalar_t> la = loop_args<scalar_t>(a, integral);
     la.stats_out = stats.mutable_data_ptr<O>();
+    if (with_grad) {
+      grad = at::empty(a.pred.sizes(), a.pred.options());
+      la.grad_out = grad.mutable_data_ptr<scalar_t>();
+      la.grad_scale = a.reduction == Reduction::kMean && a.rows > 0 ? O(1) / static_cast<O>(a.rows)
+                                                                    : O(1);
+    }
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     la.out = reduce ? nullptr : o;
     forward_and_reduce<scalar_t, O>(a.rows, rows_per_chunk(a.bins), reduce,
@@ -46,7 +54,7 @@ DflPair forward(const DflArgs& a, bool integral) {
       return DETLOSS_CPU_DISPATCH(dfl_forward_rows, la, b, e);
     });
   });
-  return {out, stats};
+  return {out, stats, grad};
 }
 
 at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
@@ -71,11 +79,20 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
 }  // namespace
 }  // namespace cpu
 
-DflPair dfl_forward_cpu(const DflArgs& a) { return cpu::forward(a, false); }
+DflPair dfl_forward_cpu(const DflArgs& a) {
+  auto [out, stats, grad] = cpu::forward(a, false, false);
+  return {out, stats};
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_forward_with_grad_cpu(const DflArgs& a) {
+  return cpu::forward(a, false, true);
+}
 at::Tensor dfl_backward_cpu(const DflArgs& a, const OperandDesc& g) {
   return cpu::backward(a, g, false);
 }
-DflPair dfl_integral_cpu(const DflArgs& a) { return cpu::forward(a, true); }
+DflPair dfl_integral_cpu(const DflArgs& a) {
+  auto [out, stats, grad] = cpu::forward(a, true, false);
+  return {out, stats};
+}
 at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& g) {
   return cpu::backward(a, g, true);
 }
@@ -84,6 +101,7 @@ at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& g) {
 
 TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cpu>);
+  m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cpu>);
   m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cpu>);
   m.impl("dfl_integral_backward",

@@ -23,7 +23,10 @@ struct DflLoopArgs {
   opmath grad_scale = 1;           // backward: 1/rows for 'mean', else 1
   T* out = nullptr;                // forward: per row ('none') or null (reduce);
                                    // backward: [rows, bins]
-  opmath* stats_out = nullptr;     // forward: lse [rows] (loss) or (lse, mean) [rows, 2]
+  opmath* stats_out = nullptr;     // forward: (max, sum of exp(z - max)) [rows, 2] (loss)
+                                   // or (lse, mean) [rows, 2] (integral)
+  T* grad_out = nullptr;           // forward (loss): also d(loss)/d(pred) for an upstream
+                                   // gradient of 1, written while the rows are in cache
   const opmath* stats = nullptr;   // backward: what the forward wrote there
   int32_t bins = 0;
   bool integral = false;           // the distribution integral instead of the loss

@@ -47,9 +47,18 @@ at::opmath_type<T> dfl_forward_columns(const DflLoopArgs<T>& a, int64_t begin, i
       for (int32_t j = 0; j < R; ++j) col[j * W + k] = O(0);
     V m = ninf;
     for (int32_t j = 0; j < R; ++j) m = math::dl_max(m, V::loadu(col + j * W));
+    // the targets, per lane (the shared scalar formula), and wl·z_l + wr·z_r while col holds z
+    math::DflTarget<O> tk[W];
+    if (!a.integral) {
+      for (int64_t k = 0; k < W; ++k) {
+        tk[k] = math::dfl_target(k < n ? a.target[r0 + k] : O(0), R);
+        lin[k] = tk[k].wl * col[tk[k].l * W + k] + tk[k].wr * col[(tk[k].l + 1) * W + k];
+      }
+    }
     V s(O(0)), si(O(0));
     for (int32_t j = 0; j < R; ++j) {
       const V e = (V::loadu(col + j * W) - m).exp();
+      e.store(col + j * W);  // col now holds exp(z - m)
       s = s + e;
       if (a.integral) si = si + e * V(O(j));
     }
@@ -64,19 +73,38 @@ at::opmath_type<T> dfl_forward_columns(const DflLoopArgs<T>& a, int64_t begin, i
       }
       continue;
     }
-    bool nan[W];
-    for (int64_t k = 0; k < W; ++k) {  // the targets, per lane (the shared scalar formula)
-      const math::DflTarget<O> t = math::dfl_target(k < n ? a.target[r0 + k] : O(0), R);
-      nan[k] = t.nan;
-      lin[k] = k < n ? t.wl * col[t.l * W + k] + t.wr * col[(t.l + 1) * W + k] : O(0);
-    }
-    const V loss = (lse - V::loadu(lin)) * simd::load_operand<O>(a.weight, r0, n, O(1));
+    const V w = simd::load_operand<O>(a.weight, r0, n, O(1));
+    const V loss = (lse - V::loadu(lin)) * w;
     loss.store(res);
+    O ml[W], sl[W];
+    m.store(ml);
+    s.store(sl);
     for (int64_t k = 0; k < n; ++k) {
-      if (nan[k]) res[k] = math::nan_value<O>();
+      if (tk[k].nan) res[k] = math::nan_value<O>();
       if (a.out != nullptr) a.out[r0 + k] = static_cast<T>(res[k]);
-      a.stats_out[r0 + k] = lse_l[k];
+      a.stats_out[2 * (r0 + k)] = ml[k];
+      a.stats_out[2 * (r0 + k) + 1] = sl[k];
       acc += res[k];
+    }
+    if (a.grad_out != nullptr) {
+      // the gradient for an upstream gradient of 1, with the very arithmetic of
+      // dfl_backward_impl (p = exp(z - m)·(1/s), then g·p, the target bins g·(p - w)), so
+      // that a retained graph's second backward, which runs that, reproduces it bit for bit
+      const V inv_s = V(O(1)) / s;
+      O gl[W];
+      (V(a.grad_scale) * w).store(gl);
+      for (int32_t j = 0; j < R; ++j) (V::loadu(col + j * W) * inv_s).store(col + j * W);  // p
+      for (int64_t k = 0; k < n; ++k) {
+        T* row = a.grad_out + (r0 + k) * R;
+        const math::DflTarget<O>& t = tk[k];
+        if (t.nan) {
+          for (int32_t j = 0; j < R; ++j) row[j] = static_cast<T>(math::nan_value<O>());
+          continue;
+        }
+        for (int32_t j = 0; j < R; ++j) row[j] = static_cast<T>(gl[k] * col[j * W + k]);
+        for (int32_t i = t.l; i <= t.l + 1; ++i)
+          row[i] = static_cast<T>(gl[k] * math::dfl_grad(t, i, col[i * W + k]));
+      }
     }
   }
   return acc;
@@ -125,20 +153,23 @@ at::opmath_type<T> dfl_forward_impl(const DflLoopArgs<T>& a, int64_t begin, int6
     if (t.nan) loss = math::nan_value<O>();
     loss *= math::operand_at(a.weight, row, O(1));
     if (a.out != nullptr) a.out[row] = static_cast<T>(loss);
-    a.stats_out[row] = lse;
+    a.stats_out[2 * row] = m;
+    a.stats_out[2 * row + 1] = s;
     acc += loss;
   }
   return acc;
 }
 
-// Backward: one pass, no reductions: p = exp(z - lse) from the saved lse, then
-//   loss:     g·(p - wl·[i = l] - wr·[i = r])      integral: g·p·(i - mean)
+// Backward: one pass, no reductions, from the saved row statistics:
+//   loss:     p = exp(z - m)·(1/s), g·(p - wl·[i = l] - wr·[i = r])
+//   integral: p = exp(z - lse),     g·p·(i - mean)
 template <class T>
 void dfl_backward_impl(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
   using O = at::opmath_type<T>;
   using V = at::vec::Vectorized<O>;
   constexpr int64_t W = V::size();
   const int32_t R = a.bins;
+  alignas(64) O e[1024 + W];  // a row's probabilities (R <= 1024: csrc/ops/dfl.cpp)
   for (int64_t row = begin; row < end; ++row) {
     const T* z = a.pred + row * R;
     T* gz = a.out + row * R;
@@ -152,7 +183,7 @@ void dfl_backward_impl(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
       }
       continue;
     }
-    const O lse = a.stats[row];
+    const O m = a.stats[2 * row], inv_s = O(1) / a.stats[2 * row + 1];
     const O g = math::operand_at(a.grad, row, O(1)) * a.grad_scale *
                 math::operand_at(a.weight, row, O(1));
     const math::DflTarget<O> t = math::dfl_target(a.target[row], R);
@@ -162,18 +193,35 @@ void dfl_backward_impl(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
     }
     for (int32_t c = 0; c < R; c += W) {
       const int64_t n = std::min<int64_t>(W, R - c);
-      simd::store(gz + c, V(g) * (simd::load(z + c, n) - V(lse)).exp(), n);  // g·p
+      const V p = (simd::load(z + c, n) - V(m)).exp() * V(inv_s);
+      p.store(e + c);
+      simd::store(gz + c, V(g) * p, n);
     }
-    for (int32_t i = t.l; i <= t.l + 1; ++i)  // the two target bins, in opmath
-      gz[i] = static_cast<T>(g * math::dfl_grad(t, i, std::exp(static_cast<O>(z[i]) - lse)));
+    for (int32_t i = t.l; i <= t.l + 1; ++i)  // the two target bins: g·(p - w)
+      gz[i] = static_cast<T>(g * math::dfl_grad(t, i, e[i]));
   }
 }
 
 }  // namespace
 
+// The forward, and with grad_out set the backward of the same rows right after it, while
+// they are still in cache (the autograd path on CPU: one pass over memory instead of two).
+template <class T>
+at::opmath_type<T> dfl_forward_and_grad(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
+  const auto acc = dfl_forward_impl<T>(a, begin, end);
+  if (a.grad_out != nullptr && a.bins > kColumnBins) {  // (the column path wrote it already)
+    DflLoopArgs<T> b = a;
+    b.out = a.grad_out;
+    b.stats = a.stats_out;
+    b.grad = Operand<T>();  // upstream gradient 1; grad_scale carries the 'mean'
+    dfl_backward_impl<T>(b, begin, end);
+  }
+  return acc;
+}
+
 #define DETLOSS_DEFINE_DFL_CPU(T)                                                        \
   at::opmath_type<T> dfl_forward_rows(const DflLoopArgs<T>& a, int64_t b, int64_t e) { \
-    return dfl_forward_impl<T>(a, b, e);                                                 \
+    return dfl_forward_and_grad<T>(a, b, e);                                             \
   }                                                                                      \
   void dfl_backward_rows(const DflLoopArgs<T>& a, int64_t b, int64_t e) {              \
     dfl_backward_impl<T>(a, b, e);                                                       \

@@ -1,7 +1,7 @@
 // CUDA kernels of the distribution family. A row of R bin logits is held in the registers of
 // a group of TPR lanes (VPT bins each), reduced with shuffles inside the group (max, sum,
-// the target's two bins); the forward also writes each row's log-sum-exp (and the
-// integral's mean) so that the backward is one pass with no reductions. Formulas:
+// the target's two bins); the forward also writes each row's statistics (max and sum of
+// exp, or the integral's lse and mean) so that the backward is one pass with no reductions. Formulas:
 // csrc/math/dfl.h; launch and deterministic reduction: csrc/cuda/launch.cuh.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -121,7 +121,8 @@ struct DflForward {
       O loss = t.nan ? math::nan_value<O>() : lse - lin;
       loss *= math::operand_at(p.weight, r, O(1));
       if (p.out != nullptr) p.out[r] = static_cast<T>(loss);
-      p.stats_out[r] = lse;
+      p.stats_out[2 * r] = m;
+      p.stats_out[2 * r + 1] = s;
       return loss;
     }
   }
@@ -146,14 +147,14 @@ struct DflBackward {
       for (int j = 0; j < VPT; ++j)
         res[j] = g * math::dl_exp(v[j] - lse) * (O(lane * VPT + j) - d);
     } else {
-      const O lse = p.stats[r];
+      const O m = p.stats[2 * r], inv_s = O(1) / p.stats[2 * r + 1];
       const O g = math::operand_at(p.grad, r, O(1)) * p.grad_scale *
                   math::operand_at(p.weight, r, O(1));
       const math::DflTarget<O> t = math::dfl_target(p.target[r], p.bins);
 #pragma unroll
       for (int j = 0; j < VPT; ++j)
         res[j] = t.nan ? math::nan_value<O>()
-                       : g * math::dfl_grad(t, lane * VPT + j, math::dl_exp(v[j] - lse));
+                       : g * math::dfl_grad(t, lane * VPT + j, math::dl_exp(v[j] - m) * inv_s);
     }
     T* gz = p.out + r * p.bins;
     const int first = lane * VPT;
@@ -203,7 +204,7 @@ DflPair forward(const DflArgs& a, bool integral) {
   const bool reduce = !integral && a.reduction != Reduction::kNone;
   at::Tensor out = reduce ? at::empty({}, a.pred.options()) : at::empty(a.shape, a.pred.options());
   std::vector<int64_t> sshape(a.shape);
-  if (integral) sshape.push_back(2);
+  sshape.push_back(2);
   at::Tensor stats =
       at::empty(sshape, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),

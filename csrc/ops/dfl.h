@@ -16,8 +16,9 @@ namespace detloss {
 struct DflArgs {
   at::Tensor pred;    // [rows, R] contiguous
   at::Tensor target;  // [rows] contiguous, opmath dtype (loss only)
-  at::Tensor stats;   // backward: what the forward saved per row, opmath, contiguous:
-                      // the loss' lse [rows]; the integral's (lse, mean) [rows, 2]
+  at::Tensor stats;   // backward: what the forward saved per row, opmath, contiguous
+                      // [rows, 2]: the loss' (max z, sum exp(z - max)); the integral's
+                      // (lse, mean)
   OperandDesc weight;
   std::vector<int64_t> shape;  // the leading dims: the unreduced loss / the integral
   int64_t rows = 0;
@@ -31,7 +32,7 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
 OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op);
 
 // Forwards return (result, stats): the loss per row ('none', shaped a.shape) or reduced, and
-// its per-row log-sum-exp (opmath, a.shape); the integral (a.shape) and its per-row
+// per row (max z, sum exp(z - max)) (opmath, [..., 2]); the integral (a.shape) and per row
 // (lse, mean) (opmath, [..., 2]). The stats make the backward one pass with no reductions.
 // Backwards: d/d(pred), shaped like pred.
 using DflPair = std::tuple<at::Tensor, at::Tensor>;
@@ -44,6 +45,10 @@ at::Tensor dfl_backward_cuda(const DflArgs& a, const OperandDesc& grad);
 DflPair dfl_integral_cuda(const DflArgs& a);
 at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& grad);
 
+// CPU only: the loss, its stats, and d(loss)/d(pred) for an upstream gradient of 1, in one
+// pass (the rows' backward runs while they are still in cache).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_forward_with_grad_cpu(const DflArgs& a);
+
 // The stats a backward reads, checked against pred.
 void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const char* op);
 
@@ -55,6 +60,13 @@ DflPair dfl_loss_entry(const at::Tensor& pred, const at::Tensor& target,
   return F(prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss"));
 }
 
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_loss_with_grad_entry(
+    const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    c10::string_view reduction) {
+  return dfl_forward_with_grad_cpu(
+      prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss_with_grad"));
+}
+
 template <at::Tensor (*F)(const DflArgs&, const OperandDesc&)>
 at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
                               const at::Tensor& target, const at::Tensor& lse,
@@ -62,7 +74,7 @@ at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
                               c10::string_view reduction) {
   constexpr const char* op = "detloss.dfl_backward";
   DflArgs a = prepare_dfl(pred, target, weight, dfl_sv(reduction), op);
-  check_dfl_stats(lse, a, 1, op);
+  check_dfl_stats(lse, a, 2, op);
   return F(a, prepare_dfl_grad(grad, a, op));
 }
 
