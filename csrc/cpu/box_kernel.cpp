@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> box_backward(const BoxArgs& a, const OperandD
     using O = at::opmath_type<scalar_t>;
     BoxLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
     la.grad = grad.typed<scalar_t>();
-    la.grad_scale = (a.reduction == Reduction::kMean && n > 0) ? O(1) / static_cast<O>(n) : O(1);
+    la.grad_scale = reduction_scale<O>(a.reduction, n);
     la.grad_pred = need_pred ? gp.mutable_data_ptr<scalar_t>() : nullptr;
     la.grad_target = need_target ? gt.mutable_data_ptr<scalar_t>() : nullptr;
     chunked_for(n, kBoxChunk, [&](int64_t b, int64_t e) {

@@ -56,7 +56,7 @@ at::Tensor cls_backward(const ClsArgs& a, const OperandDesc& grad) {
     using O = at::opmath_type<scalar_t>;
     ClsLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
     la.grad = grad.typed<scalar_t>();
-    la.grad_scale = (a.reduction == Reduction::kMean && n > 0) ? O(1) / static_cast<O>(n) : O(1);
+    la.grad_scale = reduction_scale<O>(a.reduction, n);
     la.out = grad_input.mutable_data_ptr<scalar_t>();
     chunked_for(n, kChunk, [&](int64_t b, int64_t e) {
       DETLOSS_CPU_DISPATCH(cls_backward_range, la, b, e);

@@ -43,8 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const DflArgs& a, bool in
     if (with_grad) {
       grad = at::empty(a.pred.sizes(), a.pred.options());
       la.grad_out = grad.mutable_data_ptr<scalar_t>();
-      la.grad_scale = a.reduction == Reduction::kMean && a.rows > 0 ? O(1) / static_cast<O>(a.rows)
-                                                                    : O(1);
+      la.grad_scale = reduction_scale<O>(a.reduction, a.rows);
     }
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     la.out = reduce ? nullptr : o;
@@ -64,9 +63,7 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
     using O = at::opmath_type<scalar_t>;
     DflLoopArgs<scalar_t> la = loop_args<scalar_t>(a, integral);
     la.grad = grad.typed<scalar_t>();
-    la.grad_scale = (!integral && a.reduction == Reduction::kMean && a.rows > 0)
-                        ? O(1) / static_cast<O>(a.rows)
-                        : O(1);
+    la.grad_scale = integral ? O(1) : reduction_scale<O>(a.reduction, a.rows);
     la.stats = a.stats.const_data_ptr<O>();
     la.out = gz.mutable_data_ptr<scalar_t>();
     chunked_for(a.rows, rows_per_chunk(a.bins), [&](int64_t b, int64_t e) {

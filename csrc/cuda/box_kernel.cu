@@ -105,11 +105,11 @@ void launch(const BoxArgs& a, const OperandDesc* grad, T* out, T* sum_out, T* gp
   f.grad_scale = O(1);
   if (grad != nullptr) {
     f.grad = grad->typed<T>();
-    if (a.reduction == Reduction::kMean && n > 0) f.grad_scale = O(1) / static_cast<O>(n);
+    f.grad_scale = reduction_scale<O>(a.reduction, n);
   }
   f.aligned = row_aligned<T>(f.pred.ptr) && row_aligned<T>(f.target.ptr) &&
               row_aligned<T>(gp) && row_aligned<T>(gt);
-  const O scale = a.reduction == Reduction::kMean && n > 0 ? O(1) / static_cast<O>(n) : O(1);
+  const O scale = reduction_scale<O>(a.reduction, n);
   launch_map_reduce<O, T>(n, f, sum_out, scale, a.options.device());
 }
 

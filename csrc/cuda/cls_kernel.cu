@@ -131,7 +131,7 @@ void launch(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
   f.grad_scale = O(1);
   if (grad != nullptr) {
     f.grad = grad->typed<T>();
-    if (a.reduction == Reduction::kMean && f.n > 0) f.grad_scale = O(1) / static_cast<O>(f.n);
+    f.grad_scale = reduction_scale<O>(a.reduction, f.n);
   }
   // label holds kVec bytes per unit: its full loads need kVec-byte alignment
   const bool label_ok = !a.label.full() ||
@@ -140,7 +140,7 @@ void launch(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
              operand_aligned<T>(a.weight) && operand_aligned<T>(a.pos_weight) &&
              (grad == nullptr || operand_aligned<T>(*grad)) && label_ok;
   const int64_t units = ceil_div(f.n, Unit::kVec);
-  const O scale = a.reduction == Reduction::kMean && f.n > 0 ? O(1) / static_cast<O>(f.n) : O(1);
+  const O scale = reduction_scale<O>(a.reduction, f.n);
   launch_map_reduce<O, T>(units, f, sum_out, scale, a.input.device());
 }
 

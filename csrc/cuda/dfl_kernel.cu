@@ -214,7 +214,7 @@ DflPair forward(const DflArgs& a, bool integral) {
     p.stats_out = stats.mutable_data_ptr<O>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     p.out = reduce ? nullptr : o;
-    const O scale = a.reduction == Reduction::kMean && a.rows > 0 ? O(1) / static_cast<O>(a.rows) : O(1);
+    const O scale = reduction_scale<O>(a.reduction, a.rows);
     with_config(a.bins, [&](auto vpt, auto tpr) {
       constexpr int VPT = decltype(vpt)::value, TPR = decltype(tpr)::value;
       const int64_t units = a.rows * TPR;
@@ -238,9 +238,7 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
     using O = at::opmath_type<scalar_t>;
     DflParams<scalar_t> p = params<scalar_t>(a, integral);
     p.grad = grad.typed<scalar_t>();
-    p.grad_scale = (!integral && a.reduction == Reduction::kMean && a.rows > 0)
-                       ? O(1) / static_cast<O>(a.rows)
-                       : O(1);
+    p.grad_scale = integral ? O(1) : reduction_scale<O>(a.reduction, a.rows);
     p.stats = a.stats.const_data_ptr<O>();
     p.out = gz.mutable_data_ptr<scalar_t>();
     with_config(a.bins, [&](auto vpt, auto tpr) {

@@ -18,6 +18,13 @@ enum class Reduction : int32_t { kNone = 0, kMean = 1, kSum = 2 };
 // 'none' | 'mean' | 'sum'; anything else is a ValueError naming the valid values.
 Reduction parse_reduction(std::string_view reduction, const char* op);
 
+// What a sum over n units is multiplied by to give the reduction, and what each unit's
+// gradient is scaled by: 1/n for 'mean' (1 when n == 0: the mean of nothing is 0), else 1.
+template <typename O>
+inline O reduction_scale(Reduction r, int64_t n) {
+  return r == Reduction::kMean && n > 0 ? O(1) / static_cast<O>(n) : O(1);
+}
+
 // A floating tensor (fp32, fp64, fp16, bf16); TypeError otherwise.
 void check_floating(const at::Tensor& t, const char* arg, const char* op);
 
