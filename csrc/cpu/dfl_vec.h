@@ -169,7 +169,7 @@ void dfl_backward_impl(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
   using V = at::vec::Vectorized<O>;
   constexpr int64_t W = V::size();
   const int32_t R = a.bins;
-  alignas(64) O e[1024 + W];  // a row's probabilities (R <= 1024: csrc/ops/dfl.cpp)
+  alignas(64) O e[math::kDflMaxBins + W];  // a row's probabilities
   for (int64_t row = begin; row < end; ++row) {
     const T* z = a.pred + row * R;
     T* gz = a.out + row * R;

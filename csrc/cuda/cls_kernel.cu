@@ -110,7 +110,6 @@ struct ClsUnit {
   }
 };
 
-template <typename T>
 bool operand_aligned(const OperandDesc& d) {
   return !d.full() || aligned16(d.tensor.const_data_ptr());
 }
@@ -137,8 +136,8 @@ void launch(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
   const bool label_ok = !a.label.full() ||
                         reinterpret_cast<uintptr_t>(a.label.tensor.const_data_ptr()) % Unit::kVec == 0;
   f.vec_ok = aligned16(f.x) && aligned16(f.t) && (out == nullptr || aligned16(out)) &&
-             operand_aligned<T>(a.weight) && operand_aligned<T>(a.pos_weight) &&
-             (grad == nullptr || operand_aligned<T>(*grad)) && label_ok;
+             operand_aligned(a.weight) && operand_aligned(a.pos_weight) &&
+             (grad == nullptr || operand_aligned(*grad)) && label_ok;
   const int64_t units = ceil_div(f.n, Unit::kVec);
   const O scale = reduction_scale<O>(a.reduction, f.n);
   launch_map_reduce<O, T>(units, f, sum_out, scale, a.input.device());

@@ -17,6 +17,9 @@
 namespace detloss {
 namespace math {
 
+// The most bins a row may have (the CPU kernels keep a row in a stack buffer).
+constexpr int32_t kDflMaxBins = 1024;
+
 template <class S>
 struct DflTarget {
   int32_t l;  // left bin; the right one is l + 1

@@ -14,8 +14,6 @@
 
 namespace detloss {
 
-constexpr int64_t kMaxBins = 1024;
-
 DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& target,
                     const std::optional<at::Tensor>& weight, std::string_view reduction,
                     const char* op) {
@@ -30,7 +28,8 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
   const int64_t bins = pred.size(-1);
   TORCH_CHECK_VALUE(bins >= 2, op, ": DFL needs at least 2 bins, got pred of shape ",
                     pred.sizes());
-  TORCH_CHECK_VALUE(bins <= kMaxBins, op, ": at most ", kMaxBins, " bins are supported, got ",
+  TORCH_CHECK_VALUE(bins <= math::kDflMaxBins, op, ": at most ", math::kDflMaxBins,
+                    " bins are supported, got ",
                     bins);
   a.bins = static_cast<int32_t>(bins);
   a.shape.assign(pred.sizes().begin(), pred.sizes().end() - 1);

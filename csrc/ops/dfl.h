@@ -69,12 +69,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_loss_with_grad_entry(
 
 template <at::Tensor (*F)(const DflArgs&, const OperandDesc&)>
 at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
-                              const at::Tensor& target, const at::Tensor& lse,
+                              const at::Tensor& target, const at::Tensor& stats,
                               const std::optional<at::Tensor>& weight,
                               c10::string_view reduction) {
   constexpr const char* op = "detloss.dfl_backward";
   DflArgs a = prepare_dfl(pred, target, weight, dfl_sv(reduction), op);
-  check_dfl_stats(lse, a, 2, op);
+  check_dfl_stats(stats, a, 2, op);
   return F(a, prepare_dfl_grad(grad, a, op));
 }
 
