@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The project's one prepared device script: on a machine with an NVIDIA GPU, build with the
-# CUDA kernels, run the tests (CUDA ones included), compute-sanitizer (memcheck, racecheck)
-# on bench/sanitize_cases.py, and the GPU benchmark sweep. Everything lands under $OUT as at
-# most 7 files (the device tool brings back 8). Sized for one call of under 9 minutes on an
-# H200; each step has its own time limit and a failed step does not stop the others.
+# CUDA kernels, the static kernel report, the CUDA tests, compute-sanitizer (memcheck,
+# racecheck) on bench/sanitize_cases.py, the GPU benchmark sweep, and Nsight Compute on the
+# largest case of every op (bench/ncu_cases.py). Everything lands under $OUT as 8 files (all
+# the device tool brings back). Sized for one call of about 8 minutes on an H200; each step
+# has its own time limit and a failed step does not stop the others.
 #
 #   OUT=/tmp/gpu bash bench/gpu_check.sh            # full
 #   OUT=/tmp/gpu bash bench/gpu_check.sh --quick    # short benchmark, quick sanitizer cases
@@ -40,23 +41,28 @@ step() {  # step NAME LIMIT_S CMD...: run, record status and seconds
 } >> "$SUMMARY" 2>&1
 
 # 1. build (ptxas usage of every kernel goes into the build log)
-DETLOSS_PTXAS_VERBOSE=1 step build 420 \
+DETLOSS_PTXAS_VERBOSE=1 step build 240 \
   $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; note "build failed: see build.log"; exit 1; }
 $PY -m detloss_cuda info >> "$SUMMARY" 2>&1
 
-# 2. tests: everything but the CMake rebuild (built and loaded in CI)
-step tests 300 $PY -m pytest -q -x -p no:cacheprovider -k "not cmake" tests > "$OUT/tests.txt" 2>&1
+# 2. static kernel report (registers, spills, load widths, occupancy) from this build
+step kernels 60 $PY bench/kernel_report.py --markdown "$OUT/kernel-report.md" > /dev/null 2>> "$SUMMARY"
+head -1 "$OUT/kernel-report.md" >> "$SUMMARY" 2>/dev/null
+
+# 3. the CUDA tests (the CPU ones run in CI)
+step tests ${TESTS_LIMIT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=25 -m cuda tests \
+  > "$OUT/tests.txt" 2>&1
 tail -15 "$OUT/tests.txt"
 grep -E "passed|failed|error" "$OUT/tests.txt" | tail -1 >> "$SUMMARY"
 
-# 3. compute-sanitizer on small cases, every allocation separate
+# 4. compute-sanitizer on small cases, every allocation separate
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
       /usr/local/cuda/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$SAN" ]; then
   for tool in memcheck racecheck; do
     cases="$QUICK"; [ $tool = racecheck ] && cases="--quick"
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "san-$tool" 150 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "san-$tool" 120 \
       "$SAN" --tool $tool --error-exitcode 9 $PY bench/sanitize_cases.py $cases \
       >> "$OUT/sanitizer.txt" 2>&1
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all cases ran" "$OUT/sanitizer.txt" | tail -2 >> "$SUMMARY"
@@ -65,11 +71,22 @@ else
   note "compute-sanitizer: not found on this machine"
 fi
 
-# 4. the GPU benchmark
-step bench 330 $PY -m detloss_cuda bench --devices cuda $QUICK --compile-dtypes fp32 \
-  --json "$OUT/bench-cuda.json" --markdown "$OUT/bench-cuda.md" --plot "$OUT/bench-cuda.png" \
-  > "$OUT/bench.txt" 2>&1
-tail -n +1 "$OUT/bench.txt" | grep -v Warning | tail -60
+# 5. the GPU benchmark (markdown and plot are made from the JSON afterwards)
+step bench ${BENCH_LIMIT:-150} $PY -m detloss_cuda bench --devices cuda $QUICK \
+  --dtypes ${BENCH_DTYPES:-fp32} --compile-dtypes fp32 --min-time ${BENCH_MIN_TIME:-0.02} \
+  --json "$OUT/bench-cuda.json" > "$OUT/bench.txt" 2>&1
+grep -v Warning "$OUT/bench.txt" | tail -40
+
+# 6. Nsight Compute: bandwidth, occupancy and stalls of every op's kernels at 32 Mi elements
+NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -n "$NCU" ]; then
+  step ncu 80 "$NCU" --clock-control none --profile-from-start off --csv --page details \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    -k "regex:map_reduce_kernel|box_matrix_kernel" $PY bench/ncu_cases.py > "$OUT/ncu.csv" 2>&1
+  grep -c '"DRAM Throughput"' "$OUT/ncu.csv" | sed 's/^/ncu kernels profiled: /' >> "$SUMMARY"
+else
+  note "ncu: not found on this machine"
+fi
 
 note "total $(( $(date +%s) - START ))s"
 echo "=== summary"

@@ -1,6 +1,8 @@
 """The distribution family: DFL and the distribution integral against the pure-PyTorch
 reference (values, gradients), edge targets, large logits, registration (gradcheck,
 opcheck, torch.compile), the ultralytics-shaped nn module, and argument errors."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -264,7 +266,7 @@ def test_errors_name_the_argument():
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("bins", BINS + [4, 5, 32, 33, 128, 129, 1024])
+@pytest.mark.parametrize("bins", BINS + [4, 5, 32, 33, 128, 129, 257, 301, 1023, 1024])
 def test_cuda_matches_cpu(bins, dtype):
     shape = (20_011,)
     z64 = torch.randn(*shape, bins, dtype=torch.float64) * 3
@@ -281,6 +283,30 @@ def test_cuda_matches_cpu(bins, dtype):
     for a, b in zip(outs["cuda"], outs["cpu"]):
         assert_close_dtype(a, b, dtype)
     check(bins, dtype, "cuda", "mean", shape=(2001,))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("bins", [16, 200, 600])
+def test_rows_with_minus_inf_logits(bins, device):
+    # masked bins (-inf logits) carry no probability; in a row longer than 256 bins whole
+    # lanes of the online-softmax walk see only -inf and must add nothing (not NaN)
+    z = torch.randn(64, bins, dtype=torch.float64) * 3
+    z[:, : bins // 2] = -math.inf
+    y = bins / 2 + torch.rand(64, dtype=torch.float64) * (bins / 2 - 1.5)
+    _BINS_IN_CHECK[0] = bins
+    zc = z.to(device).requires_grad_()
+    loss = DF.distribution_focal_loss(zc, y.to(device), reduction="none")
+    (g,) = torch.autograd.grad(loss.sum(), zc)
+    d = DF.distribution_integral(zc)
+    (gi,) = torch.autograd.grad(d.sum(), zc)
+    zr = z.clone().requires_grad_()
+    lr = R.distribution_focal_loss(zr, y, reduction="none")
+    (gr,) = torch.autograd.grad(lr.sum(), zr)
+    dr = R.distribution_integral(zr)
+    (gir,) = torch.autograd.grad(dr.sum(), zr)
+    for a, b in ((loss, lr), (g, gr), (d, dr), (gi, gir)):
+        assert torch.isfinite(a).all()
+        assert_close_dtype(a.cpu(), b.detach(), torch.float64)
 
 
 @pytest.mark.cuda

@@ -23,6 +23,8 @@ template <typename T, ClsKind K, bool FORWARD>
 struct ClsUnit {
   using O = at::opmath_type<T>;
   static constexpr int kVec = 16 / sizeof(T);
+  // fp64: ptxas's default register target spills the focal forward; allow up to 128
+  static constexpr int kMinBlocks = sizeof(T) == 8 ? 2 : 0;
 
   const T* __restrict__ x;
   const T* __restrict__ t;

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cfloat>
+#include <type_traits>
 
 #include "../math/dfl.h"
 #include "../ops/dfl.h"
@@ -60,12 +61,12 @@ struct DflParams {
   bool vec_ok;  // rows start 4·sizeof(T)-aligned: load/store bins in 4s
 };
 
-// Lane `lane` of its row group owns bins lane·VPT .. lane·VPT + VPT - 1.
+// Loads bins first .. first + VPT - 1 of a row (`fill` past its end): in packs of 4 when
+// the row is aligned for them, one by one at a row's ragged end.
 template <typename T, int VPT>
-__device__ __forceinline__ void load_bins(const DflParams<T>& p, const T* row, int lane,
+__device__ __forceinline__ void load_bins(const DflParams<T>& p, const T* row, int first,
                                           at::opmath_type<T> (&v)[VPT], at::opmath_type<T> fill) {
   using O = at::opmath_type<T>;
-  const int first = lane * VPT;
   if (p.vec_ok && first + VPT <= p.bins) {
 #pragma unroll
     for (int j = 0; j < VPT; j += 4) {
@@ -79,9 +80,35 @@ __device__ __forceinline__ void load_bins(const DflParams<T>& p, const T* row, i
   }
 }
 
+template <typename T, int VPT>
+__device__ __forceinline__ void store_bins(const DflParams<T>& p, T* row, int first,
+                                           const at::opmath_type<T> (&res)[VPT]) {
+  if (p.vec_ok && first + VPT <= p.bins) {
+#pragma unroll
+    for (int j = 0; j < VPT; j += 4) {
+      Pack<T, 4> q;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) q.v[k] = static_cast<T>(res[j + k]);
+      *reinterpret_cast<Pack<T, 4>*>(row + first + j) = q;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < VPT; ++j)
+      if (first + j < p.bins) row[first + j] = static_cast<T>(res[j]);
+  }
+}
+
+// fp64 units need more registers than ptxas's default target gives them (it spills around
+// exp); asking for at most 2 blocks of 256 per SM lets them use up to 128.
+template <typename T>
+constexpr int dfl_min_blocks() {
+  return sizeof(T) == 8 ? 2 : 0;
+}
+
 template <typename T, int VPT, int TPR, bool INTEGRAL>
 struct DflForward {
   using O = at::opmath_type<T>;
+  static constexpr int kMinBlocks = dfl_min_blocks<T>();
   DflParams<T> p;
 
   __device__ __forceinline__ O operator()(int64_t u) const {
@@ -89,7 +116,7 @@ struct DflForward {
     const int lane = static_cast<int>(u % TPR);
     const T* row = p.pred + r * p.bins;
     O v[VPT];
-    load_bins<T, VPT>(p, row, lane, v, -INFINITY);
+    load_bins<T, VPT>(p, row, lane * VPT, v, -INFINITY);
     O m = v[0];
 #pragma unroll
     for (int j = 1; j < VPT; ++j) m = math::dl_max(m, v[j]);
@@ -131,6 +158,7 @@ struct DflForward {
 template <typename T, int VPT, int TPR, bool INTEGRAL>
 struct DflBackward {
   using O = at::opmath_type<T>;
+  static constexpr int kMinBlocks = dfl_min_blocks<T>();
   DflParams<T> p;
 
   __device__ __forceinline__ O operator()(int64_t u) const {
@@ -138,7 +166,7 @@ struct DflBackward {
     const int lane = static_cast<int>(u % TPR);
     const T* row = p.pred + r * p.bins;
     O v[VPT];
-    load_bins<T, VPT>(p, row, lane, v, O(0));
+    load_bins<T, VPT>(p, row, lane * VPT, v, O(0));
     O res[VPT];
     if constexpr (INTEGRAL) {
       const O lse = p.stats[2 * r], d = p.stats[2 * r + 1];
@@ -156,35 +184,132 @@ struct DflBackward {
         res[j] = t.nan ? math::nan_value<O>()
                        : g * math::dfl_grad(t, lane * VPT + j, math::dl_exp(v[j] - m) * inv_s);
     }
-    T* gz = p.out + r * p.bins;
-    const int first = lane * VPT;
-    if (p.vec_ok && first + VPT <= p.bins) {
+    store_bins<T, VPT>(p, p.out + r * p.bins, lane * VPT, res);
+    return O(0);
+  }
+};
+
+// Rows longer than 256 bins (up to kDflMaxBins) do not fit in registers: a warp walks the
+// row in packs of 4 bins per lane, keeping a running max m and a sum s of exp(z - m)
+// rescaled whenever m grows (online softmax), then combines its lanes' (m, s):
+//   M = max_l m_l,  S = sum_l s_l * exp(m_l - M).
+// The backward needs no reduction: every bin's gradient follows from the stats.
+constexpr int kLongTpr = 32, kLongStep = 4 * kLongTpr;
+
+template <typename T, bool INTEGRAL>
+struct DflForwardLong {
+  using O = at::opmath_type<T>;
+  static constexpr int kMinBlocks = 0;
+  DflParams<T> p;
+
+  __device__ __forceinline__ O operator()(int64_t u) const {
+    const int64_t r = u / kLongTpr;
+    const int lane = static_cast<int>(u % kLongTpr);
+    const T* row = p.pred + r * p.bins;
+    const math::DflTarget<O> t =
+        INTEGRAL ? math::DflTarget<O>{} : math::dfl_target(p.target[r], p.bins);
+    O m(-INFINITY), s(0), si(0), lin(0);
+    for (int first = lane * 4; first < p.bins; first += kLongStep) {
+      O v[4];
+      load_bins<T, 4>(p, row, first, v, -INFINITY);
+      const O nm = math::dl_max(m, math::dl_max(math::dl_max(v[0], v[1]), math::dl_max(v[2], v[3])));
+      if (nm == -INFINITY) continue;  // only -inf so far: nothing to add
+      const O scale = math::dl_exp(m - nm);  // m = -inf on the first pack: 0
+      s *= scale;
+      if constexpr (INTEGRAL) si *= scale;
 #pragma unroll
-      for (int j = 0; j < VPT; j += 4) {
-        Pack<T, 4> q;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) q.v[k] = static_cast<T>(res[j + k]);
-        *reinterpret_cast<Pack<T, 4>*>(gz + first + j) = q;
+      for (int k = 0; k < 4; ++k) {
+        const O e = math::dl_exp(v[k] - nm);
+        s += e;
+        if constexpr (INTEGRAL) si += e * O(first + k);
+        if constexpr (!INTEGRAL) lin += math::dfl_pick(t, first + k, v[k]);
       }
+      m = nm;
+    }
+    const O M = group_max<kLongTpr>(m);
+    const O f = m == -INFINITY ? O(0) : math::dl_exp(m - M);
+    const O S = group_sum<kLongTpr>(s * f);
+    const O lse = M + math::dl_log(S);
+    if constexpr (INTEGRAL) {
+      const O d = group_sum<kLongTpr>(si * f) / S;
+      if (lane == 0) {
+        p.out[r] = static_cast<T>(d);
+        p.stats_out[2 * r] = lse;
+        p.stats_out[2 * r + 1] = d;
+      }
+      return O(0);
     } else {
+      lin = group_sum<kLongTpr>(lin);
+      if (lane != 0) return O(0);
+      O loss = t.nan ? math::nan_value<O>() : lse - lin;
+      loss *= math::operand_at(p.weight, r, O(1));
+      if (p.out != nullptr) p.out[r] = static_cast<T>(loss);
+      p.stats_out[2 * r] = M;
+      p.stats_out[2 * r + 1] = S;
+      return loss;
+    }
+  }
+};
+
+template <typename T, bool INTEGRAL>
+struct DflBackwardLong {
+  using O = at::opmath_type<T>;
+  static constexpr int kMinBlocks = 0;
+  DflParams<T> p;
+
+  __device__ __forceinline__ O operator()(int64_t u) const {
+    const int64_t r = u / kLongTpr;
+    const int lane = static_cast<int>(u % kLongTpr);
+    const T* row = p.pred + r * p.bins;
+    T* gz = p.out + r * p.bins;
+    O a, b, g;  // integral: (lse, mean); DFL: (max, 1 / sum exp)
+    math::DflTarget<O> t{};
+    if constexpr (INTEGRAL) {
+      a = p.stats[2 * r];
+      b = p.stats[2 * r + 1];
+      g = math::operand_at(p.grad, r, O(1));
+    } else {
+      a = p.stats[2 * r];
+      b = O(1) / p.stats[2 * r + 1];
+      g = math::operand_at(p.grad, r, O(1)) * p.grad_scale * math::operand_at(p.weight, r, O(1));
+      t = math::dfl_target(p.target[r], p.bins);
+    }
+    for (int first = lane * 4; first < p.bins; first += kLongStep) {
+      O v[4], res[4];
+      load_bins<T, 4>(p, row, first, v, O(0));
 #pragma unroll
-      for (int j = 0; j < VPT; ++j)
-        if (first + j < p.bins) gz[first + j] = static_cast<T>(res[j]);
+      for (int k = 0; k < 4; ++k) {
+        if constexpr (INTEGRAL) {
+          res[k] = g * math::dl_exp(v[k] - a) * (O(first + k) - b);
+        } else {
+          res[k] = t.nan ? math::nan_value<O>()
+                         : g * math::dfl_grad(t, first + k, math::dl_exp(v[k] - a) * b);
+        }
+      }
+      store_bins<T, 4>(p, gz, first, res);
     }
     return O(0);
   }
 };
 
-// (bins per lane, lanes per row) for a row of R bins: R = 16 and 17, the common heads, take
-// 4 and 5 lanes' worth of a 4 x 4 and 4 x 8 group.
+// (bins per lane, lanes per row) for a row of R bins held in registers: R = 16 and 17, the
+// common heads, take 4 and 5 lanes' worth of a 4 x 4 and 4 x 8 group. Longer rows (VPT = 0)
+// take the DflForwardLong / DflBackwardLong walk.
 template <typename F>
 void with_config(int32_t bins, const F& f) {
   if (bins <= 16) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 4>());
   if (bins <= 32) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 8>());
   if (bins <= 128) return f(std::integral_constant<int, 4>(), std::integral_constant<int, 32>());
   if (bins <= 256) return f(std::integral_constant<int, 8>(), std::integral_constant<int, 32>());
-  return f(std::integral_constant<int, 32>(), std::integral_constant<int, 32>());
+  return f(std::integral_constant<int, 0>(), std::integral_constant<int, kLongTpr>());
 }
+
+template <typename T, int VPT, int TPR, bool INTEGRAL>
+using ForwardUnit = std::conditional_t<VPT == 0, DflForwardLong<T, INTEGRAL>,
+                                       DflForward<T, (VPT == 0 ? 4 : VPT), TPR, INTEGRAL>>;
+template <typename T, int VPT, int TPR, bool INTEGRAL>
+using BackwardUnit = std::conditional_t<VPT == 0, DflBackwardLong<T, INTEGRAL>,
+                                        DflBackward<T, (VPT == 0 ? 4 : VPT), TPR, INTEGRAL>>;
 
 template <typename T>
 DflParams<T> params(const DflArgs& a, bool integral) {
@@ -219,10 +344,10 @@ DflPair forward(const DflArgs& a, bool integral) {
       constexpr int VPT = decltype(vpt)::value, TPR = decltype(tpr)::value;
       const int64_t units = a.rows * TPR;
       if (integral) {
-        launch_map_reduce<O, scalar_t>(units, DflForward<scalar_t, VPT, TPR, true>{p}, nullptr, scale,
+        launch_map_reduce<O, scalar_t>(units, ForwardUnit<scalar_t, VPT, TPR, true>{p}, nullptr, scale,
                                        a.pred.device());
       } else {
-        launch_map_reduce<O, scalar_t>(units, DflForward<scalar_t, VPT, TPR, false>{p},
+        launch_map_reduce<O, scalar_t>(units, ForwardUnit<scalar_t, VPT, TPR, false>{p},
                                        reduce ? o : nullptr, scale, a.pred.device());
       }
     });
@@ -245,10 +370,10 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
       constexpr int VPT = decltype(vpt)::value, TPR = decltype(tpr)::value;
       const int64_t units = a.rows * TPR;
       if (integral) {
-        launch_map_reduce<O, scalar_t>(units, DflBackward<scalar_t, VPT, TPR, true>{p}, nullptr,
+        launch_map_reduce<O, scalar_t>(units, BackwardUnit<scalar_t, VPT, TPR, true>{p}, nullptr,
                                        O(1), a.pred.device());
       } else {
-        launch_map_reduce<O, scalar_t>(units, DflBackward<scalar_t, VPT, TPR, false>{p}, nullptr,
+        launch_map_reduce<O, scalar_t>(units, BackwardUnit<scalar_t, VPT, TPR, false>{p}, nullptr,
                                        O(1), a.pred.device());
       }
     });

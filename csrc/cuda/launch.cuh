@@ -15,12 +15,23 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace detloss {
 namespace cuda {
 
 constexpr int kBlock = 256;
 constexpr int kMaxBlocks = 1024;  // 1024 x 256 threads keep an H200 (132 SMs) full
+// Kernels are declared __launch_bounds__(kBlock, MIN_BLOCKS). MIN_BLOCKS = 0 leaves the
+// register budget to ptxas's own target, right for nearly every kernel here; a unit that
+// needs more (CUDA 13 spills some fp64 units around exp at that target) says so with
+// `static constexpr int kMinBlocks` (registers per thread <= 65536 / (256 * kMinBlocks)).
+// bench/kernel_report.py prints registers, spills and occupancy of every kernel.
+template <typename F, typename = void>
+struct min_blocks_of : std::integral_constant<int, 0> {};
+template <typename F>
+struct min_blocks_of<F, std::void_t<decltype(F::kMinBlocks)>>
+    : std::integral_constant<int, F::kMinBlocks> {};
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -53,8 +64,8 @@ __device__ __forceinline__ acc_t block_sum(acc_t v) {
 }
 
 // f(u) handles unit u and returns its contribution to the sum (ignored without partials).
-template <typename acc_t, typename F>
-__global__ void __launch_bounds__(kBlock)
+template <typename acc_t, typename F, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kBlock, MIN_BLOCKS)
     map_reduce_kernel(int64_t units, const F f, acc_t* __restrict__ partials) {
   acc_t acc(0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
@@ -86,7 +97,7 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
   const int grid = grid_for(units);
   if (sum_out == nullptr) {
     if (units == 0) return;
-    map_reduce_kernel<acc_t, F><<<grid, kBlock, 0, stream>>>(units, f, nullptr);
+    map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(units, f, nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
@@ -95,7 +106,7 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
   acc_t* p = partials.mutable_data_ptr<acc_t>();
   int n_partials = 0;
   if (units > 0) {
-    map_reduce_kernel<acc_t, F><<<grid, kBlock, 0, stream>>>(units, f, p);
+    map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(units, f, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     n_partials = grid;
   }
