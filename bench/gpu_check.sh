@@ -61,8 +61,8 @@ SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
       /usr/local/cuda/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
 if [ -n "$SAN" ]; then
   for tool in memcheck racecheck; do
-    cases="$QUICK"; [ $tool = racecheck ] && cases="--quick"
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "san-$tool" 120 \
+    cases="${SAN_CASES-$QUICK}"; [ $tool = racecheck ] && cases="--quick"
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "san-$tool" 70 \
       "$SAN" --tool $tool --error-exitcode 9 $PY bench/sanitize_cases.py $cases \
       >> "$OUT/sanitizer.txt" 2>&1
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|all cases ran" "$OUT/sanitizer.txt" | tail -2 >> "$SUMMARY"
