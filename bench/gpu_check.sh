@@ -8,6 +8,12 @@
 #
 #   OUT=/tmp/gpu bash bench/gpu_check.sh            # full
 #   OUT=/tmp/gpu bash bench/gpu_check.sh --quick    # short benchmark, quick sanitizer cases
+#
+# Knobs (environment), for a second call that must fit what is left of the device time:
+#   STEPS="build kernels tests san bench ncu"  the steps to run (build is always needed)
+#   TESTS_K=EXPR        pytest -k filter of the CUDA tests      SAN_CASES=--quick
+#   BENCH_OPS=a,b       BENCH_DTYPES=fp32,bf16 (one JSON each)  BENCH_IMPLS=fused,eager,compile
+#   BENCH_MIN_TIME=s    NCU_K=regex:...  (kernels Nsight Compute profiles)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu}
@@ -18,6 +24,8 @@ export PYTHONUNBUFFERED=1 FORCE_CUDA=1
 export MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 PY=${PYTHON:-python3}
 SUMMARY="$OUT/summary.txt"
+STEPS=${STEPS:-build kernels tests san bench ncu}
+want() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 START=$(date +%s)
 : > "$SUMMARY"
 
@@ -47,19 +55,23 @@ DETLOSS_PTXAS_VERBOSE=1 step build 240 \
 $PY -m detloss_cuda info >> "$SUMMARY" 2>&1
 
 # 2. static kernel report (registers, spills, load widths, occupancy) from this build
-step kernels 60 $PY bench/kernel_report.py --markdown "$OUT/kernel-report.md" > /dev/null 2>> "$SUMMARY"
-head -1 "$OUT/kernel-report.md" >> "$SUMMARY" 2>/dev/null
+want kernels && step kernels 60 $PY bench/kernel_report.py --markdown "$OUT/kernel-report.md" > /dev/null 2>> "$SUMMARY"
+want kernels && head -1 "$OUT/kernel-report.md" >> "$SUMMARY" 2>/dev/null
 
 # 3. the CUDA tests (the CPU ones run in CI)
-step tests ${TESTS_LIMIT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=25 -m cuda tests \
-  > "$OUT/tests.txt" 2>&1
-tail -15 "$OUT/tests.txt"
-grep -E "passed|failed|error" "$OUT/tests.txt" | tail -1 >> "$SUMMARY"
+if want tests; then
+  step tests ${TESTS_LIMIT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=25 -m cuda \
+    ${TESTS_K:+-k "$TESTS_K"} tests > "$OUT/tests.txt" 2>&1
+  tail -15 "$OUT/tests.txt"
+  grep -E "passed|failed|error" "$OUT/tests.txt" | tail -1 >> "$SUMMARY"
+fi
 
 # 4. compute-sanitizer on small cases, every allocation separate
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer \
       /usr/local/cuda/compute-sanitizer/compute-sanitizer /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
-if [ -n "$SAN" ]; then
+if ! want san; then
+  :
+elif [ -n "$SAN" ]; then
   for tool in memcheck racecheck; do
     cases="${SAN_CASES-$QUICK}"; [ $tool = racecheck ] && cases="--quick"
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "san-$tool" 70 \
@@ -71,21 +83,28 @@ else
   note "compute-sanitizer: not found on this machine"
 fi
 
-# 5. the GPU benchmark (markdown and plot are made from the JSON afterwards)
-step bench ${BENCH_LIMIT:-150} $PY -m detloss_cuda bench --devices cuda $QUICK \
-  --dtypes ${BENCH_DTYPES:-fp32} --compile-dtypes fp32 --min-time ${BENCH_MIN_TIME:-0.02} \
-  --json "$OUT/bench-cuda.json" > "$OUT/bench.txt" 2>&1
-grep -v Warning "$OUT/bench.txt" | tail -40
-
-# 6. Nsight Compute: bandwidth, occupancy and stalls of every op's kernels at 32 Mi elements
+# 5. Nsight Compute: bandwidth, occupancy and stalls of every op's kernels at 32 Mi elements
 NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-if [ -n "$NCU" ]; then
+if ! want ncu; then
+  :
+elif [ -n "$NCU" ]; then
   step ncu 80 "$NCU" --clock-control none --profile-from-start off --csv --page details \
     --section SpeedOfLight --section Occupancy --section WarpStateStats \
-    -k "regex:map_reduce_kernel|box_matrix_kernel" $PY bench/ncu_cases.py > "$OUT/ncu.csv" 2>&1
+    -k "${NCU_K:-regex:map_reduce_kernel|box_matrix_kernel}" $PY bench/ncu_cases.py > "$OUT/ncu.csv" 2>&1
   grep -c '"DRAM Throughput"' "$OUT/ncu.csv" | sed 's/^/ncu kernels profiled: /' >> "$SUMMARY"
 else
   note "ncu: not found on this machine"
+fi
+
+# 6. the GPU benchmark, one JSON per dtype, saved row by row (markdown and plot are made
+#    from the JSON afterwards)
+if want bench; then
+  for dt in $(echo "${BENCH_DTYPES:-fp32}" | tr , ' '); do
+    step "bench-$dt" ${BENCH_LIMIT:-150} $PY -m detloss_cuda bench --devices cuda $QUICK \
+      --ops ${BENCH_OPS:-all} --dtypes $dt --impls ${BENCH_IMPLS:-fused,eager,compile} \
+      --min-time ${BENCH_MIN_TIME:-0.02} --json "$OUT/bench-cuda-$dt.json" >> "$OUT/bench.txt" 2>&1
+  done
+  grep -v Warning "$OUT/bench.txt" | tail -40
 fi
 
 note "total $(( $(date +%s) - START ))s"

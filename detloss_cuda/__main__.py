@@ -74,9 +74,12 @@ def cmd_bench(args):
 
     print(B.HEADER)
     compile_dtypes = _csv(args.compile_dtypes) if args.compile_dtypes else None
+    # the JSON is rewritten after every row: a sweep cut short still leaves what it measured
+    on_row = (lambda res: B.save_json(res, args.json)) if args.json else None
     result = B.run([B.OPS[o] for o in ops], devices, dtypes, modes, impls, sizes=sizes,
                    quick=args.quick, min_time=args.min_time, log=print,
-                   compile_dtypes=compile_dtypes)
+                   compile_dtypes=compile_dtypes, compile_dynamic=args.compile_dynamic,
+                   on_row=on_row)
     print(f"\n{len(result['rows'])} rows; speedups are eager/fused and compile/fused times in "
           "this run; GB/s counts the minimum bytes each op must move; % copy compares that "
           "with a device copy of as many bytes, timed in this run.")
@@ -114,6 +117,8 @@ def main(argv=None):
                    "reference (the oracle, reference.py)")
     b.add_argument("--compile-dtypes", default=None,
                    help="time torch.compile only for these dtypes (compiling dominates a GPU sweep)")
+    b.add_argument("--compile-dynamic", action="store_true",
+                   help="compile once with dynamic shapes (default: static, once per size)")
     b.add_argument("--quick", action="store_true", help="few sizes, short timing")
     b.add_argument("--min-time", type=float, default=None, help="seconds of timing per cell")
     b.add_argument("--json", default=None, help="write every row as JSON here")

@@ -37,6 +37,24 @@ def near(b, jitter=0.3):
     return b + torch.randn_like(b) * jitter
 
 
+def without_rounding_ties(p, t, fmt, dtype):
+    """Rows of (p, t) whose edge orderings survive the kernel's rounding. In xywh the kernel
+    forms the corners x -+ w/2 in its compute type (float32 for fp32/fp16/bf16), the
+    reference in float64: where a predicted and a target edge lie within a few ulps, the two
+    may order them differently, and min/max then send that edge's gradient to the other box
+    (the loss is not differentiable at a tie), a difference no tolerance should absorb.
+    xyxy corners are inputs, rounded identically by both."""
+    if fmt != "xywh":
+        return p, t
+    q, r = p.to(dtype).double(), t.to(dtype).double()
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    cq = torch.cat([q[..., :2] - q[..., 2:] / 2, q[..., :2] + q[..., 2:] / 2], -1)
+    cr = torch.cat([r[..., :2] - r[..., 2:] / 2, r[..., :2] + r[..., 2:] / 2], -1)
+    ulp = torch.finfo(compute).eps * torch.maximum(cq.abs(), cr.abs())
+    keep = ((cq - cr).abs() > 8 * ulp).all(-1)
+    return p[keep], t[keep]
+
+
 def check_parity(kind, fmt, p64, t64, dtype, device, reduction, weight=None, g64=None,
                  grads=(True, True)):
     p = p64.to(dtype).to(device).requires_grad_(grads[0])
@@ -430,10 +448,10 @@ def test_mixed_devices_error():
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cuda_matches_cpu(kind, fmt, dtype):
-    p = boxes((100_003,), fmt)
-    t = near(p)
-    w = torch.rand(100_003, dtype=torch.float64)
-    g64 = torch.randn(100_003, dtype=torch.float64)
+    p, t = without_rounding_ties(*(lambda b: (b, near(b)))(boxes((100_003,), fmt)), fmt, dtype)
+    assert p.shape[0] > 95_000  # ties are rare: the test still covers nearly every pair
+    w = torch.rand(p.shape[0], dtype=torch.float64)
+    g64 = torch.randn(p.shape[0], dtype=torch.float64)
     oc, gc = check_parity(kind, fmt, p, t, dtype, "cuda", "none", weight=w, g64=g64)
     oh, gh = check_parity(kind, fmt, p, t, dtype, "cpu", "none", weight=w, g64=g64)
     assert_close_dtype(oc, oh.double(), dtype)

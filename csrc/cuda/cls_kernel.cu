@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../math/cls.h"
 #include "../ops/cls.h"
 #include "launch.cuh"
@@ -19,7 +21,9 @@ using math::ClsKind;
 
 // One unit = kVec consecutive elements (16 bytes of input). Full, aligned units use
 // 128-bit loads and stores; the tail unit (and misaligned tensors) go element by element.
-template <typename T, ClsKind K, bool FORWARD>
+// POW >= 0 fixes the focusing exponent's PowMode at compile time (the launch picks it when
+// the config matches); POW = -1 switches on cfg.pow_mode per element at run time.
+template <typename T, ClsKind K, bool FORWARD, int POW = -1>
 struct ClsUnit {
   using O = at::opmath_type<T>;
   static constexpr int kVec = 16 / sizeof(T);
@@ -87,7 +91,9 @@ struct ClsUnit {
       bool pos = false;
       if constexpr (K == ClsKind::kVFL) pos = lab[j] < O(0) ? tv > O(0) : lab[j] != O(0);
       O loss, dx;
-      math::cls_element<K, !FORWARD>(xv, tv, pw[j], pos, cfg, loss, dx);
+      math::ClsConfig<O> c = cfg;
+      if constexpr (POW >= 0) c.pow_mode = static_cast<math::PowMode>(POW);  // folds the switch
+      math::cls_element<K, !FORWARD>(xv, tv, pw[j], pos, c, loss, dx);
       if constexpr (FORWARD) {
         loss *= w[j];
         res[j] = static_cast<T>(loss);
@@ -116,9 +122,9 @@ bool operand_aligned(const OperandDesc& d) {
   return !d.full() || aligned16(d.tensor.const_data_ptr());
 }
 
-template <typename T, ClsKind K, bool FORWARD>
+template <typename T, ClsKind K, bool FORWARD, int POW = -1>
 void launch(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
-  using Unit = ClsUnit<T, K, FORWARD>;
+  using Unit = ClsUnit<T, K, FORWARD, POW>;
   using O = typename Unit::O;
   Unit f;
   f.x = a.input.const_data_ptr<T>();
@@ -145,12 +151,24 @@ void launch(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
   launch_map_reduce<O, T>(units, f, sum_out, scale, a.input.device());
 }
 
+// gamma = 2 (the default of focal, QFL and VFL) gets straight-line code in fp32, the type
+// every loss runs in under autocast: the per-element PowMode switch costs branches and
+// blocks scheduling across the unit's elements in these compute-bound kernels.
+template <typename T, ClsKind K, bool FORWARD>
+void launch_pow(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.config<float>().pow_mode == math::PowMode::kTwo)
+      return launch<T, K, FORWARD, static_cast<int>(math::PowMode::kTwo)>(a, grad, out, sum_out);
+  }
+  return launch<T, K, FORWARD>(a, grad, out, sum_out);
+}
+
 template <typename T, bool FORWARD>
 void launch_kind(const ClsArgs& a, const OperandDesc* grad, T* out, T* sum_out) {
   switch (a.kind) {
-    case ClsKind::kFocal: return launch<T, ClsKind::kFocal, FORWARD>(a, grad, out, sum_out);
-    case ClsKind::kQFL: return launch<T, ClsKind::kQFL, FORWARD>(a, grad, out, sum_out);
-    case ClsKind::kVFL: return launch<T, ClsKind::kVFL, FORWARD>(a, grad, out, sum_out);
+    case ClsKind::kFocal: return launch_pow<T, ClsKind::kFocal, FORWARD>(a, grad, out, sum_out);
+    case ClsKind::kQFL: return launch_pow<T, ClsKind::kQFL, FORWARD>(a, grad, out, sum_out);
+    case ClsKind::kVFL: return launch_pow<T, ClsKind::kVFL, FORWARD>(a, grad, out, sum_out);
     default: return launch<T, ClsKind::kBCE, FORWARD>(a, grad, out, sum_out);
   }
 }
