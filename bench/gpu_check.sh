@@ -2,8 +2,8 @@
 # The project's one prepared device script: on a machine with an NVIDIA GPU, build with the
 # CUDA kernels, the static kernel report, the CUDA tests, compute-sanitizer (memcheck,
 # racecheck) on bench/sanitize_cases.py, the GPU benchmark sweep, and Nsight Compute on the
-# largest case of every op (bench/ncu_cases.py). Everything lands under $OUT as 8 files (all
-# the device tool brings back). Sized for one call of about 8 minutes on an H200; each step
+# largest case of every op (bench/ncu_cases.py). Everything lands under $OUT as at most 8
+# files (all the device tool brings back; the build log only when the build fails). Sized for one call of about 8 minutes on an H200; each step
 # has its own time limit and a failed step does not stop the others.
 #
 #   OUT=/tmp/gpu bash bench/gpu_check.sh            # full
@@ -50,8 +50,9 @@ step() {  # step NAME LIMIT_S CMD...: run, record status and seconds
 
 # 1. build (ptxas usage of every kernel goes into the build log)
 DETLOSS_PTXAS_VERBOSE=1 step build 240 \
-  $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1 \
-  || { tail -40 "$OUT/build.log"; note "build failed: see build.log"; exit 1; }
+  $PY -m pip install --no-build-isolation --no-deps -v -e . > /tmp/detloss-build.log 2>&1 \
+  || { cp /tmp/detloss-build.log "$OUT/build.log"; tail -40 "$OUT/build.log"
+       note "build failed: see build.log"; exit 1; }
 $PY -m detloss_cuda info >> "$SUMMARY" 2>&1
 
 # 2. static kernel report (registers, spills, load widths, occupancy) from this build
@@ -88,7 +89,7 @@ NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/
 if ! want ncu; then
   :
 elif [ -n "$NCU" ]; then
-  step ncu 80 "$NCU" --clock-control none --profile-from-start off --csv --page details \
+  step ncu 80 "$NCU" --clock-control none --kernel-name-base demangled --profile-from-start off --csv --page details \
     --section SpeedOfLight --section Occupancy --section WarpStateStats \
     -k "${NCU_K:-regex:map_reduce_kernel|box_matrix_kernel}" $PY bench/ncu_cases.py > "$OUT/ncu.csv" 2>&1
   grep -c '"DRAM Throughput"' "$OUT/ncu.csv" | sed 's/^/ncu kernels profiled: /' >> "$SUMMARY"

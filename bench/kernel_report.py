@@ -190,10 +190,12 @@ def load_bits(suffix: str) -> int:
     return 32
 
 
-def collect(so: str, cuobjdump: str) -> list[Kernel]:
+def parse(res_usage: str, sass: str, names: dict[str, str] | None = None) -> list[Kernel]:
+    """Kernels from `cuobjdump -res-usage` and `cuobjdump -sass` text, checked against the
+    design's expectations (Kernel.problems). `names` maps mangled to demangled names."""
     kernels: dict[str, Kernel] = {}
     current = None
-    for line in run([cuobjdump, "-res-usage", "-arch", ARCH, so]).splitlines():
+    for line in res_usage.splitlines():
         m = re.match(r"\s*Function (\S+):", line)
         if m:
             current = kernels.setdefault(m.group(1), Kernel(m.group(1)))
@@ -201,11 +203,8 @@ def collect(so: str, cuobjdump: str) -> list[Kernel]:
         m = RES_RE.search(line)
         if m and current is not None:
             current.registers, current.stack, current.shared, current.local = map(int, m.groups())
-    if not kernels:
-        raise SystemExit(f"kernel_report: no {ARCH} kernels in {so} (built without CUDA, or for "
-                         "another architecture? build with FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0)")
     current = None
-    for line in run([cuobjdump, "-sass", "-arch", ARCH, so]).splitlines():
+    for line in sass.splitlines():
         m = re.match(r"\s*Function : (\S+)", line)
         if m:
             current = kernels.setdefault(m.group(1), Kernel(m.group(1)))
@@ -213,9 +212,9 @@ def collect(so: str, cuobjdump: str) -> list[Kernel]:
         if current is None or "/*" not in line:
             continue
         ins = line.split("*/", 1)[1] if line.lstrip().startswith("/*") else line
-        if re.search(r"\bSTL\b|\bSTL\.", ins):
+        if re.search(r"\bSTL(\.|\b)", ins):
             current.spill_stores += 1
-        if re.search(r"\bLDL\b|\bLDL\.", ins):
+        if re.search(r"\bLDL(\.|\b)", ins):
             current.spill_loads += 1
         if re.search(r"\bCALL\.", ins):
             current.calls += 1
@@ -223,9 +222,9 @@ def collect(so: str, cuobjdump: str) -> list[Kernel]:
         if m:
             bits = load_bits(m.group(1))
             current.loads[bits] = current.loads.get(bits, 0) + 1
-    names = demangle(list(kernels))
+    names = names or {}
     for k in kernels.values():
-        k.name = shorten(names[k.mangled])
+        k.name = shorten(names.get(k.mangled, k.mangled))
         classify(k)
         k.blocks_per_sm, k.occupancy = occupancy(k.registers, k.shared)
         if k.spill_stores or k.spill_loads or k.stack or k.local:
@@ -235,6 +234,16 @@ def collect(so: str, cuobjdump: str) -> list[Kernel]:
             k.problems.append(f"no {k.expected_load_bits}-bit global loads "
                               f"(found widths {sorted(k.loads)})")
     return sorted(kernels.values(), key=lambda k: (k.family, k.name))
+
+
+def collect(so: str, cuobjdump: str) -> list[Kernel]:
+    res = run([cuobjdump, "-res-usage", "-arch", ARCH, so])
+    if "Function" not in res:
+        raise SystemExit(f"kernel_report: no {ARCH} kernels in {so} (built without CUDA, or for "
+                         "another architecture? build with FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0)")
+    sass = run([cuobjdump, "-sass", "-arch", ARCH, so])
+    mangled = re.findall(r"^\s*Function (\S+):", res, re.M)
+    return parse(res, sass, demangle(mangled))
 
 
 def loads_text(k: Kernel) -> str:
@@ -298,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     cuobjdump = find_cuobjdump()
     kernels = collect(so, cuobjdump)
     bad = [k for k in kernels if k.problems]
-    header = (f"{len(kernels)} {ARCH} kernels in `{os.path.basename(so)}`; "
+    header = (f"{len(kernels)} {ARCH} kernels in the extension; "
               f"{sum(1 for k in kernels if k.spill_stores or k.spill_loads or k.stack)} spill, "
               f"{sum(1 for k in kernels if k.expected_load_bits)} have a load-width "
               f"expectation, {len(bad)} violate one. Occupancy is theoretical, at 256 threads "
