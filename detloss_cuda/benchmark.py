@@ -37,6 +37,7 @@ class BenchOp:
     sizes: dict = field(default_factory=dict)  # "cpu" / "cuda" / "quick" -> list of sizes
     differentiable: bool = True
     reference: object = None  # inputs -> scalar loss: the oracle (impl "reference", opt-in)
+    compilable: bool = True  # False: no torch.compile column (the e2e rows)
 
 
 def _nbytes(*ts):
@@ -175,6 +176,14 @@ OPS["integral"] = BenchOp(
     reference=lambda i: R.distribution_integral(i["x"]).sum(),
     bytes_moved=_integral_bytes, sizes=_DFL_SIZES,
 )
+
+# end to end: the loss part of a real detector's training step, patched vs unpatched
+# (detloss_cuda.integrations), when ultralytics / torchvision are installed
+from .integrations._bench import bench_ops as _bench_ops  # noqa: E402
+
+for _name, _op in _bench_ops(BenchOp).items():
+    _op.compilable = False
+    OPS[_name] = _op
 
 # ----------------------------------------------------------------------------- timing
 
@@ -340,7 +349,9 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
         for dname in dtypes[device]:
             dtype = DTYPES[dname]
             for op in ops:
-                op_sizes = sizes or op.sizes["quick" if quick else device]
+                # --sizes counts elements; the e2e rows count images and keep their own
+                use = sizes if sizes and op.family != "e2e" else None
+                op_sizes = use or op.sizes["quick" if quick else device]
                 for size in op_sizes:
                     gen = torch.Generator().manual_seed(0)
                     inputs = op.make(int(size), dtype, device, gen)
@@ -361,6 +372,9 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
                                "copy_bytes_per_s": copy_cache[ck]}
                         for impl in impls:
                             if impl == "compile" and compile_dtypes and dname not in compile_dtypes:
+                                continue
+                            if (impl == "compile" and not op.compilable) or (
+                                    impl == "reference" and op.reference is None):
                                 continue
                             fn = _make_runner(op, impl, inputs, mode, compiled_cache, compile_dynamic)
                             try:
@@ -402,7 +416,7 @@ def _fmt_size(n):
     return f"{m:.0f}e{e}" if m == int(m) else f"{m:.1f}e{e}"
 
 
-HEADER = (f"{'op':<11}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
+HEADER = (f"{'op':<15}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
           f"{'fused':>10}{'eager':>10}{'compile':>10}{'x eager':>9}{'x comp':>8}"
           f"{'GB/s':>8}{'% copy':>8}{'mem fused/eager':>18}")
 
@@ -420,7 +434,7 @@ def format_row(r):
     frac = f.get("copy_fraction")
     mf, me = f.get("peak_bytes"), r.get("eager", {}).get("peak_bytes")
     mem = "-" if mf is None or me is None else f"{mf / 2**20:.1f}/{me / 2**20:.1f}MiB"
-    line = (f"{r['op']:<11}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
+    line = (f"{r['op']:<15}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
             f"{r['mode']:<7}{t('fused'):>10}{t('eager'):>10}{t('compile'):>10}"
             f"{x('speedup_vs_eager'):>9}{x('speedup_vs_compile'):>8}"
             f"{(bw / 1e9 if bw else 0):>8.1f}{(100 * frac if frac else 0):>7.1f}%{mem:>18}")

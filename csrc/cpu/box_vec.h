@@ -60,7 +60,7 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
   using V = at::vec::Vectorized<O>;
   constexpr int64_t W = V::size();
   const V zero(O(0)), one(O(1));
-  V acc(O(0));
+  simd::LaneSum<O> acc;
   for (int64_t i = begin; i < end; i += W) {
     const int64_t n = std::min<int64_t>(W, end - i);
     Box<V> pa = gather_boxes<O>(a.pred, i, n), pb = gather_boxes<O>(a.target, i, n);
@@ -73,7 +73,7 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
     if constexpr (FORWARD) {
       const V loss = (one - math::box_element<K, false>(pa, pb, a.eps, zero, ga, gb)) * w;
       if (a.out != nullptr) simd::store(a.out + i, loss, n);
-      acc = acc + (n == W ? loss : V::set(zero, loss, n));
+      acc.add(n == W ? loss : V::set(zero, loss, n));
     } else {
       const V g = simd::load_operand<O>(a.grad, i, n, O(1)) * V(a.grad_scale) * w;
       math::box_element<K, true>(pa, pb, a.eps, zero - g, ga, gb);  // loss = 1 - metric
@@ -85,11 +85,7 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
       if (a.grad_target != nullptr) scatter_boxes<O>(a.grad_target + 4 * i, gb, n);
     }
   }
-  O lanes[W];
-  acc.store(lanes);
-  O s(0);
-  for (int64_t j = 0; j < W; ++j) s += lanes[j];
-  return s;
+  return static_cast<O>(acc.sum());
 }
 
 template <class T, bool FORWARD>

@@ -29,7 +29,7 @@ at::opmath_type<T> cls_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_t end)
   constexpr int64_t W = V::size();
   const V zero(O(0));
   const bool has_label = a.label.mode != OperandMode::kAbsent;
-  V acc(O(0));
+  simd::LaneSum<O> acc;
   for (int64_t i = begin; i < end; i += W) {
     const int64_t n = std::min<int64_t>(W, end - i);
     const V x = simd::load(a.x + i, n);
@@ -44,17 +44,13 @@ at::opmath_type<T> cls_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_t end)
     if constexpr (FORWARD) {
       loss = loss * w;
       if (a.out != nullptr) simd::store(a.out + i, loss, n);
-      acc = acc + (n == W ? loss : V::set(zero, loss, n));  // tail lanes add 0
+      acc.add(n == W ? loss : V::set(zero, loss, n));  // tail lanes add 0
     } else {
       const V g = simd::load_operand<O>(a.grad, i, n, O(1)) * V(a.grad_scale);
       simd::store(a.out + i, grad * w * g, n);
     }
   }
-  O lanes[W];
-  acc.store(lanes);
-  O s(0);
-  for (int64_t j = 0; j < W; ++j) s += lanes[j];  // fixed order: deterministic
-  return s;
+  return static_cast<O>(acc.sum());
 }
 
 template <class T, bool FORWARD>

@@ -34,7 +34,7 @@ at::opmath_type<T> dfl_forward_columns(const DflLoopArgs<T>& a, int64_t begin, i
   const int32_t R = a.bins;
   alignas(64) O col[kColumnBins * W];  // col[j·W + k] = z of row r0 + k, bin j; then exp
   alignas(64) O lin[W], res[W], lse_l[W], mean_l[W];
-  O acc(0);
+  double acc = 0;  // rows' losses, summed in double (see simd::LaneSum)
   const V ninf(-std::numeric_limits<O>::infinity());
   for (int64_t r0 = begin; r0 < end; r0 += W) {
     const int64_t n = std::min<int64_t>(W, end - r0);
@@ -107,7 +107,7 @@ at::opmath_type<T> dfl_forward_columns(const DflLoopArgs<T>& a, int64_t begin, i
       }
     }
   }
-  return acc;
+  return static_cast<O>(acc);
 }
 
 template <class T>
@@ -120,7 +120,7 @@ at::opmath_type<T> dfl_forward_impl(const DflLoopArgs<T>& a, int64_t begin, int6
   const V ninf(-std::numeric_limits<O>::infinity());
   const auto vmax = [](V& x, V& y) { return at::vec::maximum(x, y); };
   const auto vadd = [](V& x, V& y) { return x + y; };
-  O acc(0);
+  double acc = 0;  // rows' losses, summed in double (see simd::LaneSum)
   for (int64_t row = begin; row < end; ++row) {
     const T* z = a.pred + row * R;
     V vm = ninf;
@@ -157,7 +157,7 @@ at::opmath_type<T> dfl_forward_impl(const DflLoopArgs<T>& a, int64_t begin, int6
     a.stats_out[2 * row + 1] = s;
     acc += loss;
   }
-  return acc;
+  return static_cast<O>(acc);
 }
 
 // Backward: one pass, no reductions, from the saved row statistics:

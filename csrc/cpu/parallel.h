@@ -21,17 +21,17 @@ void chunked_for(int64_t n, int64_t grain, const F& f) {
 }
 
 // Sum over [0, n) of f(begin, end) -> acc_t, each call covering one fixed chunk, the chunk
-// sums added in order.
+// sums added in order, in double (thousands of chunk sums for 1e8 elements).
 template <typename acc_t, typename F>
 acc_t chunked_sum(int64_t n, int64_t chunk, const F& f) {
   const int64_t chunks = (n + chunk - 1) / chunk;
-  std::vector<acc_t> partial(static_cast<size_t>(chunks), acc_t(0));
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
   at::parallel_for(0, chunks, 1, [&](int64_t cb, int64_t ce) {
     for (int64_t c = cb; c < ce; ++c) partial[c] = f(c * chunk, std::min(n, (c + 1) * chunk));
   });
-  acc_t s(0);
-  for (const acc_t v : partial) s += v;
-  return s;
+  double s = 0;
+  for (const double v : partial) s += v;
+  return static_cast<acc_t>(s);
 }
 
 // A forward over [0, n) whose range function writes per-unit results itself (reduction

@@ -128,6 +128,37 @@ inline at::vec::Vectorized<O> load_operand(const Operand<T>& o, int64_t i, int64
   return V::loadu(buf);
 }
 
+// Running sum of loss vectors with a bounded error. Each lane adds kFlush vectors in opmath,
+// then folds that short sum into a double. One float running sum per lane over a whole
+// chunk (2048 values) drops small terms that sit beside large ones: RetinaNet's focal loss
+// (~1e-6 per easy negative next to O(1) positives) came out 4e-6 low, 30 ulps.
+template <class O>
+struct LaneSum {
+  using V = at::vec::Vectorized<O>;
+  static constexpr int kFlush = 16;
+  V acc = V(O(0));
+  double total[V::size()] = {};
+  int count = 0;
+
+  void add(const V& v) {
+    acc = acc + v;
+    if (++count == kFlush) flush();
+  }
+  void flush() {
+    O lanes[V::size()];
+    acc.store(lanes);
+    for (int j = 0; j < V::size(); ++j) total[j] += static_cast<double>(lanes[j]);
+    acc = V(O(0));
+    count = 0;
+  }
+  double sum() {  // lanes in a fixed order: deterministic
+    flush();
+    double s = 0;
+    for (int j = 0; j < V::size(); ++j) s += total[j];
+    return s;
+  }
+};
+
 }  // namespace DETLOSS_CAPABILITY_NS
 }  // namespace simd
 }  // namespace detloss

@@ -1,0 +1,142 @@
+"""Benchmark rows for the integrations: the loss part of one training step of a real
+detector (forward + backward of the loss only, the model's outputs fixed), patched
+("fused") vs unpatched ("eager"). The ops are registered only when the library imports.
+
+* ``yolo_loss``: ultralytics ``v8DetectionLoss`` of a YOLOv8n head (80 classes, reg_max 16)
+  at 640 x 640 (8400 anchors per image), 8 ground-truth boxes per image; size = images.
+  Includes the task-aligned assignment, as in training.
+* ``retinanet_loss``: torchvision ``RetinaNet.compute_loss`` (91 classes, GIoU box loss) at
+  512 x 512 (49104 anchors per image), 8 boxes per image; size = images. Includes the
+  anchor matching.
+"""
+import importlib.util
+
+import torch
+
+
+def _have(name):
+    return importlib.util.find_spec(name) is not None
+
+
+_YOLO = {}
+
+
+def _yolo_model():
+    if "model" not in _YOLO:
+        from ultralytics.cfg import get_cfg
+        from ultralytics.nn.tasks import DetectionModel
+
+        m = DetectionModel("yolov8n.yaml", nc=80, verbose=False)
+        m.args = get_cfg()
+        _YOLO["model"] = m
+    return _YOLO["model"]
+
+
+def _boxes(n_img, per_img, size, gen):
+    xy = torch.rand(n_img * per_img, 2, generator=gen) * 0.7 + 0.15
+    wh = torch.rand(n_img * per_img, 2, generator=gen) * 0.25 + 0.05
+    return xy, wh
+
+
+def yolo_inputs(size, dtype, device, gen):
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    b = max(1, int(size))
+    model = _yolo_model().to(device)
+    crit = v8DetectionLoss(model)
+    hw = [(80, 80), (40, 40), (20, 20)]  # strides 8, 16, 32 at 640 x 640
+    a = sum(h * w for h, w in hw)
+    x = (torch.randn(b, 64 + 80, a, generator=gen) * 2).to(device=device, dtype=dtype)
+    x[:, 64:] -= 4  # class logits of an initialised head: mostly confident negatives
+    feats = [torch.empty(b, 1, h, w, device=device, dtype=dtype) for h, w in hw]
+    per = 8
+    xy, wh = _boxes(b, per, 640, gen)
+    batch = {"batch_idx": torch.arange(b).repeat_interleave(per).float().to(device),
+             "cls": torch.randint(0, 80, (b * per, 1), generator=gen).float().to(device),
+             "bboxes": torch.cat([xy, wh], 1).to(device)}
+    return {"x": x, "crit": crit, "feats": feats, "batch": batch}
+
+
+def _yolo_loss(inp):
+    x = inp["x"]
+    preds = {"boxes": x[:, :64], "scores": x[:, 64:], "feats": inp["feats"]}
+    loss, _ = inp["crit"](preds, inp["batch"])
+    return loss.sum()
+
+
+def yolo_fused(inp):
+    from . import ultralytics as dl
+
+    with dl.patched():
+        return _yolo_loss(inp)
+
+
+_RN = {}
+
+
+def _retinanet():
+    if "model" not in _RN:
+        from torchvision.models.detection import retinanet_resnet50_fpn
+
+        m = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+        m.head.regression_head._loss_type = "giou"
+        _RN["model"] = m
+    return _RN["model"]
+
+
+def retinanet_inputs(size, dtype, device, gen):
+    from torchvision.models.detection.image_list import ImageList
+
+    b = max(1, int(size))
+    model = _retinanet()
+    img = ImageList(torch.empty(b, 3, 512, 512), [(512, 512)] * b)
+    feats = [torch.empty(b, 1, 512 // s, 512 // s) for s in (8, 16, 32, 64, 128)]
+    anchors = [a.to(device=device, dtype=dtype) for a in model.anchor_generator(img, feats)]
+    n = anchors[0].shape[0]
+    x = torch.randn(b, n, 91 + 4, generator=gen)
+    x[..., :91] -= 4.6  # RetinaNet's prior: p = 0.01
+    x = x.to(device=device, dtype=dtype)
+    per = 8
+    targets = []
+    for _ in range(b):
+        xy, wh = _boxes(1, per, 512, gen)
+        boxes = torch.cat([xy - wh / 2, xy + wh / 2], 1) * 512
+        targets.append({"boxes": boxes.to(device=device, dtype=dtype),
+                        "labels": torch.randint(1, 91, (per,), generator=gen).to(device)})
+    return {"x": x, "model": model, "anchors": anchors, "targets": targets}
+
+
+def _retinanet_loss(inp):
+    x = inp["x"]
+    head = {"cls_logits": x[..., :91], "bbox_regression": x[..., 91:]}
+    losses = inp["model"].compute_loss(inp["targets"], head, inp["anchors"])
+    return sum(losses.values())
+
+
+def retinanet_fused(inp):
+    from . import torchvision as dl
+
+    with dl.patched():
+        return _retinanet_loss(inp)
+
+
+def _x_bytes(inp, mode):
+    x = inp["x"]
+    n = x.numel() * x.element_size()
+    return n if mode == "fwd" else 2 * n  # the head outputs read; their gradient written
+
+
+def bench_ops(BenchOp):
+    """The integration rows whose library is installed."""
+    ops = {}
+    if _have("ultralytics"):
+        ops["yolo_loss"] = BenchOp(
+            name="yolo_loss", family="e2e", unit="images (YOLOv8n, 640 px)", make=yolo_inputs,
+            fused=yolo_fused, eager=_yolo_loss, bytes_moved=_x_bytes,
+            sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+    if _have("torchvision"):
+        ops["retinanet_loss"] = BenchOp(
+            name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",
+            make=retinanet_inputs, fused=retinanet_fused, eager=_retinanet_loss,
+            bytes_moved=_x_bytes, sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+    return ops

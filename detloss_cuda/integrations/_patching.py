@@ -1,0 +1,87 @@
+"""Replace attributes of a library's modules and classes and put back the very same objects."""
+import contextlib
+
+import torch
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def ours(*tensors):
+    """True when the fused ops take these tensors (CPU or CUDA, a floating dtype they support);
+    the wrappers hand anything else (MPS, integer boxes, tensor subclasses) to the original."""
+    for t in tensors:
+        if type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+            return False
+        if t.device.type not in ("cpu", "cuda") or t.dtype not in _DTYPES:
+            return False
+    return True
+
+
+class Patchset:
+    """The replacements made by one patch(): (owner, name, original) in order."""
+
+    def __init__(self, library, version, known):
+        self.library, self.version, self.known = library, version, known
+        self._saved = []
+
+    def original(self, owner, name, what=None):
+        """The object `owner.name` holds now (a class's own attribute, unbound), or a
+        RuntimeError naming the installed version when this version has no such name."""
+        if isinstance(owner, type):
+            found = owner.__dict__.get(name)
+        else:
+            found = getattr(owner, name, None)
+        if found is None:
+            where = getattr(owner, "__qualname__", getattr(owner, "__name__", repr(owner)))
+            raise RuntimeError(
+                f"detloss_cuda.integrations.{self.library}: {self.library} {self.version} has no "
+                f"{what or f'{where}.{name}'}, which the patch replaces; it knows {self.known}. "
+                "Nothing was patched.")
+        return found
+
+    def replace(self, owner, name, new):
+        self._saved.append((owner, name, self.original(owner, name)))
+        setattr(owner, name, new)
+
+    def restore(self):
+        for owner, name, orig in reversed(self._saved):
+            setattr(owner, name, orig)
+        self._saved.clear()
+
+
+class Switch:
+    """patch() / unpatch() / patched() for one library; `apply(patchset)` makes the replacements."""
+
+    def __init__(self, library, load, apply):
+        self._library, self._load, self._apply = library, load, apply
+        self._active = None
+
+    @property
+    def is_patched(self):
+        return self._active is not None
+
+    def patch(self):
+        if self._active is not None:
+            return  # idempotent: patching twice would wrap our own wrappers
+        ps = self._load()
+        try:
+            self._apply(ps)
+        except BaseException:
+            ps.restore()  # all or nothing
+            raise
+        self._active = ps
+
+    def unpatch(self):
+        if self._active is not None:
+            self._active.restore()
+            self._active = None
+
+    @contextlib.contextmanager
+    def patched(self):
+        was = self.is_patched
+        self.patch()
+        try:
+            yield
+        finally:
+            if not was:
+                self.unpatch()

@@ -1,0 +1,330 @@
+"""The one-line integrations, end to end on code no one here wrote: an ultralytics YOLOv8n
+training step and torchvision RetinaNet / FCOS training steps, patched vs unpatched.
+
+Tolerance, and why: the patched and the unpatched step both run in float32 and round
+differently (fused kernels vs torch's op-by-op code), and the backward through ~60 layers
+amplifies that rounding (~3e-5 relative in the worst parameter here, patched or not). So
+each is compared with the same step run in float64 (unpatched), and the patched step must
+be as close to it as ultralytics' / torchvision's own float32 step is (within 2x + a few
+float32 ulps). A wrong formula, a missing term or a gradient through the wrong path is off
+by orders of magnitude more.
+
+ultralytics and torchvision are test requirements (requirements.txt), not dependencies of
+the package. Where either is missing the tests skip with a reason, except in CI, which sets
+DETLOSS_REQUIRE_INTEGRATIONS=1 so that a missing library fails instead.
+"""
+import collections
+import copy
+import importlib
+import os
+
+import pytest
+import torch
+
+F32_EPS = torch.finfo(torch.float32).eps
+
+
+def _require(name):
+    if os.environ.get("DETLOSS_REQUIRE_INTEGRATIONS"):
+        return importlib.import_module(name)  # CI: a missing library is a failure
+    return pytest.importorskip(name, reason=f"{name} is not installed (pip install {name})")
+
+
+class Spy:
+    """Counts calls into detloss_cuda.functional made by an integration module."""
+
+    def __init__(self, mod):
+        self._mod, self.calls = mod, collections.Counter()
+
+    def __getattr__(self, name):
+        f = getattr(self._mod, name)
+
+        def counted(*a, **k):
+            self.calls[name] += 1
+            return f(*a, **k)
+        return counted
+
+
+def _grads(model):
+    return {n: p.grad.double().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _max_rel(g, ref):
+    """The worst parameter's relative gradient error."""
+    return max(((g[n] - ref[n]).norm() / ref[n].norm().clamp_min(1e-300)).item() for n in ref)
+
+
+def _global_rel(g, ref):
+    """The relative error of all gradients together (one vector)."""
+    num = sum(((g[n] - ref[n]) ** 2).sum() for n in ref)
+    return (num / sum((ref[n] ** 2).sum() for n in ref)).sqrt().item()
+
+
+def _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64):
+    """lp, gp (patched, fp32) are as close to l64, g64 (float64) as l32, g32 (unpatched)."""
+    assert l32.keys() == lp.keys() == l64.keys()
+    for k in l64:
+        own = (l32[k] - l64[k]).abs().max().item()
+        ours = (lp[k] - l64[k]).abs().max().item()
+        assert ours <= 2 * own + 8 * F32_EPS * l64[k].abs().max().item(), (k, ours, own)
+    assert g32.keys() == gp.keys() == g64.keys() and len(g64) > 50
+    own, ours = _max_rel(g32, g64), _max_rel(gp, g64)
+    assert ours <= 2 * own + 1e-6, (ours, own)
+    own, ours = _global_rel(g32, g64), _global_rel(gp, g64)
+    assert ours <= 2 * own + 1e-6, (ours, own)
+    # Sharper: the two float32 steps share every operation but the losses, and the backward
+    # through the network is linear in the losses' gradients, which differ by float32
+    # rounding (a few ulps per element): the parameter gradients may differ by that times
+    # the backward's amplification (measured ~1e-6 here), far below what a wrong term,
+    # factor or gradient path gives (>= 1e-3).
+    direct = _global_rel(gp, g32)
+    print(f"gradient error vs float64: ours {ours:.2e}, theirs {own:.2e}; ours vs theirs {direct:.2e}")
+    assert direct < 1e-4, direct
+    assert own < 1e-2  # the float32 step itself is sane: the comparison means something
+
+
+# ------------------------------------------------------------------------ ultralytics
+@pytest.fixture(scope="module")
+def yolo():
+    _require("ultralytics")
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=80, verbose=False)  # offline: no weights
+    model.args = get_cfg()  # the default hyperparameters (box, cls, dfl gains)
+    model.train()
+    x = torch.rand(2, 3, 128, 128)
+    batch = {  # a few ground-truth boxes per image: image index, class, normalised xywh
+        "batch_idx": torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0]),
+        "cls": torch.tensor([[1.0], [5.0], [7.0], [2.0], [7.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.6, 0.2, 0.2],
+                                [0.6, 0.4, 0.5, 0.3], [0.2, 0.2, 0.1, 0.15],
+                                [0.75, 0.7, 0.3, 0.35]]),
+    }
+    return model, x, batch
+
+
+def _yolo_step(model, x, batch, patched):
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    model.zero_grad(set_to_none=True)
+    criterion = v8DetectionLoss(model)
+    ctx = dl.patched() if patched else _nullcontext()
+    with ctx:
+        loss, items = criterion(model(x), batch)
+        loss.sum().backward()
+    return {k: v.detach().double() for k, v in items.items()}, _grads(model)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def test_ultralytics_step_matches(yolo, monkeypatch):
+    import detloss_cuda.integrations.ultralytics as dl
+
+    model, x, batch = yolo
+    m64 = copy.deepcopy(model).double()
+    l64, g64 = _yolo_step(m64, x.double(), batch, patched=False)
+    l32, g32 = _yolo_step(model, x, batch, patched=False)
+    spy = Spy(dl.DF)
+    monkeypatch.setattr(dl, "DF", spy)
+    lp, gp = _yolo_step(model, x, batch, patched=True)
+    # every routed piece ran on our ops: BCE, the decode, the assigner's and the box loss's
+    # CIoU, DFL
+    assert spy.calls["binary_cross_entropy_with_logits"] == 1, spy.calls
+    assert spy.calls["distribution_integral"] == 1, spy.calls
+    assert spy.calls["bbox_iou"] >= 2, spy.calls
+    assert spy.calls["distribution_focal_loss"] == 1, spy.calls
+    assert set(lp) == {"box_loss", "cls_loss", "dfl_loss"} and all(v > 0 for v in lp.values())
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+def test_ultralytics_unpatch_restores_the_originals():
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import loss as L
+    from ultralytics.utils import tal as T
+
+    def snapshot():
+        return [L.v8DetectionLoss.__dict__["get_assigned_targets_and_loss"],
+                L.v8DetectionLoss.__dict__["bbox_decode"], L.bbox_iou, T.bbox_iou,
+                L.DFLoss.__dict__["__call__"], L.VarifocalLoss.__dict__["forward"],
+                L.FocalLoss.__dict__["forward"]]
+
+    before = snapshot()
+    dl.patch()
+    dl.patch()  # idempotent: no wrapper around a wrapper
+    during = snapshot()
+    assert dl.is_patched() and all(a is not b for a, b in zip(before, during))
+    assert during[0].__wrapped__ is before[0]
+    dl.unpatch()
+    assert not dl.is_patched() and all(a is b for a, b in zip(before, snapshot()))
+    with dl.patched():
+        assert L.bbox_iou is not before[2]
+    assert all(a is b for a, b in zip(before, snapshot()))
+    dl.unpatch()  # unpatching twice is harmless
+
+
+@pytest.mark.parametrize("gamma,alpha", [(1.5, 0.25), (2.0, 0.0)])
+def test_ultralytics_focal_and_varifocal_match(gamma, alpha):
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils.loss import FocalLoss, VarifocalLoss
+
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 300, 8, generator=g, dtype=torch.float64) * 3).float()
+    label = (torch.rand(2, 300, 8, generator=g) < 0.1).float()
+    score = torch.rand(2, 300, 8, generator=g) * label
+    for crit, args in ((FocalLoss(gamma=gamma, alpha=alpha), (label,)),
+                       (VarifocalLoss(gamma=gamma, alpha=0.75), (score, label))):
+        outs = []
+        for patched in (False, True):
+            xi = x.clone().requires_grad_()
+            with (dl.patched() if patched else _nullcontext()):
+                out = crit(xi, *args)
+            (gx,) = torch.autograd.grad(out, xi)
+            outs.append((out.double(), gx.double()))
+        xd = x.double().requires_grad_()
+        ref = crit(xd, *[a.double() for a in args])
+        (gref,) = torch.autograd.grad(ref, xd)
+        (o32, g32), (op, gp) = outs
+        assert (op - ref).abs() <= 2 * (o32 - ref).abs() + 8 * F32_EPS * ref.abs()
+        own = (g32 - gref).norm() / gref.norm()
+        assert (gp - gref).norm() / gref.norm() <= 2 * own + 4 * F32_EPS
+
+
+def test_ultralytics_missing_name_fails_loudly(monkeypatch):
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import loss as L
+
+    monkeypatch.delattr(L, "DFLoss")
+    before = L.__dict__["bbox_iou"]
+    with pytest.raises(RuntimeError, match=r"ultralytics \S+ has no .*DFLoss.*Nothing was patched"):
+        dl.patch()
+    assert not dl.is_patched() and L.bbox_iou is before
+
+
+# ------------------------------------------------------------------------ torchvision
+def _tv_model(kind, loss_type):
+    from torchvision.models.detection import fcos_resnet50_fpn, retinanet_resnet50_fpn
+
+    torch.manual_seed(0)
+    make = retinanet_resnet50_fpn if kind == "retinanet" else fcos_resnet50_fpn
+    model = make(weights=None, weights_backbone=None, num_classes=5, min_size=160, max_size=160)
+    if loss_type is not None:
+        model.head.regression_head._loss_type = loss_type  # RetinaNet: l1 (default) or *iou
+    model.train()
+    # the backbone's BatchNorm on its running statistics: with batch statistics of two
+    # 160-pixel images (5 x 5 maps deep down) float32 itself is 2% off float64 in the
+    # gradients, too noisy a yardstick; the losses under test are unaffected
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+_IMGS_SEED = 3
+
+
+def _tv_step(model, dtype, patched):
+    import detloss_cuda.integrations.torchvision as dl
+
+    g = torch.Generator().manual_seed(_IMGS_SEED)
+    imgs = [torch.rand(3, 160, 160, generator=g, dtype=torch.float64).to(dtype) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[10.0, 20, 80, 100], [50, 50, 150, 120]], dtype=dtype),
+                "labels": torch.tensor([1, 3])},
+               {"boxes": torch.tensor([[30.0, 10, 90, 70]], dtype=dtype),
+                "labels": torch.tensor([2])}]
+    model.zero_grad(set_to_none=True)
+    with (dl.patched() if patched else _nullcontext()):
+        losses = model(imgs, targets)
+        sum(losses.values()).backward()
+    return {k: v.detach().double() for k, v in losses.items()}, _grads(model)
+
+
+@pytest.mark.parametrize("kind,loss_type", [("retinanet", None), ("retinanet", "giou"),
+                                            ("retinanet", "ciou"), ("fcos", None)])
+def test_torchvision_step_matches(kind, loss_type, monkeypatch):
+    _require("torchvision")
+    import detloss_cuda.integrations.torchvision as dl
+
+    model = _tv_model(kind, loss_type)
+    l64, g64 = _tv_step(copy.deepcopy(model).double(), torch.float64, patched=False)
+    l32, g32 = _tv_step(model, torch.float32, patched=False)
+    spy = Spy(dl.DF)
+    monkeypatch.setattr(dl, "DF", spy)
+    lp, gp = _tv_step(model, torch.float32, patched=True)
+    assert spy.calls["sigmoid_focal_loss"] >= 1, spy.calls
+    if loss_type == "giou" or kind == "fcos":
+        assert spy.calls["generalized_box_iou_loss"] >= 1, spy.calls
+    if loss_type == "ciou":
+        assert spy.calls["complete_box_iou_loss"] >= 1, spy.calls
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+def test_torchvision_unpatch_restores_the_originals():
+    _require("torchvision")
+    import torchvision.ops as ops
+    from torchvision.models.detection import _utils, fcos, retinanet
+    from torchvision.ops import focal_loss, giou_loss
+
+    import detloss_cuda.integrations.torchvision as dl
+
+    def snapshot():
+        return [ops.sigmoid_focal_loss, focal_loss.sigmoid_focal_loss,
+                retinanet.sigmoid_focal_loss, fcos.sigmoid_focal_loss,
+                ops.generalized_box_iou_loss, giou_loss.generalized_box_iou_loss,
+                _utils.generalized_box_iou_loss, fcos.generalized_box_iou_loss,
+                ops.distance_box_iou_loss, _utils.distance_box_iou_loss,
+                ops.complete_box_iou_loss, _utils.complete_box_iou_loss]
+
+    before = snapshot()
+    with dl.patched():
+        during = snapshot()
+        assert all(a is not b for a, b in zip(before, during))
+        assert retinanet.sigmoid_focal_loss is ops.sigmoid_focal_loss  # one wrapper, shared
+    assert all(a is b for a, b in zip(before, snapshot()))
+
+
+def test_torchvision_falls_back_for_what_the_kernels_do_not_take():
+    _require("torchvision")
+    import torchvision.ops as ops
+
+    import detloss_cuda.integrations.torchvision as dl
+
+    b1 = torch.tensor([[0, 0, 10, 10]])  # integer boxes: torchvision's own code handles them
+    b2 = torch.tensor([[5, 5, 15, 15]])
+    want = ops.generalized_box_iou_loss(b1.float(), b2.float())
+    with dl.patched():
+        x = torch.randn(4, 3, requires_grad=True)
+        t = torch.rand(4, 3, requires_grad=True)  # a target that requires grad: theirs
+        out = ops.sigmoid_focal_loss(x, t, reduction="sum")
+        out.backward()
+        assert t.grad is not None
+        got = ops.generalized_box_iou_loss(b1.float(), b2.float())
+    torch.testing.assert_close(got, want)
+
+
+def test_missing_library_says_how_to_install(monkeypatch):
+    import builtins
+
+    import detloss_cuda.integrations.ultralytics as dl
+
+    real = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "ultralytics" or name.startswith("ultralytics."):
+            raise ImportError("No module named 'ultralytics'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(ImportError, match=r"pip install 'detloss_cuda\[ultralytics\]'"):
+        dl.patch()
