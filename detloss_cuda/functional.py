@@ -6,8 +6,8 @@ float64, float16 or bfloat16, on CPU or CUDA, and are differentiable with respec
 detach it). ``weight`` multiplies the unreduced loss and broadcasts to it. ``reduction``
 is ``'none'``, ``'mean'`` or ``'sum'``; the mean of an empty input is 0 (not NaN) and
 still has a gradient path. Outputs have the input's dtype; the arithmetic runs in float32
-(float64 for float64 inputs) and reductions accumulate in float32 (float64) in a fixed,
-deterministic order. Under autocast the losses run in float32, as torch's own BCE does.
+(float64 for float64 inputs) and reductions accumulate in at least that precision in a
+fixed, deterministic order (README, Numerics). Under autocast the losses run in float32, as torch's own BCE does.
 """
 import math
 
