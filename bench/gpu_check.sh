@@ -14,6 +14,9 @@
 #   TESTS_K=EXPR        pytest -k filter of the CUDA tests      SAN_CASES=--quick
 #   BENCH_OPS=a,b       BENCH_DTYPES=fp32,bf16 (one JSON each)  BENCH_IMPLS=fused,eager,compile
 #   BENCH_MIN_TIME=s    NCU_K=regex:...  (kernels Nsight Compute profiles)
+# The e2e rows (yolo_loss, retinanet_loss) appear when ultralytics is importable there: the
+# device has no network, so carry its wheels (the device tool's README, "Notes") and put
+# them on PYTHONPATH before this script.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu}
