@@ -181,9 +181,7 @@ OPS["integral"] = BenchOp(
 # (detloss_cuda.integrations), when ultralytics / torchvision are installed
 from .integrations._bench import bench_ops as _bench_ops  # noqa: E402
 
-for _name, _op in _bench_ops(BenchOp).items():
-    _op.compilable = False
-    OPS[_name] = _op
+OPS.update(_bench_ops(BenchOp))
 
 # ----------------------------------------------------------------------------- timing
 

@@ -48,8 +48,7 @@ def without_rounding_ties(p, t, fmt, dtype):
         return p, t
     q, r = p.to(dtype).double(), t.to(dtype).double()
     compute = torch.float64 if dtype == torch.float64 else torch.float32
-    cq = torch.cat([q[..., :2] - q[..., 2:] / 2, q[..., :2] + q[..., 2:] / 2], -1)
-    cr = torch.cat([r[..., :2] - r[..., 2:] / 2, r[..., :2] + r[..., 2:] / 2], -1)
+    cq, cr = (torch.stack(R._xyxy(b, "xywh"), -1) for b in (q, r))  # the oracle's corners
     ulp = torch.finfo(compute).eps * torch.maximum(cq.abs(), cr.abs())
     keep = ((cq - cr).abs() > 8 * ulp).all(-1)
     return p[keep], t[keep]

@@ -14,6 +14,7 @@ the package. Where either is missing the tests skip with a reason, except in CI,
 DETLOSS_REQUIRE_INTEGRATIONS=1 so that a missing library fails instead.
 """
 import collections
+import contextlib
 import copy
 import importlib
 import os
@@ -111,19 +112,11 @@ def _yolo_step(model, x, batch, patched):
 
     model.zero_grad(set_to_none=True)
     criterion = v8DetectionLoss(model)
-    ctx = dl.patched() if patched else _nullcontext()
+    ctx = dl.patched() if patched else contextlib.nullcontext()
     with ctx:
         loss, items = criterion(model(x), batch)
         loss.sum().backward()
     return {k: v.detach().double() for k, v in items.items()}, _grads(model)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def test_ultralytics_step_matches(yolo, monkeypatch):
@@ -187,7 +180,7 @@ def test_ultralytics_focal_and_varifocal_match(gamma, alpha):
         outs = []
         for patched in (False, True):
             xi = x.clone().requires_grad_()
-            with (dl.patched() if patched else _nullcontext()):
+            with (dl.patched() if patched else contextlib.nullcontext()):
                 out = crit(xi, *args)
             (gx,) = torch.autograd.grad(out, xi)
             outs.append((out.double(), gx.double()))
@@ -244,7 +237,7 @@ def _tv_step(model, dtype, patched):
                {"boxes": torch.tensor([[30.0, 10, 90, 70]], dtype=dtype),
                 "labels": torch.tensor([2])}]
     model.zero_grad(set_to_none=True)
-    with (dl.patched() if patched else _nullcontext()):
+    with (dl.patched() if patched else contextlib.nullcontext()):
         losses = model(imgs, targets)
         sum(losses.values()).backward()
     return {k: v.detach().double() for k, v in losses.items()}, _grads(model)
@@ -314,17 +307,10 @@ def test_torchvision_falls_back_for_what_the_kernels_do_not_take():
 
 
 def test_missing_library_says_how_to_install(monkeypatch):
-    import builtins
+    import sys
 
     import detloss_cuda.integrations.ultralytics as dl
 
-    real = builtins.__import__
-
-    def fake(name, *a, **k):
-        if name == "ultralytics" or name.startswith("ultralytics."):
-            raise ImportError("No module named 'ultralytics'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", fake)
+    monkeypatch.setitem(sys.modules, "ultralytics", None)  # `import ultralytics` now fails
     with pytest.raises(ImportError, match=r"pip install 'detloss_cuda\[ultralytics\]'"):
         dl.patch()

@@ -83,6 +83,8 @@ struct ClsUnit {
     if constexpr (K == ClsKind::kVFL) load_operand(label, base, full, O(-1), lab);
     if constexpr (!FORWARD) load_operand(grad, base, full, O(1), g);
 
+    math::ClsConfig<O> c = cfg;
+    if constexpr (POW >= 0) c.pow_mode = static_cast<math::PowMode>(POW);  // folds the switch
     O acc(0);
     T res[kVec];
 #pragma unroll
@@ -91,8 +93,6 @@ struct ClsUnit {
       bool pos = false;
       if constexpr (K == ClsKind::kVFL) pos = lab[j] < O(0) ? tv > O(0) : lab[j] != O(0);
       O loss, dx;
-      math::ClsConfig<O> c = cfg;
-      if constexpr (POW >= 0) c.pow_mode = static_cast<math::PowMode>(POW);  // folds the switch
       math::cls_element<K, !FORWARD>(xv, tv, pw[j], pos, c, loss, dx);
       if constexpr (FORWARD) {
         loss *= w[j];

@@ -105,6 +105,63 @@ constexpr int dfl_min_blocks() {
   return sizeof(T) == 8 ? 2 : 0;
 }
 
+// Lane 0 of a row's group writes what the forward owes for the row, from the group-reduced
+// max M, sum S of exp(z - M) and x: the integral's sum of i·exp(z_i - M), or DFL's target-
+// weighted logits. Returns the row's (weighted) loss; 0 for the integral and other lanes.
+template <typename T, bool INTEGRAL>
+__device__ __forceinline__ at::opmath_type<T> finish_row(const DflParams<T>& p, int64_t r,
+                                                         int lane, at::opmath_type<T> M,
+                                                         at::opmath_type<T> S,
+                                                         at::opmath_type<T> x,
+                                                         const math::DflTarget<at::opmath_type<T>>& t) {
+  using O = at::opmath_type<T>;
+  if (lane != 0) return O(0);
+  const O lse = M + math::dl_log(S);
+  if constexpr (INTEGRAL) {
+    const O d = x / S;  // the expected bin
+    p.out[r] = static_cast<T>(d);
+    p.stats_out[2 * r] = lse;
+    p.stats_out[2 * r + 1] = d;
+    return O(0);
+  } else {
+    O loss = t.nan ? math::nan_value<O>() : lse - x;
+    loss *= math::operand_at(p.weight, r, O(1));
+    if (p.out != nullptr) p.out[r] = static_cast<T>(loss);
+    p.stats_out[2 * r] = M;
+    p.stats_out[2 * r + 1] = S;
+    return loss;
+  }
+}
+
+// A row's backward, read once from the forward's stats; every bin's gradient then follows
+// with no reduction. Integral: d mean / dz_i = p_i·(i - mean), p_i = exp(z_i - lse).
+// DFL: dfl_grad with p_i = exp(z_i - max) / sum.
+template <typename T, bool INTEGRAL>
+struct RowGrad {
+  using O = at::opmath_type<T>;
+  O a, b, g;  // integral: (lse, mean, upstream); DFL: (max, 1 / sum, upstream·scale·weight)
+  math::DflTarget<O> t{};
+
+  __device__ __forceinline__ RowGrad(const DflParams<T>& p, int64_t r) {
+    a = p.stats[2 * r];
+    if constexpr (INTEGRAL) {
+      b = p.stats[2 * r + 1];
+      g = math::operand_at(p.grad, r, O(1));
+    } else {
+      b = O(1) / p.stats[2 * r + 1];
+      g = math::operand_at(p.grad, r, O(1)) * p.grad_scale * math::operand_at(p.weight, r, O(1));
+      t = math::dfl_target(p.target[r], p.bins);
+    }
+  }
+  __device__ __forceinline__ O operator()(int i, O z) const {
+    if constexpr (INTEGRAL) {
+      return g * math::dl_exp(z - a) * (O(i) - b);
+    } else {
+      return t.nan ? math::nan_value<O>() : g * math::dfl_grad(t, i, math::dl_exp(z - a) * b);
+    }
+  }
+};
+
 template <typename T, int VPT, int TPR, bool INTEGRAL>
 struct DflForward {
   using O = at::opmath_type<T>;
@@ -129,28 +186,14 @@ struct DflForward {
       if constexpr (INTEGRAL) si += e * O(lane * VPT + j);
     }
     s = group_sum<TPR>(s);
-    const O lse = m + math::dl_log(s);
     if constexpr (INTEGRAL) {
-      const O d = group_sum<TPR>(si) / s;
-      if (lane == 0) {
-        p.out[r] = static_cast<T>(d);
-        p.stats_out[2 * r] = lse;
-        p.stats_out[2 * r + 1] = d;
-      }
-      return O(0);
+      return finish_row<T, true>(p, r, lane, m, s, group_sum<TPR>(si), math::DflTarget<O>{});
     } else {
       const math::DflTarget<O> t = math::dfl_target(p.target[r], p.bins);
       O lin(0);
 #pragma unroll
       for (int j = 0; j < VPT; ++j) lin += math::dfl_pick(t, lane * VPT + j, v[j]);
-      lin = group_sum<TPR>(lin);
-      if (lane != 0) return O(0);
-      O loss = t.nan ? math::nan_value<O>() : lse - lin;
-      loss *= math::operand_at(p.weight, r, O(1));
-      if (p.out != nullptr) p.out[r] = static_cast<T>(loss);
-      p.stats_out[2 * r] = m;
-      p.stats_out[2 * r + 1] = s;
-      return loss;
+      return finish_row<T, false>(p, r, lane, m, s, group_sum<TPR>(lin), t);
     }
   }
 };
@@ -167,23 +210,10 @@ struct DflBackward {
     const T* row = p.pred + r * p.bins;
     O v[VPT];
     load_bins<T, VPT>(p, row, lane * VPT, v, O(0));
+    const RowGrad<T, INTEGRAL> grad(p, r);
     O res[VPT];
-    if constexpr (INTEGRAL) {
-      const O lse = p.stats[2 * r], d = p.stats[2 * r + 1];
-      const O g = math::operand_at(p.grad, r, O(1));
 #pragma unroll
-      for (int j = 0; j < VPT; ++j)
-        res[j] = g * math::dl_exp(v[j] - lse) * (O(lane * VPT + j) - d);
-    } else {
-      const O m = p.stats[2 * r], inv_s = O(1) / p.stats[2 * r + 1];
-      const O g = math::operand_at(p.grad, r, O(1)) * p.grad_scale *
-                  math::operand_at(p.weight, r, O(1));
-      const math::DflTarget<O> t = math::dfl_target(p.target[r], p.bins);
-#pragma unroll
-      for (int j = 0; j < VPT; ++j)
-        res[j] = t.nan ? math::nan_value<O>()
-                       : g * math::dfl_grad(t, lane * VPT + j, math::dl_exp(v[j] - m) * inv_s);
-    }
+    for (int j = 0; j < VPT; ++j) res[j] = grad(lane * VPT + j, v[j]);
     store_bins<T, VPT>(p, p.out + r * p.bins, lane * VPT, res);
     return O(0);
   }
@@ -229,25 +259,8 @@ struct DflForwardLong {
     const O M = group_max<kLongTpr>(m);
     const O f = m == -INFINITY ? O(0) : math::dl_exp(m - M);
     const O S = group_sum<kLongTpr>(s * f);
-    const O lse = M + math::dl_log(S);
-    if constexpr (INTEGRAL) {
-      const O d = group_sum<kLongTpr>(si * f) / S;
-      if (lane == 0) {
-        p.out[r] = static_cast<T>(d);
-        p.stats_out[2 * r] = lse;
-        p.stats_out[2 * r + 1] = d;
-      }
-      return O(0);
-    } else {
-      lin = group_sum<kLongTpr>(lin);
-      if (lane != 0) return O(0);
-      O loss = t.nan ? math::nan_value<O>() : lse - lin;
-      loss *= math::operand_at(p.weight, r, O(1));
-      if (p.out != nullptr) p.out[r] = static_cast<T>(loss);
-      p.stats_out[2 * r] = M;
-      p.stats_out[2 * r + 1] = S;
-      return loss;
-    }
+    return finish_row<T, INTEGRAL>(p, r, lane, M, S,
+                                   INTEGRAL ? group_sum<kLongTpr>(si * f) : group_sum<kLongTpr>(lin), t);
   }
 };
 
@@ -262,30 +275,12 @@ struct DflBackwardLong {
     const int lane = static_cast<int>(u % kLongTpr);
     const T* row = p.pred + r * p.bins;
     T* gz = p.out + r * p.bins;
-    O a, b, g;  // integral: (lse, mean); DFL: (max, 1 / sum exp)
-    math::DflTarget<O> t{};
-    if constexpr (INTEGRAL) {
-      a = p.stats[2 * r];
-      b = p.stats[2 * r + 1];
-      g = math::operand_at(p.grad, r, O(1));
-    } else {
-      a = p.stats[2 * r];
-      b = O(1) / p.stats[2 * r + 1];
-      g = math::operand_at(p.grad, r, O(1)) * p.grad_scale * math::operand_at(p.weight, r, O(1));
-      t = math::dfl_target(p.target[r], p.bins);
-    }
+    const RowGrad<T, INTEGRAL> grad(p, r);
     for (int first = lane * 4; first < p.bins; first += kLongStep) {
       O v[4], res[4];
       load_bins<T, 4>(p, row, first, v, O(0));
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        if constexpr (INTEGRAL) {
-          res[k] = g * math::dl_exp(v[k] - a) * (O(first + k) - b);
-        } else {
-          res[k] = t.nan ? math::nan_value<O>()
-                         : g * math::dfl_grad(t, first + k, math::dl_exp(v[k] - a) * b);
-        }
-      }
+      for (int k = 0; k < 4; ++k) res[k] = grad(first + k, v[k]);
       store_bins<T, 4>(p, gz, first, res);
     }
     return O(0);

@@ -132,11 +132,12 @@ def bench_ops(BenchOp):
     if _have("ultralytics"):
         ops["yolo_loss"] = BenchOp(
             name="yolo_loss", family="e2e", unit="images (YOLOv8n, 640 px)", make=yolo_inputs,
-            fused=yolo_fused, eager=_yolo_loss, bytes_moved=_x_bytes,
+            fused=yolo_fused, eager=_yolo_loss, bytes_moved=_x_bytes, compilable=False,
             sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
     if _have("torchvision"):
         ops["retinanet_loss"] = BenchOp(
             name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",
             make=retinanet_inputs, fused=retinanet_fused, eager=_retinanet_loss,
-            bytes_moved=_x_bytes, sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+            bytes_moved=_x_bytes, compilable=False,
+            sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
     return ops

@@ -1,5 +1,6 @@
 """Replace attributes of a library's modules and classes and put back the very same objects."""
 import contextlib
+import importlib
 
 import torch
 
@@ -15,6 +16,22 @@ def ours(*tensors):
         if t.device.type not in ("cpu", "cuda") or t.dtype not in _DTYPES:
             return False
     return True
+
+
+def load_library(library, modules, known):
+    """Imports `library` and its `modules` (dotted names); a Patchset for them, whose
+    `.mods[name]` are the modules. A missing library is an ImportError saying how to
+    install it (the integrations are extras, not dependencies)."""
+    try:
+        top = importlib.import_module(library)
+        mods = {name: importlib.import_module(name) for name in modules}
+    except ImportError as e:
+        raise ImportError(
+            f"detloss_cuda.integrations.{library} needs the {library} package: "
+            f"pip install 'detloss_cuda[{library}]' (or pip install {library})") from e
+    ps = Patchset(library, getattr(top, "__version__", "?"), known)
+    ps.mods = mods
+    return ps
 
 
 class Patchset:

@@ -20,24 +20,23 @@ torchvision's own code.
 import functools
 
 from .. import functional as DF
-from ._patching import Patchset, Switch, ours
+from ._patching import Switch, load_library, ours
 
 KNOWN = "torchvision 0.17 to 0.29 (tested with 0.29.1)"
 
 
+# the short names _TARGETS uses for the modules that hold references to the functions
+_MODULES = {"ops": "torchvision.ops", "focal_loss": "torchvision.ops.focal_loss",
+            "giou_loss": "torchvision.ops.giou_loss", "diou_loss": "torchvision.ops.diou_loss",
+            "ciou_loss": "torchvision.ops.ciou_loss",
+            "retinanet": "torchvision.models.detection.retinanet",
+            "fcos": "torchvision.models.detection.fcos",
+            "utils": "torchvision.models.detection._utils"}
+
+
 def _load():
-    try:
-        import torchvision
-        from torchvision import ops
-        from torchvision.models.detection import _utils, fcos, retinanet
-        from torchvision.ops import ciou_loss, diou_loss, focal_loss, giou_loss
-    except ImportError as e:
-        raise ImportError(
-            "detloss_cuda.integrations.torchvision needs the torchvision package: "
-            "pip install 'detloss_cuda[torchvision]' (or pip install torchvision)") from e
-    ps = Patchset("torchvision", getattr(torchvision, "__version__", "?"), KNOWN)
-    ps.mods = dict(ops=ops, focal_loss=focal_loss, giou_loss=giou_loss, diou_loss=diou_loss,
-                   ciou_loss=ciou_loss, retinanet=retinanet, fcos=fcos, utils=_utils)
+    ps = load_library("torchvision", tuple(_MODULES.values()), KNOWN)
+    ps.mods = {short: ps.mods[full] for short, full in _MODULES.items()}
     return ps
 
 

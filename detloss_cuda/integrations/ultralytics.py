@@ -34,23 +34,13 @@ import weakref
 import torch
 
 from .. import functional as DF
-from ._patching import Patchset, Switch, ours
+from ._patching import Switch, load_library, ours
 
 KNOWN = "ultralytics 8.3 and 8.4 (tested with 8.4.190)"
 
 
 def _load():
-    try:
-        import ultralytics
-        from ultralytics.utils import loss as L
-        from ultralytics.utils import tal as T
-    except ImportError as e:
-        raise ImportError(
-            "detloss_cuda.integrations.ultralytics needs the ultralytics package: "
-            "pip install 'detloss_cuda[ultralytics]' (or pip install ultralytics)") from e
-    ps = Patchset("ultralytics", getattr(ultralytics, "__version__", "?"), KNOWN)
-    ps.L, ps.T = L, T
-    return ps
+    return load_library("ultralytics", ("ultralytics.utils.loss", "ultralytics.utils.tal"), KNOWN)
 
 
 class FusedBCEWithLogits(torch.nn.Module):
@@ -157,7 +147,7 @@ def _wrap_focal_forward(orig):
 
 
 def _apply(ps):
-    L, T = ps.L, ps.T
+    L, T = ps.mods["ultralytics.utils.loss"], ps.mods["ultralytics.utils.tal"]
     det = ps.original(L, "v8DetectionLoss")
     dist2bbox = ps.original(T, "dist2bbox")
     # look every name up before replacing any: a moved name fails before anything changes
