@@ -7,6 +7,22 @@
 namespace detloss {
 namespace cpu {
 
+// What this CPU can execute of the flags each capability is compiled with (setup.py).
+// ATen returns AVX512 for ATEN_CPU_CAPABILITY=avx512 even on a CPU without it; running
+// those loops there dies of SIGILL, so the request is clamped to what the CPU has.
+static bool cpu_runs(Capability c) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  if (c == Capability::kAVX512)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           cpu_runs(Capability::kAVX2);
+  if (c == Capability::kAVX2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+#endif
+  return c == Capability::kDefault;
+}
+
 static Capability detect() {
   const std::string s = at::get_cpu_capability();  // "DEFAULT", "AVX2", "AVX512", ...
   Capability c = Capability::kDefault;
@@ -18,6 +34,8 @@ static Capability detect() {
 #if !defined(DETLOSS_HAVE_AVX2)
   c = Capability::kDefault;
 #endif
+  if (c == Capability::kAVX512 && !cpu_runs(c)) c = Capability::kAVX2;
+  if (c == Capability::kAVX2 && !cpu_runs(c)) c = Capability::kDefault;
   return c;
 }
 
