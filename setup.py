@@ -1,37 +1,52 @@
 """Build of detloss_cuda: one extension, detloss_cuda._C, holding every op.
 
+What gets built (the rule; the build prints one line saying which case applied):
+  1. USE_CUDA=0, a CPU build of torch, or no CUDA toolkit: the CPU kernels only.
+  2. TORCH_CUDA_ARCH_LIST set: the CUDA kernels for those architectures (a GPU is not needed).
+  3. a GPU visible: the CUDA kernels for the visible GPU(s), as torch's own default.
+  4. FORCE_CUDA=1, no GPU visible: the CUDA kernels for a portable list, PORTABLE_ARCHS
+     below (those this nvcc supports; PTX of the newest for later GPUs).
+  5. otherwise (no GPU visible, nothing asked): the CPU kernels only, as torchvision and
+     mmcv do; the line says how to get the CUDA kernels.
+The CPU kernels are always built: DEFAULT, plus AVX2 and AVX512 on x86-64, chosen at run time.
+
 Switches (environment):
-  USE_CUDA=0            build the CPU kernels only
-  FORCE_CUDA=1          fail unless the CUDA kernels are compiled (CI does this; no GPU needed)
-  CUDA_HOME             the toolkit; detected from nvcc when unset
-  TORCH_CUDA_ARCH_LIST  e.g. "9.0" or "8.0;9.0"; torch's default when unset
+  USE_CUDA=0            the CPU kernels only
+  FORCE_CUDA=1          fail unless the CUDA kernels are compiled (without a GPU: case 4)
+  TORCH_CUDA_ARCH_LIST  e.g. "9.0", "8.0;9.0+PTX", "Hopper"; checked before anything compiles
+  CUDA_HOME             the toolkit; found from nvcc when unset
   MAX_JOBS              parallel compile jobs (ninja)
   DETLOSS_PTXAS_VERBOSE=1  print ptxas register/spill usage for every kernel
 
-CUDA sources are compiled whenever the installed torch is a CUDA build and nvcc is found;
-a GPU is not needed. Install with:  pip install --no-build-isolation -e .
+Objects live in build/<python>-torch<version>-<cpu|cuda>/, which survives between installs:
+a second `pip install --no-build-isolation -e .` with nothing changed recompiles nothing
+(ninja decides, headers included), it only links.
+
+Install with:  pip install --no-build-isolation -e .
 """
 import os
 import platform
 import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
-try:
-    import torch
-except ImportError:  # build isolation, or torch not installed yet
-    sys.exit(
-        "detloss_cuda builds against the torch you run it with: install torch first, then "
-        "`pip install --no-build-isolation .` (see README.md)."
-    )
+# Case 4: SASS for Turing (T4), Ampere (sm_80 code also runs on 8.6 and 8.9), Hopper,
+# Blackwell datacenter (also 10.3) and Blackwell consumer, PTX of the newest for later GPUs.
+# nvcc 13 dropped everything below 7.5; an arch this nvcc lacks is left out.
+PORTABLE_ARCHS = ["7.5", "8.0", "9.0", "10.0", "12.0"]
+
+ARCH_FORMS = ("compute capabilities separated by ';' or spaces, each X.Y with an optional "
+              "'a' and an optional '+PTX' (e.g. '9.0', '8.0;9.0+PTX', '9.0a'), or a "
+              "generation name (Turing, Ampere, Ada, Hopper, Blackwell)")
 
 
-def env_flag(name, default=None):
-    v = os.environ.get(name)
+def env_flag(env, name, default=None):
+    v = env.get(name)
     if v is None or v == "":
         return default
     return v.strip().lower() in ("1", "true", "yes", "on")
@@ -42,11 +57,11 @@ def is_toolkit(path):
         os.path.join(path, "include", "cuda_runtime.h"))
 
 
-def find_cuda_home():
+def find_cuda_home(env):
     """The toolkit folder. torch guesses it as nvcc's grandparent folder, which is wrong when
     nvcc on PATH is a wrapper or link outside the toolkit (then -lcudart fails to link)."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
-    nvcc = shutil.which("nvcc")
+    candidates = [env.get("CUDA_HOME"), env.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc", path=env.get("PATH"))
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
         try:  # a shell wrapper: `exec /path/to/toolkit/bin/nvcc "$@"`
@@ -63,54 +78,102 @@ def find_cuda_home():
     return None
 
 
-def decide_cuda():
-    use = env_flag("USE_CUDA", default=True)
-    force = env_flag("FORCE_CUDA", default=False)
+def nvcc_archs(cuda_home):
+    """Compute capabilities this nvcc compiles for, e.g. ['7.5', '8.0', ..., '12.1']."""
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--list-gpu-arch"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = [f"{int(m) // 10}.{int(m) % 10}" for m in re.findall(r"compute_(\d+)", out)]
+    return found or None
+
+
+class BuildError(Exception):
+    """A build request that cannot be met; the message says what to change."""
+
+
+def plan_build(env, torch_cuda, gpu_archs, cuda_home, supported):
+    """Decides what to build (the rule in this file's docstring). Pure, so it is tested
+    (tests/test_build.py) without compiling anything.
+
+    env: the environment; torch_cuda: torch.version.cuda (None for a CPU build);
+    gpu_archs: compute capabilities of the visible GPUs (e.g. ['9.0']); cuda_home: the
+    toolkit or None; supported: the archs this nvcc compiles for (None: unknown).
+    Returns (arch_list, why): arch_list None for a CPU-only build, else the value for
+    TORCH_CUDA_ARCH_LIST ('' means torch's default: the visible GPUs)."""
+    use = env_flag(env, "USE_CUDA", default=True)
+    force = env_flag(env, "FORCE_CUDA", default=False)
+    requested = (env.get("TORCH_CUDA_ARCH_LIST") or "").strip()
     if not use:
         if force:
-            sys.exit("USE_CUDA=0 and FORCE_CUDA=1 contradict each other")
-        return None
-    home = find_cuda_home()
-    if torch.version.cuda is None:
+            raise BuildError("USE_CUDA=0 and FORCE_CUDA=1 contradict each other: unset one")
+        return None, "USE_CUDA=0"
+    if torch_cuda is None:
         if force:
-            sys.exit(f"FORCE_CUDA=1 but the installed torch {torch.__version__} is a CPU build")
-        return None
-    if home is None:
-        if force:
-            sys.exit("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the folder "
-                     "holding bin/nvcc and include/cuda_runtime.h")
-        print("detloss_cuda: nvcc not found, building the CPU kernels only", file=sys.stderr)
-        return None
-    return home
+            raise BuildError("FORCE_CUDA=1, but the installed torch is a CPU build: install a "
+                             "CUDA build of torch, or unset FORCE_CUDA")
+        return None, "the installed torch is a CPU build"
+    if cuda_home is None:
+        if force or requested:
+            raise BuildError(("FORCE_CUDA=1" if force else f"TORCH_CUDA_ARCH_LIST={requested!r}")
+                             + " asks for the CUDA kernels, but no CUDA toolkit was found: set "
+                             "CUDA_HOME to the folder holding bin/nvcc and "
+                             "include/cuda_runtime.h")
+        return None, "no CUDA toolkit (nvcc) found"
+    if requested:
+        if requested == "native" and not gpu_archs:
+            raise BuildError("TORCH_CUDA_ARCH_LIST='native' builds for the visible GPU, but "
+                             f"none is visible; give the architectures instead: {ARCH_FORMS}")
+        return requested, f"TORCH_CUDA_ARCH_LIST={requested}"
+    if gpu_archs:
+        return "", "the visible GPU(s)"
+    if force:
+        archs = [a for a in PORTABLE_ARCHS if supported is None or a in supported]
+        if not archs:
+            raise BuildError(f"FORCE_CUDA=1 with no GPU visible builds for {PORTABLE_ARCHS}, "
+                             f"but this nvcc supports none of them ({supported}); set "
+                             "TORCH_CUDA_ARCH_LIST")
+        return ";".join(archs[:-1] + [archs[-1] + "+PTX"]), \
+            "FORCE_CUDA=1 with no GPU visible: the portable list"
+    return None, "no GPU is visible"
 
 
-CUDA_HOME = decide_cuda()
-if CUDA_HOME:
-    os.environ["CUDA_HOME"] = CUDA_HOME  # before torch.utils.cpp_extension reads it
+def check_arch_list(value, flags_of, supported):
+    """The gencode flags for TORCH_CUDA_ARCH_LIST=value, computed by torch (flags_of), or a
+    BuildError naming the variable and the accepted forms; also refuses an architecture
+    this nvcc cannot compile for (else nvcc fails minutes later)."""
+    try:
+        flags = flags_of()
+    except (ValueError, IndexError) as e:
+        raise BuildError(f"TORCH_CUDA_ARCH_LIST={value!r} is not an architecture list torch "
+                         f"accepts ({e}); give {ARCH_FORMS}") from None
+    if not flags:
+        raise BuildError(f"TORCH_CUDA_ARCH_LIST={value!r} names no architecture; give "
+                         f"{ARCH_FORMS}")
+    if supported:
+        nums = sorted({m for f in flags for m in re.findall(r"compute_(\d+)", f)}, key=int)
+        bad = [f"{int(n) // 10}.{int(n) % 10}" for n in nums
+               if f"{int(n) // 10}.{int(n) % 10}" not in supported]
+        if bad:
+            raise BuildError(f"TORCH_CUDA_ARCH_LIST={value!r} asks for {', '.join(bad)}, which "
+                             f"this nvcc cannot compile for; it supports {';'.join(supported)}")
+    return flags
 
-from torch.utils import cpp_extension  # noqa: E402
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
-if CUDA_HOME:
-    cpp_extension.CUDA_HOME = CUDA_HOME
+def archs_of(flags):
+    """'-gencode=arch=compute_90,code=sm_90' ... -> 'sm_90,compute_90' (what build_info shows)."""
+    codes = []
+    for f in flags:
+        m = re.search(r"arch=compute_\w+,code=\[?([\w,]+)\]?", f)
+        if m:
+            codes += [c for c in m.group(1).split(",") if c not in codes]
+    return ",".join(codes)
 
 
 def read_version():
     with open(os.path.join(ROOT, "detloss_cuda", "version.py")) as f:
         return re.search(r'__version__\s*=\s*"([^"]+)"', f.read()).group(1)
-
-
-VERSION = read_version()
-
-# Vectorised CPU loops, one object per capability (see csrc/cpu/dispatch.h). The flags
-# follow ATen's for the same capabilities.
-IS_X86 = platform.machine().lower() in ("x86_64", "amd64")
-CAPABILITIES = [("DEFAULT", [])]
-if IS_X86:
-    CAPABILITIES += [
-        ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
-        ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]),
-    ]
 
 
 def rel(*p):
@@ -122,27 +185,100 @@ def listdir(sub, suffix):
     return sorted(rel(sub, f) for f in os.listdir(d) if f.endswith(suffix))
 
 
-def cuda_archs_string():
-    """The architectures nvcc will target, as torch computes them (from TORCH_CUDA_ARCH_LIST
-    or the visible GPUs)."""
+def c_string(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_if_changed(path, text):
+    """Keeps the file's mtime when nothing changed, so ninja rebuilds nothing."""
     try:
-        codes = []
-        for f in cpp_extension._get_cuda_arch_flags():
-            m = re.search(r"arch=compute_\w+,code=\[?([\w,]+)\]?", f)
-            if m:
-                codes += [c for c in m.group(1).split(",") if c not in codes]
-        return ",".join(codes)
-    except Exception:  # private helper: fall back to the request
-        return os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        with open(path) as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
 
 
-def make_extension():
+def main():
+    try:
+        import torch
+    except ImportError:  # build isolation, or torch not installed yet
+        sys.exit("detloss_cuda builds against the torch you run it with: install torch first, "
+                 "then `pip install --no-build-isolation .` (see README.md).")
+
+    env = dict(os.environ)
+    home = find_cuda_home(env) if torch.version.cuda is not None else None
+    supported = nvcc_archs(home) if home else None
+    gpus = []
+    if torch.version.cuda is not None and env_flag(env, "USE_CUDA", True):
+        gpus = [f"{a}.{b}" for a, b in (torch.cuda.get_device_capability(i)
+                                        for i in range(torch.cuda.device_count()))]
+    try:
+        arch_list, why = plan_build(env, torch.version.cuda, gpus, home, supported)
+    except BuildError as e:
+        sys.exit(f"detloss_cuda: {e}")
+    with_cuda = arch_list is not None
+
+    if with_cuda:
+        os.environ["CUDA_HOME"] = home  # before torch.utils.cpp_extension reads it
+        if arch_list:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
+    from torch.utils import cpp_extension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    # Vectorised CPU loops, one object per capability (see csrc/cpu/dispatch.h). The flags
+    # follow ATen's for the same capabilities.
+    capabilities = [("DEFAULT", [])]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        capabilities += [
+            ("AVX2", ["-mavx2", "-mfma", "-mf16c"]),
+            ("AVX512", ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma",
+                        "-mf16c"]),
+        ]
+    caps = ",".join(n for n, _ in capabilities)
+
+    archs = ""
+    if with_cuda:
+        cpp_extension.CUDA_HOME = home
+        try:
+            archs = archs_of(check_arch_list(arch_list or "(visible GPUs)",
+                                             cpp_extension._get_cuda_arch_flags, supported))
+        except BuildError as e:
+            sys.exit(f"detloss_cuda: {e}")
+        cuda_version = re.search(r"release (\d+\.\d+)", subprocess.run(
+            [os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True,
+            text=True).stdout or "")
+        what = (f"CUDA kernels for {archs} (CUDA {cuda_version.group(1) if cuda_version else '?'}"
+                f" at {home}; {why}) and CPU kernels {caps}. Change: TORCH_CUDA_ARCH_LIST=..., "
+                "or USE_CUDA=0 for the CPU kernels only")
+    else:
+        what = (f"CPU kernels only ({caps}): {why}. Change: "
+                + ("unset USE_CUDA" if why == "USE_CUDA=0" else
+                   "FORCE_CUDA=1 (a portable list of architectures) or TORCH_CUDA_ARCH_LIST=9.0 "
+                   "(one) builds the CUDA kernels too" if "GPU" in why else
+                   "a CUDA build of torch and a CUDA toolkit build the CUDA kernels too"))
+    print(f"detloss_cuda build: {what}", file=sys.stderr, flush=True)
+
+    version = read_version()
+    tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}"
+    build_dir = os.path.join(ROOT, "build", re.sub(r"[^\w.+-]", "_", tag))
+    # What only module.cpp reads goes in a generated header (rewritten only when it changes),
+    # not in -D flags: a new version or arch list then recompiles one file, not all.
+    write_if_changed(os.path.join(build_dir, "generated", "detloss_build_config.h"), "".join([
+        "// Generated by setup.py: how this build was made (csrc/module.cpp reports it).\n",
+        "#pragma once\n",
+        f"#define DETLOSS_VERSION {c_string(version)}\n",
+        f"#define DETLOSS_TORCH_VERSION {c_string(torch.__version__)}\n",
+        f"#define DETLOSS_CUDA_ARCHS {c_string(archs)}\n",
+        f"#define DETLOSS_BUILD_NOTE {c_string(what)}\n",
+        "#define DETLOSS_WITH_CUDA 1\n" if with_cuda else "",
+    ]))
+
     sources = ["csrc/module.cpp"] + listdir("ops", ".cpp") + listdir("cpu", ".cpp")
-    macros = [
-        ("DETLOSS_VERSION", f'"{VERSION}"'),
-        ("DETLOSS_TORCH_VERSION", f'"{torch.__version__}"'),
-    ]
-    macros += [(f"DETLOSS_HAVE_{name}", "1") for name, _ in CAPABILITIES if name != "DEFAULT"]
+    macros = [(f"DETLOSS_HAVE_{name}", "1") for name, _ in capabilities if name != "DEFAULT"]
     cxx = ["-O3", "-Wno-unknown-pragmas"]  # ATen's vec headers carry CUDA pragmas
     link = []
     if torch.backends.openmp.is_available() and sys.platform.startswith("linux"):
@@ -152,47 +288,53 @@ def make_extension():
         cxx.append("-fopenmp")
         link.append("-fopenmp")
     kwargs = dict(name="detloss_cuda._C", sources=sources, define_macros=macros,
-                  include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=link)
-    if CUDA_HOME:
+                  include_dirs=[os.path.join(ROOT, "csrc"), os.path.join(build_dir, "generated")],
+                  extra_link_args=link)
+    if with_cuda:
         sources += listdir("cuda", ".cu")
-        macros += [("DETLOSS_WITH_CUDA", "1"), ("DETLOSS_CUDA_ARCHS", f'"{cuda_archs_string()}"')]
         nvcc = ["-O3", "-lineinfo"]
-        if env_flag("DETLOSS_PTXAS_VERBOSE", False):
+        if env_flag(env, "DETLOSS_PTXAS_VERBOSE", False):
             nvcc.append("-Xptxas=-v")
         ext = CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
-    ext.capability_sources = [
-        (rel("cpu", "capability", f"kernels_{name}.cpp"), name, flags)
-        for name, flags in CAPABILITIES
-    ]
-    return ext
+    ext.capability_sources = [(rel("cpu", "capability", f"kernels_{name}.cpp"), name, flags)
+                              for name, flags in capabilities]
 
+    class Build(BuildExtension):
+        """BuildExtension with a build folder that outlives the install (pip's editable
+        install hands it a fresh temporary one each time), always run, so that ninja, which
+        knows every header each object read, decides what to recompile; it also compiles
+        the per-capability CPU objects, each with its own -m flags and CPU_CAPABILITY, and
+        links them after the portable objects (so the linker keeps the portable copy of any
+        inline function the two share)."""
 
-class Build(BuildExtension):
-    """BuildExtension that also compiles the per-capability CPU objects, each with its own
-    -m flags and CPU_CAPABILITY, and links them after the portable objects (so the linker
-    keeps the portable copy of any inline function the two share)."""
+        def run(self):
+            self.build_temp = build_dir
+            self.force = True  # setuptools would compare sources only, not the headers
+            super().run()
 
-    def build_extension(self, ext):
-        caps = getattr(ext, "capability_sources", [])
-        if caps:
+        def build_extension(self, ext):
             args = ext.extra_compile_args
-            cxx = list(args["cxx"] if isinstance(args, dict) else args)
+            cxx_args = list(args["cxx"] if isinstance(args, dict) else args)
             objects = []
-            for src, name, flags in caps:
-                post = cxx + flags + [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"]
+            for src, name, flags in getattr(ext, "capability_sources", []):
+                post = cxx_args + flags + [f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"]
+                # one folder (so one build.ninja and ninja log) per capability
                 objects += self.compiler.compile(
-                    [src], output_dir=self.build_temp, macros=ext.define_macros,
-                    include_dirs=ext.include_dirs, debug=self.debug,
+                    [src], output_dir=os.path.join(self.build_temp, f"cap-{name}"),
+                    macros=ext.define_macros, include_dirs=ext.include_dirs, debug=self.debug,
                     extra_postargs={"cxx": post, "nvcc": []}, depends=ext.depends)
             ext.extra_objects = list(ext.extra_objects or []) + objects
-        super().build_extension(ext)
+            super().build_extension(ext)
+
+    setup(
+        version=version,
+        packages=find_packages(include=["detloss_cuda", "detloss_cuda.*"]),
+        ext_modules=[ext],
+        cmdclass={"build_ext": Build.with_options(use_ninja=True)},
+    )
 
 
-setup(
-    version=VERSION,
-    packages=find_packages(include=["detloss_cuda", "detloss_cuda.*"]),
-    ext_modules=[make_extension()],
-    cmdclass={"build_ext": Build.with_options(use_ninja=True)},
-)
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import plan_build
+    main()

@@ -3,16 +3,10 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu/dispatch.h"
-
-#ifndef DETLOSS_VERSION
-#error "setup.py defines DETLOSS_VERSION"
-#endif
-#ifndef DETLOSS_TORCH_VERSION
-#error "setup.py defines DETLOSS_TORCH_VERSION"
-#endif
-#ifndef DETLOSS_CUDA_ARCHS
-#define DETLOSS_CUDA_ARCHS ""
-#endif
+// DETLOSS_VERSION, DETLOSS_TORCH_VERSION, DETLOSS_CUDA_ARCHS, DETLOSS_BUILD_NOTE and
+// DETLOSS_WITH_CUDA: written by setup.py into its build folder (only this file reads them,
+// so a new version or arch list recompiles this file alone)
+#include "detloss_build_config.h"
 
 #if defined(DETLOSS_WITH_CUDA)
 #include <cuda_runtime_api.h>  // CUDART_VERSION: the toolkit the kernels were compiled with
@@ -28,6 +22,7 @@ PYBIND11_MODULE(_C, m) {
         py::dict d;
         d["version"] = DETLOSS_VERSION;
         d["torch_version"] = DETLOSS_TORCH_VERSION;
+        d["build_note"] = DETLOSS_BUILD_NOTE;
 #if defined(DETLOSS_WITH_CUDA)
         constexpr int v = CUDART_VERSION;
         d["with_cuda"] = true;
@@ -44,5 +39,6 @@ PYBIND11_MODULE(_C, m) {
         return d;
       },
       "How this build was made: version, torch it was built against, CUDA (compiled or not, "
-      "toolkit version, architectures), the CPU capabilities compiled and the one in use.");
+      "toolkit version, architectures), the CPU capabilities compiled and the one in use, "
+      "and the build's one-line account of what it built and why.");
 }

@@ -21,7 +21,8 @@ def build_info():
     Keys: ``version``, ``with_cuda`` (CUDA kernels compiled), ``cuda_version`` (toolkit they
     were compiled with), ``cuda_archs`` (e.g. ``'sm_90'``), ``torch_version`` (built against),
     ``torch_runtime_version`` (imported now), ``cpu_capabilities`` (compiled) and
-    ``cpu_capability`` (in use), ``cuda_available`` (a usable GPU now).
+    ``cpu_capability`` (in use), ``cuda_available`` (a usable GPU now), ``build_note`` (the
+    line the build printed: what it built, why, and how to change it).
     """
     info = dict(_C.build_info())
     info["torch_runtime_version"] = torch.__version__
