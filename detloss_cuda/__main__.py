@@ -1,8 +1,21 @@
 """Command line: python -m detloss_cuda {info,verify,bench} (also installed as `detloss`)."""
 import argparse
+import logging
 import sys
 
 import torch
+
+
+class _QuietCudaHome(logging.Filter):
+    """torch.utils.cpp_extension logs "No CUDA runtime is found, using CUDA_HOME=..." when it
+    is first imported on a machine without a GPU (torch.compile imports it): noise in the
+    middle of a table, about a toolkit these commands never use."""
+
+    def filter(self, record):
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+logging.getLogger("torch.utils.cpp_extension").addFilter(_QuietCudaHome())
 
 
 def _available_devices():
@@ -17,6 +30,7 @@ def cmd_info(args):
     info = detloss_cuda.build_info()
     print(f"detloss_cuda {info['version']}")
     print(f"  torch built against {info['torch_version']}, running {info['torch_runtime_version']}")
+    print(f"  build: {info['build_note']}")
     if info["with_cuda"]:
         print(f"  CUDA kernels compiled: yes (CUDA {info['cuda_version']}, archs {info['cuda_archs']})")
     else:
@@ -72,6 +86,9 @@ def cmd_bench(args):
     impls = _csv(args.impls)
     sizes = [int(float(s)) for s in _csv(args.sizes)] if args.sizes else None
 
+    import detloss_cuda
+
+    print(f"detloss_cuda {detloss_cuda.__version__}, build: {detloss_cuda.build_info()['build_note']}")
     print(B.HEADER)
     compile_dtypes = _csv(args.compile_dtypes) if args.compile_dtypes else None
     # the JSON is rewritten after every row: a sweep cut short still leaves what it measured

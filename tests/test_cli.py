@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 import detloss_cuda
 import detloss_cuda.reference as R
@@ -46,3 +47,64 @@ def test_bench_writes_json_with_every_row(tmp_path):
     for r in rows:
         assert r["fused"]["median"] > 0 and r["min_bytes"] > 0 and r["copy_bytes_per_s"] > 0
     assert (tmp_path / "b.md").read_text().startswith("| op |")
+
+
+def _result(rows):
+    return {"meta": {"build_info": {"version": "0"}, "git_commit": "abc1234", "date": "2026-11-29",
+                     "torch": torch.__version__, "devices": {"cpu": "Some CPU (2 threads)"}},
+            "rows": rows}
+
+
+def test_plot_one_panel_per_family_each_op_its_own_style():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from detloss_cuda import benchmark as B
+
+    rows = []
+    for op in B.OPS.values():
+        for size in (10, 100):
+            for mode in ("fwd", "fwdbwd") if op.differentiable else ("fwd",):
+                rows.append({"op": op.name, "family": op.family, "unit": op.unit, "device": "cpu",
+                             "dtype": "fp32", "size": size, "mode": mode,
+                             "speedup_vs_eager": 2.0 if mode == "fwd" else 3.0})
+    fig = B.figure(_result(rows))
+    axes = [a for a in fig.axes if a.get_visible()]
+    fams = list(dict.fromkeys(op.family for op in B.OPS.values()))
+    assert len(axes) == len(fams)
+    assert "abc1234" in fig._suptitle.get_text() and "Some CPU" in fig._suptitle.get_text()
+    marker_of = {}
+    for ax, fam in zip(axes, [f for f in B.PANELS if f in fams] + [f for f in fams if f not in B.PANELS]):
+        assert ax.get_xlabel() == B.PANELS[fam][1], (fam, ax.get_xlabel())
+        lines = [ln for ln in ax.get_lines() if ln.get_label()[:1] != "_"]
+        names = [ln.get_label().split()[0] for ln in lines]
+        assert sorted(names) == sorted(op.name for op in B.OPS.values() if op.family == fam)
+        assert len({ln.get_color() for ln in lines}) == len(lines), fam  # colours differ in a panel
+        for ln, name in zip(lines, names):
+            marker_of.setdefault(ln.get_marker(), set()).add(name)
+            want = 3.0 if B.OPS[name].differentiable else 2.0  # fwd+bwd where there is one
+            assert list(ln.get_ydata()) == [want, want]
+    assert all(len(v) == 1 for v in marker_of.values()), marker_of  # one marker, one op
+    plt.close(fig)
+
+
+@pytest.mark.slow
+def test_commands_print_no_torch_cuda_home_warning(tmp_path):
+    """torch logs 'No CUDA runtime is found, using CUDA_HOME=...' when torch.compile first
+    imports cpp_extension on a machine without a GPU; info, verify and bench stay quiet."""
+    import subprocess
+    import sys
+
+    for args in (["info"], ["verify", "--devices", "cpu"],
+                 ["bench", "--quick", "--ops", "focal", "--sizes", "1000", "--modes", "fwd",
+                  "--impls", "fused,compile", "--min-time", "0.01", "--json",
+                  str(tmp_path / "b.json")]):
+        r = subprocess.run([sys.executable, "-m", "detloss_cuda"] + args, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, (args, r.stderr[-2000:])
+        out = r.stdout + r.stderr
+        assert "No CUDA runtime" not in out and "CUDA_HOME" not in out, (args, out[-2000:])
+    row, = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert row["compile"]["median"] > 0  # torch.compile ran (what imports cpp_extension)
