@@ -14,21 +14,40 @@ ops = torch.ops.detloss
 
 
 # ---------------------------------------------------------------------------- cls family
+def _cls_shape_check(input, target):
+    if target.dtype in (torch.int64, torch.int32):
+        torch._check(
+            input.dim() >= 1 and target.shape == input.shape[:-1],
+            lambda: f"detloss.cls_loss: target holds class indices, so its shape must be "
+            f"input.shape[:-1] = {tuple(input.shape[:-1])}, got {tuple(target.shape)}",
+        )
+    else:
+        torch._check(
+            target.shape == input.shape,
+            lambda: f"detloss.cls_loss: target of shape {tuple(target.shape)} must have the "
+            f"shape of input {tuple(input.shape)}",
+        )
+
+
 @torch.library.register_fake("detloss::cls_loss")
-def _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma, reduction):
-    torch._check(
-        target.shape == input.shape,
-        lambda: f"detloss.cls_loss: target of shape {tuple(target.shape)} must have the "
-        f"shape of input {tuple(input.shape)}",
-    )
+def _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma, reduction,
+                   score=None, smoothing=0.0, ignore_index=-100):
+    _cls_shape_check(input, target)
     if reduction == "none":
         return input.new_empty(input.shape)
     return input.new_empty(())
 
 
+@torch.library.register_fake("detloss::cls_loss_with_grad")
+def _cls_loss_with_grad_fake(input, target, weight, pos_weight, label, kind, alpha, gamma,
+                             reduction, score=None, smoothing=0.0, ignore_index=-100):
+    loss = _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma, reduction)
+    return loss, input.new_empty(input.shape)
+
+
 @torch.library.register_fake("detloss::cls_backward")
 def _cls_backward_fake(grad, input, target, weight, pos_weight, label, kind, alpha, gamma,
-                       reduction):
+                       reduction, score=None, smoothing=0.0, ignore_index=-100):
     return input.new_empty(input.shape)
 
 

@@ -1,9 +1,23 @@
 """Public loss functions, backed by the fused ops in ``torch.ops.detloss``.
 
-Classification losses: all take the logits ``input`` and a ``target`` of the same shape (any shape), in float32,
-float64, float16 or bfloat16, on CPU or CUDA, and are differentiable with respect to
-``input`` (a ``target``, ``weight`` or ``pos_weight`` that requires grad is an error:
-detach it). ``weight`` multiplies the unreduced loss and broadcasts to it. ``reduction``
+Classification losses: all take the logits ``input`` (any shape, float32, float64, float16 or
+bfloat16, CPU or CUDA) and either a dense ``target`` of the same shape, or class indices:
+
+* dense: ``target`` floating, shaped like ``input``, values in [0, 1];
+* index: ``target`` int64 or int32, shaped ``input.shape[:-1]``, the class of each anchor over
+  the last dimension of ``input`` (C classes): class ``target[a]`` of anchor ``a`` has target
+  ``score[a]`` (``score``: a float tensor shaped like ``target``, default 1), every other class
+  0; ``target[a] == ignore_index`` (default -100) drops the anchor (no loss, no gradient, not
+  counted by ``'mean'``); any other value outside [0, C) (C as in mmdet, -1 as in apex) makes
+  it background. No ``[..., C]`` target is built; the result equals the dense form with the
+  one-hot (times ``score``) target. ``reduction='none'`` returns the ``[..., C]`` loss.
+
+``label_smoothing=s`` (every function, both forms): the BCE term takes the target
+``t·(1 - s) + s/2`` (apex, YOLOv5's ``smooth_BCE``); the focusing factors and ``alpha_t`` take
+the unsmoothed ``t``.
+
+They are differentiable with respect to ``input`` (a ``target``, ``weight``, ``pos_weight`` or
+``score`` that requires grad is an error: detach it). ``weight`` multiplies the unreduced loss and broadcasts to it. ``reduction``
 is ``'none'``, ``'mean'`` or ``'sum'``; the mean of an empty input is 0 (not NaN) and
 still has a gradient path. Outputs have the input's dtype; the arithmetic runs in float32
 (float64 for float64 inputs) and reductions accumulate in at least that precision in a
@@ -52,14 +66,20 @@ def _check_tensor(name, t, optional=False):
 
 
 def _cls_loss(input, target, kind, *, weight=None, pos_weight=None, label=None, alpha=None,
-              gamma=0.0, reduction="mean"):
+              gamma=0.0, reduction="mean", score=None, ignore_index=-100, label_smoothing=0.0):
     _check_tensor("input", input)
     _check_tensor("target", target)
     _check_tensor("weight", weight, optional=True)
     _check_tensor("pos_weight", pos_weight, optional=True)
     _check_tensor("label", label, optional=True)
+    _check_tensor("score", score, optional=True)
     _check_reduction(reduction)
     gamma = _check_gamma(gamma)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float))
+            or not 0.0 <= label_smoothing <= 1.0):
+        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     if alpha is None:
         alpha = -1.0
     elif not isinstance(alpha, (int, float)):
@@ -67,52 +87,63 @@ def _cls_loss(input, target, kind, *, weight=None, pos_weight=None, label=None, 
     if label is not None and label.dtype != torch.bool:
         label = label != 0  # one-hot 0/1 labels, as ultralytics passes them
     return _ops.ops.cls_loss(input, target, weight, pos_weight, label, kind, float(alpha), gamma,
-                             reduction)
+                             reduction, score, float(label_smoothing), ignore_index)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
-                                     reduction="mean"):
+                                     reduction="mean", *, score=None, ignore_index=-100,
+                                     label_smoothing=0.0):
     """Sigmoid BCE, as ``torch.nn.functional.binary_cross_entropy_with_logits``.
 
     ``loss = (1 - t)·x + (1 + (pos_weight - 1)·t)·softplus(-x)``, times ``weight``;
-    ``pos_weight`` broadcasts to the loss (typically ``[C]``, one per class).
+    ``pos_weight`` broadcasts to the loss (typically ``[C]``, one per class). ``target``
+    dense or class indices (module docstring).
     """
     return _cls_loss(input, target, "bce", weight=weight, pos_weight=pos_weight,
-                     reduction=reduction)
+                     reduction=reduction, score=score, ignore_index=ignore_index,
+                     label_smoothing=label_smoothing)
 
 
-def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", weight=None):
+def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", weight=None, *,
+                       score=None, ignore_index=-100, label_smoothing=0.0):
     """RetinaNet's focal loss, as ``torchvision.ops.sigmoid_focal_loss`` (same defaults).
 
     ``loss = ce · α_t · (1 - p_t)^γ`` with ``p = sigmoid(x)``, ``p_t = t·p + (1 - t)(1 - p)``,
-    ``α_t = t·α + (1 - t)(1 - α)``; ``alpha`` negative or None disables ``α_t``.
+    ``α_t = t·α + (1 - t)(1 - α)``; ``alpha`` negative or None disables ``α_t``. ``target``
+    dense or class indices (module docstring).
     """
     return _cls_loss(input, target, "focal", weight=weight, alpha=alpha, gamma=gamma,
-                     reduction=reduction)
+                     reduction=reduction, score=score, ignore_index=ignore_index,
+                     label_smoothing=label_smoothing)
 
 
-def quality_focal_loss(input, target, gamma=2.0, alpha=None, reduction="mean", weight=None):
+def quality_focal_loss(input, target, gamma=2.0, alpha=None, reduction="mean", weight=None, *,
+                       score=None, ignore_index=-100, label_smoothing=0.0):
     """Quality Focal Loss (Generalized Focal Loss) with a soft target ``t`` in [0, 1].
 
     ``loss = ce · |t - p|^γ`` (``alpha=None``: the GFL/mmdet form), or
     ``ce · α_t · |t - p|^γ`` with ``α_t = t·α + (1 - t)(1 - α)`` (YOLOv5's ``QFocalLoss``).
+    With class indices, ``score`` is the IoU of each anchor's box (mmdet's ``(label, score)``).
     """
     return _cls_loss(input, target, "qfl", weight=weight, alpha=alpha, gamma=gamma,
-                     reduction=reduction)
+                     reduction=reduction, score=score, ignore_index=ignore_index,
+                     label_smoothing=label_smoothing)
 
 
 def varifocal_loss(input, target, label=None, alpha=0.75, gamma=2.0, reduction="mean",
-                   weight=None):
+                   weight=None, *, score=None, ignore_index=-100, label_smoothing=0.0):
     """VariFocal Loss (VarifocalNet) with IoU-aware target ``t``.
 
     ``loss = ce · w`` with ``w = t`` on positives and ``w = α·p^γ`` on negatives; positives
-    are ``label`` (bool, or 0/1 numbers) or, when ``label`` is None, ``t > 0``. As in
-    ultralytics and mmdet, the gradient flows through ``w``.
+    are ``label`` (bool, or 0/1 numbers) or, when ``label`` is None, ``t > 0``. With class
+    indices the positives are the labelled classes (``label`` must be None) and ``t`` their
+    ``score``. As in ultralytics and mmdet, the gradient flows through ``w``.
     """
     if alpha is None:
         raise ValueError("varifocal_loss: alpha (the weight of negatives) must be a number >= 0")
     return _cls_loss(input, target, "vfl", weight=weight, label=label, alpha=alpha,
-                     gamma=gamma, reduction=reduction)
+                     gamma=gamma, reduction=reduction, score=score, ignore_index=ignore_index,
+                     label_smoothing=label_smoothing)
 
 
 # ------------------------------------------------------------------------- box losses

@@ -3,7 +3,9 @@
 ``FocalLoss``, ``QualityFocalLoss`` and ``VariFocalLoss`` wrap an ``nn.BCEWithLogitsLoss``
 (``loss_fcn``) as YOLOv5 does: its ``reduction`` becomes theirs, its ``weight`` and
 ``pos_weight`` are honoured, and, as in YOLOv5, ``loss_fcn.reduction`` is set to
-``'none'`` (the focal term applies per element).
+``'none'`` (the focal term applies per element). ``true`` may also be class indices with a
+per-anchor ``score`` (see ``functional``); ``ignore_index`` and ``label_smoothing`` are
+keyword arguments of the constructors.
 """
 import torch
 from torch import nn
@@ -27,18 +29,20 @@ __all__ = [
 
 
 class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
-    """``torch.nn.BCEWithLogitsLoss`` (same constructor, buffers and state dict), fused."""
+    """``torch.nn.BCEWithLogitsLoss`` (same constructor, buffers and state dict), fused;
+    ``target`` may also be class indices (``functional``), with ``score``."""
 
-    def forward(self, input, target):
+    def forward(self, input, target, score=None):
         return F.binary_cross_entropy_with_logits(input, target, weight=self.weight,
                                                   pos_weight=self.pos_weight,
-                                                  reduction=self.reduction)
+                                                  reduction=self.reduction, score=score)
 
 
 class _WrappedBCE(nn.Module):
     _kind = None
 
-    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25):
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25, *, ignore_index=-100,
+                 label_smoothing=0.0):
         super().__init__()
         if loss_fcn is None:
             loss_fcn = nn.BCEWithLogitsLoss()
@@ -52,11 +56,14 @@ class _WrappedBCE(nn.Module):
         self.alpha = alpha
         self.reduction = loss_fcn.reduction
         self.loss_fcn.reduction = "none"
+        self.ignore_index = ignore_index
+        self.label_smoothing = label_smoothing
 
-    def _loss(self, pred, true, label=None):
+    def _loss(self, pred, true, label=None, score=None):
         return _cls_loss(pred, true, self._kind, weight=self.loss_fcn.weight,
                          pos_weight=self.loss_fcn.pos_weight, label=label, alpha=self.alpha,
-                         gamma=self.gamma, reduction=self.reduction)
+                         gamma=self.gamma, reduction=self.reduction, score=score,
+                         ignore_index=self.ignore_index, label_smoothing=self.label_smoothing)
 
     def extra_repr(self):
         return f"gamma={self.gamma}, alpha={self.alpha}, reduction={self.reduction!r}"
@@ -67,11 +74,13 @@ class FocalLoss(_WrappedBCE):
 
     _kind = "focal"
 
-    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25):
-        super().__init__(loss_fcn, gamma, alpha)
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25, *, ignore_index=-100,
+                 label_smoothing=0.0):
+        super().__init__(loss_fcn, gamma, alpha, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
 
-    def forward(self, pred, true):
-        return self._loss(pred, true)
+    def forward(self, pred, true, score=None):
+        return self._loss(pred, true, score=score)
 
 
 class QualityFocalLoss(_WrappedBCE):
@@ -80,11 +89,13 @@ class QualityFocalLoss(_WrappedBCE):
 
     _kind = "qfl"
 
-    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25):
-        super().__init__(loss_fcn, gamma, alpha)
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.25, *, ignore_index=-100,
+                 label_smoothing=0.0):
+        super().__init__(loss_fcn, gamma, alpha, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
 
-    def forward(self, pred, true):
-        return self._loss(pred, true)
+    def forward(self, pred, true, score=None):
+        return self._loss(pred, true, score=score)
 
 
 class VariFocalLoss(_WrappedBCE):
@@ -93,11 +104,13 @@ class VariFocalLoss(_WrappedBCE):
 
     _kind = "vfl"
 
-    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.75):
-        super().__init__(loss_fcn, gamma, alpha)
+    def __init__(self, loss_fcn=None, gamma=1.5, alpha=0.75, *, ignore_index=-100,
+                 label_smoothing=0.0):
+        super().__init__(loss_fcn, gamma, alpha, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
 
-    def forward(self, pred, true, label=None):
-        return self._loss(pred, true, label)
+    def forward(self, pred, true, label=None, score=None):
+        return self._loss(pred, true, label, score)
 
 
 QFocalLoss = QualityFocalLoss

@@ -25,16 +25,23 @@ __all__ = [
 ]
 
 
-def _reduce(loss, weight, reduction):
+def _reduce(loss, weight, reduction, keep=None):
+    """`keep` (bool, broadcast to loss): the elements that count; the others are 0 and the
+    'mean' divides by how many are kept."""
     if weight is not None:
         loss = loss * weight
+    count = loss.numel()
+    if keep is not None:
+        keep = keep.expand(loss.shape)
+        loss = torch.where(keep, loss, torch.zeros_like(loss))
+        count = int(keep.sum())
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
     if reduction == "mean":
         # the mean of nothing is 0 (with a gradient path), not NaN
-        return loss.sum() / max(loss.numel(), 1)
+        return loss.sum() / max(count, 1)
     raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
 
 
@@ -49,6 +56,26 @@ def _ce(x, t, pos_weight=None):
     return -(1 - t) * F.logsigmoid(-x) - pw * t * F.logsigmoid(x)
 
 
+def _smooth(t, s):
+    """Binary label smoothing (apex, YOLOv5's smooth_BCE): the BCE term's target."""
+    return t if not s else t * (1 - s) + s / 2
+
+
+def _dense(input, target, score, ignore_index):
+    """(dense target, kept elements or None, labelled-class mask or None). Class indices
+    become the one-hot (times score) target they stand for; ignore_index drops an anchor;
+    other labels outside [0, C) are background."""
+    if target.dtype not in (torch.int32, torch.int64):
+        return target, None, None
+    C = input.shape[-1]
+    cls = torch.arange(C, device=input.device)
+    onehot = target.unsqueeze(-1).long() == cls  # False everywhere for labels outside [0, C)
+    s = 1.0 if score is None else score.unsqueeze(-1).to(input.dtype)
+    t = onehot.to(input.dtype) * s
+    keep = (target != ignore_index).unsqueeze(-1)
+    return t, keep, onehot
+
+
 def _alpha_t(t, alpha):
     if alpha is None or alpha < 0:
         return 1
@@ -56,31 +83,38 @@ def _alpha_t(t, alpha):
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
-                                     reduction="mean"):
-    return _reduce(_ce(input, target, pos_weight), weight, reduction)
+                                     reduction="mean", *, score=None, ignore_index=-100,
+                                     label_smoothing=0.0):
+    t, keep, _ = _dense(input, target, score, ignore_index)
+    return _reduce(_ce(input, _smooth(t, label_smoothing), pos_weight), weight, reduction, keep)
 
 
 def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", weight=None,
-                       *, pos_weight=None):
+                       *, pos_weight=None, score=None, ignore_index=-100, label_smoothing=0.0):
+    t, keep, _ = _dense(input, target, score, ignore_index)
     p = torch.sigmoid(input)
-    p_t = p * target + (1 - p) * (1 - target)
-    loss = _ce(input, target, pos_weight) * _alpha_t(target, alpha) * (1 - p_t) ** gamma
-    return _reduce(loss, weight, reduction)
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = _ce(input, _smooth(t, label_smoothing), pos_weight) * _alpha_t(t, alpha) * (1 - p_t) ** gamma
+    return _reduce(loss, weight, reduction, keep)
 
 
 def quality_focal_loss(input, target, gamma=2.0, alpha=None, reduction="mean", weight=None,
-                       *, pos_weight=None):
+                       *, pos_weight=None, score=None, ignore_index=-100, label_smoothing=0.0):
+    t, keep, _ = _dense(input, target, score, ignore_index)
     p = torch.sigmoid(input)
-    loss = _ce(input, target, pos_weight) * _alpha_t(target, alpha) * (target - p).abs() ** gamma
-    return _reduce(loss, weight, reduction)
+    loss = (_ce(input, _smooth(t, label_smoothing), pos_weight) * _alpha_t(t, alpha)
+            * (t - p).abs() ** gamma)
+    return _reduce(loss, weight, reduction, keep)
 
 
 def varifocal_loss(input, target, label=None, alpha=0.75, gamma=2.0, reduction="mean",
-                   weight=None, *, pos_weight=None):
+                   weight=None, *, pos_weight=None, score=None, ignore_index=-100,
+                   label_smoothing=0.0):
+    t, keep, onehot = _dense(input, target, score, ignore_index)
     p = torch.sigmoid(input)
-    pos = target > 0 if label is None else label.bool()
-    w = torch.where(pos, target, alpha * p ** gamma)
-    return _reduce(_ce(input, target, pos_weight) * w, weight, reduction)
+    pos = onehot if onehot is not None else t > 0 if label is None else label.bool()
+    w = torch.where(pos, t, alpha * p ** gamma)
+    return _reduce(_ce(input, _smooth(t, label_smoothing), pos_weight) * w, weight, reduction, keep)
 
 
 # ------------------------------------------------------------------------- box losses

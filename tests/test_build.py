@@ -52,9 +52,13 @@ def test_forced_cuda_build_compiled_the_kernels():
 
 def test_schemas():
     s = str(torch.ops.detloss.cls_loss.default._schema)
-    assert s.startswith("detloss::cls_loss(Tensor input, Tensor target, Tensor? weight, "
-                        "Tensor? pos_weight, Tensor? label, str kind, float alpha, float gamma, "
-                        "str reduction) -> Tensor"), s
+    # the first nine arguments are positional in every release; the rest have defaults
+    assert s == ("detloss::cls_loss(Tensor input, Tensor target, Tensor? weight, "
+                 "Tensor? pos_weight, Tensor? label, str kind, float alpha, float gamma, "
+                 "str reduction, Tensor? score=None, float smoothing=0., "
+                 "int ignore_index=-100) -> Tensor"), s
+    s = str(torch.ops.detloss.cls_loss_with_grad.default._schema)
+    assert s.endswith("-> (Tensor loss, Tensor grad)"), s
     s = str(torch.ops.detloss.cls_backward.default._schema)
     assert s.startswith("detloss::cls_backward(Tensor grad, Tensor input"), s
 

@@ -512,8 +512,10 @@ def test_errors_name_the_argument():
         DF.binary_cross_entropy_with_logits(x, torch.rand(4, 2))
     with pytest.raises(TypeError, match="input must be a floating tensor"):
         DF.sigmoid_focal_loss(torch.ones(4, 3, dtype=torch.long), t)
-    with pytest.raises(TypeError, match="target must be a floating tensor"):
+    with pytest.raises(ValueError, match="a dense 0/1 target must be a floating tensor"):
         DF.sigmoid_focal_loss(x, torch.ones(4, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="target must be floating .* or int32/int64"):
+        DF.sigmoid_focal_loss(x, torch.ones(4, 3, dtype=torch.bool))
     with pytest.raises(TypeError, match="input must be a torch.Tensor"):
         DF.sigmoid_focal_loss([1.0], t)
     with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):

@@ -18,14 +18,24 @@ ClsLoopArgs<T> loop_args(const ClsArgs& a) {
   using O = at::opmath_type<T>;
   ClsLoopArgs<T> la;
   la.x = a.input.const_data_ptr<T>();
-  la.t = a.target.const_data_ptr<T>();
   la.weight = a.weight.typed<T>();
   la.pos_weight = a.pos_weight.typed<T>();
   la.label = a.label.typed<uint8_t>();
   la.kind = a.kind;
   la.cfg = a.config<O>();
+  if (a.index) {
+    la.labels = a.labels.const_data_ptr<int64_t>();
+    la.score = a.score.defined() ? a.score.const_data_ptr<T>() : nullptr;
+    la.classes = a.classes;
+    la.ignore_index = a.ignore_index;
+  } else {
+    la.t = a.target.const_data_ptr<T>();
+  }
   return la;
 }
+
+// What 'mean' divides by: every element (dense), or C x the non-ignored anchors (index).
+int64_t mean_divisor(const ClsArgs& a) { return a.index ? a.mean_count : a.numel(); }
 
 }  // namespace
 
@@ -40,7 +50,8 @@ at::Tensor cls_forward(const ClsArgs& a) {
     ClsLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     la.out = reduce ? nullptr : o;
-    forward_and_reduce<scalar_t, O>(n, kChunk, reduce, a.reduction == Reduction::kMean, o,
+    forward_and_reduce<scalar_t, O>(n, kChunk, reduce,
+                                    a.reduction == Reduction::kMean ? mean_divisor(a) : -1, o,
                                     [&](int64_t b, int64_t e) {
       return DETLOSS_CPU_DISPATCH(cls_forward_range, la, b, e);
     });
@@ -48,33 +59,46 @@ at::Tensor cls_forward(const ClsArgs& a) {
   return out;
 }
 
-at::Tensor cls_backward(const ClsArgs& a, const OperandDesc& grad) {
+std::tuple<at::Tensor, at::Tensor> cls_forward_grad(const ClsArgs& a, bool with_loss) {
   const int64_t n = a.numel();
-  at::Tensor grad_input = at::empty(a.input.sizes(), a.input.options());
+  const bool reduce = a.reduction != Reduction::kNone;
+  at::Tensor out;
+  if (with_loss) out = reduce ? at::empty({}, a.input.options()) : at::empty(a.input.sizes(), a.input.options());
+  at::Tensor grad = at::empty(a.input.sizes(), a.input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
-                                  "detloss_cls_backward_cpu", [&] {
+                                  "detloss_cls_forward_grad_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     ClsLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
-    la.grad = grad.typed<scalar_t>();
-    la.grad_scale = reduction_scale<O>(a.reduction, n);
-    la.out = grad_input.mutable_data_ptr<scalar_t>();
-    chunked_for(n, kChunk, [&](int64_t b, int64_t e) {
-      DETLOSS_CPU_DISPATCH(cls_backward_range, la, b, e);
-    });
+    la.grad = grad.mutable_data_ptr<scalar_t>();
+    la.grad_scale = a.reduction == Reduction::kMean
+                        ? reduction_scale<O>(Reduction::kMean, mean_divisor(a)) : O(1);
+    const auto range = [&](int64_t b, int64_t e) {
+      return DETLOSS_CPU_DISPATCH(cls_forward_grad_range, la, b, e);
+    };
+    if (!with_loss) {
+      chunked_for(n, kChunk, range);
+      return;
+    }
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    la.out = reduce ? nullptr : o;
+    forward_and_reduce<scalar_t, O>(n, kChunk, reduce,
+                                    a.reduction == Reduction::kMean ? mean_divisor(a) : -1, o,
+                                    range);
   });
-  return grad_input;
+  return {out, grad};
 }
 
 }  // namespace cpu
 
 at::Tensor cls_forward_cpu(const ClsArgs& a) { return cpu::cls_forward(a); }
-at::Tensor cls_backward_cpu(const ClsArgs& a, const OperandDesc& grad) {
-  return cpu::cls_backward(a, grad);
+std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cpu(const ClsArgs& a, bool with_loss) {
+  return cpu::cls_forward_grad(a, with_loss);
 }
 
 }  // namespace detloss
 
 TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("cls_loss", &detloss::cls_loss_entry<detloss::cls_forward_cpu>);
-  m.impl("cls_backward", &detloss::cls_backward_entry<detloss::cls_backward_cpu>);
+  m.impl("cls_loss_with_grad", &detloss::cls_loss_with_grad_entry<detloss::cls_forward_grad_cpu>);
+  m.impl("cls_backward", &detloss::cls_backward_entry<detloss::cls_forward_grad_cpu>);
 }

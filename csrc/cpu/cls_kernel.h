@@ -17,22 +17,26 @@ template <typename T>
 struct ClsLoopArgs {
   using opmath = at::opmath_type<T>;
   const T* x = nullptr;
-  const T* t = nullptr;
+  const T* t = nullptr;  // dense targets (null in the index form)
   Operand<T> weight, pos_weight;
   Operand<uint8_t> label;
-  Operand<T> grad;        // backward only
-  opmath grad_scale = 1;  // backward: 1/numel for 'mean', else 1
-  T* out = nullptr;       // forward: per-element loss ('none') or null (reduce);
-                          // backward: the input gradient
+  T* out = nullptr;       // per-element loss ('none') or null (reduced)
+  T* grad = nullptr;      // forward_grad: d(loss)/d(input) at upstream 1
+  opmath grad_scale = 1;  // 1 / (the 'mean' divisor), else 1
+  // index form: labels[i / classes] is the class of element i's anchor
+  const int64_t* labels = nullptr;
+  const T* score = nullptr;  // per anchor, or null (1)
+  int64_t classes = 1;
+  int64_t ignore_index = -100;
   math::ClsKind kind = math::ClsKind::kBCE;
   math::ClsConfig<opmath> cfg{};
 };
 
-// forward: writes out[begin:end) if out is set, and returns the sum of the losses in
-// [begin, end) in a fixed order. backward: writes out[begin:end).
+// Both write out[begin:end) if out is set and return the sum of the losses in [begin, end)
+// in a fixed order; forward_grad also writes grad[begin:end).
 #define DETLOSS_CLS_CPU_DECLS(T)                                                            \
   at::opmath_type<T> cls_forward_range(const ClsLoopArgs<T>& a, int64_t begin, int64_t end); \
-  void cls_backward_range(const ClsLoopArgs<T>& a, int64_t begin, int64_t end)
+  at::opmath_type<T> cls_forward_grad_range(const ClsLoopArgs<T>& a, int64_t begin, int64_t end)
 
 DETLOSS_CPU_DECLARE(DETLOSS_CLS_CPU_DECLS(float))
 DETLOSS_CPU_DECLARE(DETLOSS_CLS_CPU_DECLS(double))

@@ -20,9 +20,30 @@ namespace {
 
 using math::ClsKind;
 
-// One pass over [begin, end): loads, the shared formula (math::cls_element), the user's
-// weight, then either the loss (stored and/or summed) or the input gradient.
-template <class T, ClsKind K, bool FORWARD>
+// The shared formula on one vector of elements and what is done with its results: the
+// user's weight, the loss stored ('none') and summed, the gradient stored (GRAD).
+template <class T, ClsKind K, bool GRAD>
+struct ClsVecStep {
+  using O = at::opmath_type<T>;
+  using V = at::vec::Vectorized<O>;
+  const ClsLoopArgs<T>& a;
+  simd::LaneSum<O>& acc;
+
+  void operator()(int64_t i, int64_t n, const V& x, const V& t, const V& pos) const {
+    constexpr int64_t W = V::size();
+    const V pw = simd::load_operand<O>(a.pos_weight, i, n, O(1));
+    V loss, grad;
+    math::cls_element<K, GRAD>(x, t, pw, pos, a.cfg, loss, grad);
+    const V w = simd::load_operand<O>(a.weight, i, n, O(1));
+    loss = loss * w;
+    if (a.out != nullptr) simd::store(a.out + i, loss, n);
+    acc.add(n == W ? loss : V::set(V(O(0)), loss, n));  // tail lanes add 0
+    if constexpr (GRAD) simd::store(a.grad + i, grad * w * V(a.grad_scale), n);
+  }
+};
+
+// Dense targets: one pass over [begin, end).
+template <class T, ClsKind K, bool GRAD>
 at::opmath_type<T> cls_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_t end) {
   using O = at::opmath_type<T>;
   using V = at::vec::Vectorized<O>;
@@ -30,47 +51,79 @@ at::opmath_type<T> cls_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_t end)
   const V zero(O(0));
   const bool has_label = a.label.mode != OperandMode::kAbsent;
   simd::LaneSum<O> acc;
+  const ClsVecStep<T, K, GRAD> step{a, acc};
   for (int64_t i = begin; i < end; i += W) {
     const int64_t n = std::min<int64_t>(W, end - i);
-    const V x = simd::load(a.x + i, n);
     const V t = simd::load(a.t + i, n);
-    const V pw = simd::load_operand<O>(a.pos_weight, i, n, O(1));
     V pos = zero;
     if constexpr (K == ClsKind::kVFL)
       pos = has_label ? (simd::load_operand<O>(a.label, i, n, O(0)) != zero) : (t > zero);
-    V loss, grad;
-    math::cls_element<K, !FORWARD>(x, t, pw, pos, a.cfg, loss, grad);
-    const V w = simd::load_operand<O>(a.weight, i, n, O(1));
-    if constexpr (FORWARD) {
-      loss = loss * w;
-      if (a.out != nullptr) simd::store(a.out + i, loss, n);
-      acc.add(n == W ? loss : V::set(zero, loss, n));  // tail lanes add 0
-    } else {
-      const V g = simd::load_operand<O>(a.grad, i, n, O(1)) * V(a.grad_scale);
-      simd::store(a.out + i, grad * w * g, n);
+    step(i, n, simd::load(a.x + i, n), t, pos);
+  }
+  return static_cast<O>(acc.sum());
+}
+
+// Class-index targets, row by row (a row = one anchor's C logits): the target vector is
+// zero but for the labelled class's lane (score, or 1), which is also VFL's positive; an
+// ignored row stores zeros and adds nothing.
+template <class T, ClsKind K, bool GRAD>
+at::opmath_type<T> cls_index_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_t end) {
+  using O = at::opmath_type<T>;
+  using V = at::vec::Vectorized<O>;
+  constexpr int64_t W = V::size();
+  const V zero(O(0));
+  const int64_t C = a.classes;
+  simd::LaneSum<O> acc;
+  const ClsVecStep<T, K, GRAD> step{a, acc};
+  for (int64_t i = begin; i < end;) {
+    const int64_t row = i / C, row_start = row * C;
+    const int64_t row_end = std::min(end, row_start + C);
+    const int64_t lab = a.labels[row];
+    if (lab == a.ignore_index) {
+      if (a.out != nullptr) std::fill(a.out + i, a.out + row_end, T(0));
+      if constexpr (GRAD) std::fill(a.grad + i, a.grad + row_end, T(0));
+      i = row_end;
+      continue;
+    }
+    const O sc = a.score != nullptr ? static_cast<O>(a.score[row]) : O(1);
+    for (int64_t n; i < row_end; i += n) {
+      n = std::min<int64_t>(W, row_end - i);
+      const int64_t lane = lab - (i - row_start);  // the labelled class's lane, if in [0, n)
+      V t = zero, pos = zero;
+      if (lane >= 0 && lane < n) {
+        O tb[W] = {}, pb[W] = {};
+        tb[lane] = sc;
+        pb[lane] = O(1);
+        t = V::loadu(tb);
+        if constexpr (K == ClsKind::kVFL) pos = V::loadu(pb) != zero;
+      }
+      step(i, n, simd::load(a.x + i, n), t, pos);
     }
   }
   return static_cast<O>(acc.sum());
 }
 
-template <class T, bool FORWARD>
+template <class T, bool GRAD>
 at::opmath_type<T> cls_kind_dispatch(const ClsLoopArgs<T>& a, int64_t begin, int64_t end) {
+#define DETLOSS_CLS_LOOP(K) \
+  (a.labels != nullptr ? cls_index_loop<T, K, GRAD>(a, begin, end) : cls_loop<T, K, GRAD>(a, begin, end))
   switch (a.kind) {
-    case ClsKind::kFocal: return cls_loop<T, ClsKind::kFocal, FORWARD>(a, begin, end);
-    case ClsKind::kQFL: return cls_loop<T, ClsKind::kQFL, FORWARD>(a, begin, end);
-    case ClsKind::kVFL: return cls_loop<T, ClsKind::kVFL, FORWARD>(a, begin, end);
-    default: return cls_loop<T, ClsKind::kBCE, FORWARD>(a, begin, end);
+    case ClsKind::kFocal: return DETLOSS_CLS_LOOP(ClsKind::kFocal);
+    case ClsKind::kQFL: return DETLOSS_CLS_LOOP(ClsKind::kQFL);
+    case ClsKind::kVFL: return DETLOSS_CLS_LOOP(ClsKind::kVFL);
+    default: return DETLOSS_CLS_LOOP(ClsKind::kBCE);
   }
+#undef DETLOSS_CLS_LOOP
 }
 
 }  // namespace
 
-#define DETLOSS_DEFINE_CLS_CPU(T)                                                       \
-  at::opmath_type<T> cls_forward_range(const ClsLoopArgs<T>& a, int64_t b, int64_t e) { \
-    return cls_kind_dispatch<T, true>(a, b, e);                                         \
-  }                                                                                     \
-  void cls_backward_range(const ClsLoopArgs<T>& a, int64_t b, int64_t e) {              \
-    cls_kind_dispatch<T, false>(a, b, e);                                               \
+#define DETLOSS_DEFINE_CLS_CPU(T)                                                           \
+  at::opmath_type<T> cls_forward_range(const ClsLoopArgs<T>& a, int64_t b, int64_t e) {     \
+    return cls_kind_dispatch<T, false>(a, b, e);                                            \
+  }                                                                                         \
+  at::opmath_type<T> cls_forward_grad_range(const ClsLoopArgs<T>& a, int64_t b, int64_t e) { \
+    return cls_kind_dispatch<T, true>(a, b, e);                                             \
   }
 
 DETLOSS_DEFINE_CLS_CPU(float)

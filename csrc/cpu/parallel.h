@@ -36,17 +36,25 @@ acc_t chunked_sum(int64_t n, int64_t chunk, const F& f) {
 
 // A forward over [0, n) whose range function writes per-unit results itself (reduction
 // 'none') or returns the sum of its range: with `reduce`, the deterministic sum, divided by
-// n for 'mean' (0 for an empty input), is written to *result.
+// `mean_divisor` when that is >= 0 ('mean'; 0 for a divisor of 0: the mean of nothing), is
+// written to *result.
 template <typename scalar_t, typename acc_t, typename F>
-void forward_and_reduce(int64_t n, int64_t chunk, bool reduce, bool mean, scalar_t* result,
-                        const F& range) {
+void forward_and_reduce(int64_t n, int64_t chunk, bool reduce, int64_t mean_divisor,
+                        scalar_t* result, const F& range) {
   if (!reduce) {
     chunked_for(n, chunk, [&](int64_t b, int64_t e) { range(b, e); });
     return;
   }
   acc_t s = chunked_sum<acc_t>(n, chunk, range);
-  if (mean) s = n > 0 ? s / static_cast<acc_t>(n) : acc_t(0);
+  if (mean_divisor >= 0) s = mean_divisor > 0 ? s / static_cast<acc_t>(mean_divisor) : acc_t(0);
   *result = static_cast<scalar_t>(s);
+}
+
+// The same, 'mean' dividing by n.
+template <typename scalar_t, typename acc_t, typename F>
+void forward_and_reduce(int64_t n, int64_t chunk, bool reduce, bool mean, scalar_t* result,
+                        const F& range) {
+  forward_and_reduce<scalar_t, acc_t>(n, chunk, reduce, mean ? n : int64_t(-1), result, range);
 }
 
 }  // namespace cpu

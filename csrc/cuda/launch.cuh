@@ -78,21 +78,28 @@ __global__ void __launch_bounds__(kBlock, MIN_BLOCKS)
   }
 }
 
+// `divisor` (device memory, may be null): the sum is divided by *divisor (a 'mean' whose
+// count is only known on the device); a divisor of 0 gives 0, the mean of nothing.
 template <typename acc_t, typename out_t>
 __global__ void __launch_bounds__(kBlock)
     finalize_sum_kernel(const acc_t* __restrict__ partials, int n, acc_t scale,
-                        out_t* __restrict__ out) {
+                        const double* __restrict__ divisor, out_t* __restrict__ out) {
   acc_t v(0);
   for (int i = threadIdx.x; i < n; i += kBlock) v += partials[i];
   v = block_sum(v);
-  if (threadIdx.x == 0) *out = static_cast<out_t>(v * scale);
+  if (threadIdx.x == 0) {
+    v *= scale;
+    if (divisor != nullptr) v = *divisor > 0 ? static_cast<acc_t>(v / *divisor) : acc_t(0);
+    *out = static_cast<out_t>(v);
+  }
 }
 
 // Runs f over [0, units) on the current stream. With `sum_out`, also writes
-// scale * sum_u f(u) to *sum_out (0 when units == 0), accumulating in acc_t.
+// scale * sum_u f(u) (divided by *divisor when given) to *sum_out (0 when units == 0),
+// accumulating in acc_t.
 template <typename acc_t, typename out_t, typename F>
 void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
-                       c10::Device device) {
+                       c10::Device device, const double* divisor = nullptr) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   const int grid = grid_for(units);
   if (sum_out == nullptr) {
@@ -110,7 +117,8 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     n_partials = grid;
   }
-  finalize_sum_kernel<acc_t, out_t><<<1, kBlock, 0, stream>>>(p, n_partials, scale, sum_out);
+  finalize_sum_kernel<acc_t, out_t><<<1, kBlock, 0, stream>>>(p, n_partials, scale, divisor,
+                                                               sum_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

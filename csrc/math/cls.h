@@ -22,12 +22,17 @@ struct ClsConfig {
   S gamma;       // the focusing exponent
   bool use_alpha;
   PowMode pow_mode;  // pow_mode_for(gamma)
+  S smoothing = S(0);  // binary label smoothing s (apex, YOLOv5's smooth_BCE); 0: none
 };
 
 inline namespace DETLOSS_CAPABILITY_NS {
 
 // Loss of one element (before the user's `weight`) and, when GRAD, its derivative d/dx.
 // `pos` is VFL's positive mask (label, or t > 0); ignored by the other kinds.
+//
+// Label smoothing s (apex's contrib focal loss; YOLOv5's smooth_BCE): the BCE term takes
+// the smoothed target ts = t·(1 - s) + s/2; the modulating factors (focal's (1 - p_t)^γ,
+// QFL's |t - p|^γ, VFL's weight) and alpha_t take the unsmoothed t.
 //
 // Derivatives that autograd would evaluate as inf*0 = NaN are given their finite limits:
 // focal at q_t = 0 and qfl at |t - p| = 0 contribute 0 from the modulating factor.
@@ -37,6 +42,11 @@ DETLOSS_HD void cls_element(V x, V t, V pw, M pos, const ClsConfig<S>& c, V& los
   V p, q, e;
   sigmoid_pair(x, p, q, e);
   const V omt = one - t;
+  V tb = t, omtb = omt;  // the BCE term's target
+  if (c.smoothing != S(0)) {
+    tb = t * V(S(1) - c.smoothing) + V(c.smoothing / S(2));
+    omtb = one - tb;
+  }
 
   // BCE with logits (pos_weight pw), as a sum of two non-negative terms:
   //   ce = (1 - t)·softplus(x) + pw·t·softplus(-x),  softplus(±x) = max(±x, 0) + log1p(e^-|x|)
@@ -44,9 +54,9 @@ DETLOSS_HD void cls_element(V x, V t, V pw, M pos, const ClsConfig<S>& c, V& los
   // cancellation: that loses all digits of a small loss, e.g. x = -30, t = 0 in fp32).
   //   dce/dx = (1 - t)·p - pw·t·q   (= p - t when pw = 1; each term exact for t in {0, 1})
   const V l1p = dl_log1p_unit(e);  // e = exp(-|x|) in (0, 1]
-  const V ce = omt * (dl_max(x, zero) + l1p) + pw * t * (dl_max(zero - x, zero) + l1p);
+  const V ce = omtb * (dl_max(x, zero) + l1p) + pw * tb * (dl_max(zero - x, zero) + l1p);
   V dce = zero;
-  if constexpr (GRAD) dce = omt * p - pw * t * q;
+  if constexpr (GRAD) dce = omtb * p - pw * tb * q;
 
   if constexpr (K == ClsKind::kBCE) {
     loss = ce;

@@ -1,6 +1,8 @@
 // Schemas of the classification family and the validation shared by CPU and CUDA.
 #include "cls.h"
 
+#include <ATen/ExpandUtils.h>
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
@@ -30,20 +32,69 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight,
                     const std::optional<at::Tensor>& pos_weight,
                     const std::optional<at::Tensor>& label, std::string_view kind, double alpha,
-                    double gamma, std::string_view reduction) {
+                    double gamma, std::string_view reduction,
+                    const std::optional<at::Tensor>& score, double smoothing,
+                    int64_t ignore_index) {
   ClsArgs a;
   a.kind = parse_kind(kind);
   a.reduction = parse_reduction(reduction, kOp);
 
   check_floating(input, "input", kOp);
-  check_floating(target, "target", kOp);
+  const auto ts = target.scalar_type();
+  a.index = ts == at::kLong || ts == at::kInt;
+  TORCH_CHECK_TYPE(a.index || ts == at::kFloat || ts == at::kDouble || ts == at::kHalf ||
+                       ts == at::kBFloat16,
+                   kOp, ": target must be floating (a dense target shaped like input) or int32/"
+                   "int64 (class indices shaped input.shape[:-1]), got ", ts);
   check_same_device(target, input, "target", "input", kOp);
-  TORCH_CHECK_VALUE(target.sizes() == input.sizes(), kOp, ": target of shape ", target.sizes(),
-                    " must have the shape of input ", input.sizes());
+  const bool has_score = score.has_value() && score->defined();
+  if (a.index) {
+    TORCH_CHECK_VALUE(input.dim() >= 1 && target.sizes() == input.sizes().slice(0, input.dim() - 1),
+                      kOp, ": target holds class indices (", ts, "), so its shape must be "
+                      "input.shape[:-1] = ", input.sizes().slice(0, std::max<int64_t>(input.dim() - 1, 0)),
+                      ", got ", target.sizes(),
+                      input.dim() >= 1 && target.sizes() == input.sizes()
+                          ? " (a dense 0/1 target must be a floating tensor)" : "");
+    TORCH_CHECK_VALUE(!(label.has_value() && label->defined()), kOp,
+                      ": label must be None with class-index targets (the labelled classes are "
+                      "the positives)");
+    if (has_score) {
+      check_floating(*score, "score", kOp);
+      check_same_device(*score, input, "score", "input", kOp);
+      TORCH_CHECK_VALUE(score->sizes() == target.sizes(), kOp, ": score of shape ",
+                        score->sizes(), " must have the shape of target ", target.sizes(),
+                        " (one soft target per anchor)");
+    }
+    a.classes = input.size(-1);
+    a.ignore_index = ignore_index;
+    a.labels = target.scalar_type() == at::kLong ? target.contiguous()
+                                                 : target.to(at::kLong).contiguous();
+    if (has_score) {
+      a.score = (score->scalar_type() == input.scalar_type() ? *score
+                                                               : score->to(input.scalar_type()))
+                    .contiguous();
+    }
+    if (a.reduction == Reduction::kMean && input.device().is_cpu()) {
+      const int64_t* l = a.labels.const_data_ptr<int64_t>();
+      int64_t count = 0;
+      for (int64_t k = 0, m = a.labels.numel(); k < m; ++k) count += l[k] != ignore_index;
+      a.mean_count = count * a.classes;
+    }
+  } else {
+    TORCH_CHECK_VALUE(target.sizes() == input.sizes(), kOp, ": target of shape ",
+                      target.sizes(), " must have the shape of input ", input.sizes(),
+                      " (or, holding int64 class indices, input.shape[:-1])");
+    TORCH_CHECK_VALUE(!has_score, kOp, ": score is only used with class-index targets (a "
+                      "dense target already holds the soft scores)");
+    a.target = (ts == input.scalar_type() ? target : target.to(input.scalar_type())).contiguous();
+  }
 
   TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0.0, kOp,
                     ": gamma must be a finite number >= 0, got ", gamma);
   TORCH_CHECK_VALUE(!std::isnan(alpha), kOp, ": alpha must not be NaN");
+  TORCH_CHECK_VALUE(std::isfinite(smoothing) && smoothing >= 0.0 && smoothing <= 1.0, kOp,
+                    ": label_smoothing must be in [0, 1], got ", smoothing);
+  a.smoothing = smoothing;
   if (a.kind == math::ClsKind::kVFL) {
     TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0.0, kOp,
                       ": alpha (the weight of negatives) must be a finite number >= 0 for vfl, "
@@ -60,9 +111,6 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
   a.gamma = a.kind == math::ClsKind::kBCE ? 0.0 : gamma;
 
   a.input = input.contiguous();
-  a.target = (target.scalar_type() == input.scalar_type() ? target
-                                                           : target.to(input.scalar_type()))
-                 .contiguous();
   const auto shape = input.sizes();
   const auto dtype = input.scalar_type();
   if (weight.has_value() && weight->defined()) {
@@ -87,15 +135,31 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
   return a;
 }
 
-OperandDesc prepare_cls_grad(const at::Tensor& grad, const ClsArgs& a) {
+void check_cls_grad(const at::Tensor& grad, const ClsArgs& a) {
   constexpr const char* op = "detloss.cls_backward";
   check_floating(grad, "grad", op);
   check_same_device(grad, a.input, "grad", "input", op);
   if (a.reduction != Reduction::kNone) {
     TORCH_CHECK_VALUE(grad.dim() == 0, op, ": grad of a reduced loss must be 0-dim, got shape ",
                       grad.sizes());
+  } else {
+    TORCH_CHECK_VALUE(at::is_expandable_to(grad.sizes(), a.input.sizes()), op, ": grad of shape ",
+                      grad.sizes(), " is not broadcastable to the loss shape ", a.input.sizes());
   }
-  return describe_operand(grad, a.input.sizes(), a.input.scalar_type(), "grad", op);
+}
+
+at::Tensor scale_cls_grad(at::Tensor g, const at::Tensor& grad, Reduction reduction,
+                          bool in_place) {
+  const bool plain = !at::isTensorSubclassLike(grad) && !at::isTensorSubclassLike(g);
+  // loss.backward() of a reduced loss on the CPU: an upstream of exactly 1 needs no pass
+  // (reading a CUDA scalar would synchronise: there the multiply always runs)
+  if (plain && reduction != Reduction::kNone && grad.device().is_cpu() &&
+      grad.item<double>() == 1.0)
+    return g;
+  const at::Tensor up = grad.scalar_type() == g.scalar_type() ? grad : grad.to(g.scalar_type());
+  // in place: the gradient computed by the forward is consumed, so a backward allocates
+  // nothing (fake tensors, under torch.compile, take the functional form)
+  return in_place && plain ? g.mul_(up) : g * up;
 }
 
 }  // namespace detloss
@@ -104,6 +168,14 @@ OperandDesc prepare_cls_grad(const at::Tensor& grad, const ClsArgs& a) {
 // In C++ rather than torch.library.register_autograd: the Python route measured ~70 us of
 // overhead per forward+backward here, 2.5x torch's whole BCE at small sizes, where a GPU
 // loss is launch-bound. Fake (meta) kernels stay in Python (detloss_cuda/_ops.py).
+//
+// Gradient in the forward: when input requires grad (and grad mode is on), the forward
+// runs cls_loss_with_grad, which evaluates the stable formulas once for the loss and
+// d(loss)/d(input) (apex's contrib focal loss does the same), and the backward only scales
+// that gradient by the upstream one, in place (scale_cls_grad). It is consumed by the first
+// backward; a second one (retain_graph=True) recomputes it with cls_backward, which runs
+// the same kernel and the same scaling: the same bits. Without grad nothing extra is
+// computed or allocated.
 namespace detloss {
 namespace {
 
@@ -114,26 +186,18 @@ std::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
-at::Tensor call_cls_loss(const at::Tensor& input, const at::Tensor& target,
-                         const std::optional<at::Tensor>& weight,
-                         const std::optional<at::Tensor>& pos_weight,
-                         const std::optional<at::Tensor>& label, c10::string_view kind,
-                         double alpha, double gamma, c10::string_view reduction) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("detloss::cls_loss", "")
-                             .typed<decltype(cls_loss_entry<cls_forward_cpu>)>();
-  return op.call(input, target, weight, pos_weight, label, kind, alpha, gamma, reduction);
+using LossSig = at::Tensor(DETLOSS_CLS_PARAMS);
+using LossGradSig = std::tuple<at::Tensor, at::Tensor>(DETLOSS_CLS_PARAMS);
+using BackwardSig = at::Tensor(const at::Tensor&, DETLOSS_CLS_PARAMS);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-at::Tensor call_cls_backward(const at::Tensor& grad, const at::Tensor& input,
-                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                             const std::optional<at::Tensor>& pos_weight,
-                             const std::optional<at::Tensor>& label, c10::string_view kind,
-                             double alpha, double gamma, c10::string_view reduction) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("detloss::cls_backward", "")
-                             .typed<decltype(cls_backward_entry<cls_backward_cpu>)>();
-  return op.call(grad, input, target, weight, pos_weight, label, kind, alpha, gamma, reduction);
+at::Tensor call_cls_loss(DETLOSS_CLS_PARAMS) {
+  static const auto op = find_op<LossSig>("detloss::cls_loss");
+  return op.call(DETLOSS_CLS_ARGS);
 }
 
 void check_no_grad(const std::optional<at::Tensor>& t, const char* name) {
@@ -145,14 +209,10 @@ void check_no_grad(const std::optional<at::Tensor>& t, const char* name) {
 
 class ClsBackwardFunction : public torch::autograd::Function<ClsBackwardFunction> {
  public:
-  static at::Tensor forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& input,
-                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                            const std::optional<at::Tensor>& pos_weight,
-                            const std::optional<at::Tensor>& label, c10::string_view kind,
-                            double alpha, double gamma, c10::string_view reduction) {
+  static at::Tensor forward(AutogradContext*, const at::Tensor& grad, DETLOSS_CLS_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView below;
-    return call_cls_backward(grad, input, target, weight, pos_weight, label, kind, alpha,
-                             gamma, reduction);
+    static const auto op = find_op<BackwardSig>("detloss::cls_backward");
+    return op.call(grad, DETLOSS_CLS_ARGS);
   }
   static variable_list backward(AutogradContext*, variable_list) {
     TORCH_CHECK(false, "detloss: double backward through cls_loss is not supported (the "
@@ -162,75 +222,82 @@ class ClsBackwardFunction : public torch::autograd::Function<ClsBackwardFunction
 
 class ClsLossFunction : public torch::autograd::Function<ClsLossFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
-                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                            const std::optional<at::Tensor>& pos_weight,
-                            const std::optional<at::Tensor>& label, c10::string_view kind,
-                            double alpha, double gamma, c10::string_view reduction) {
+  static at::Tensor forward(AutogradContext* ctx, bool with_grad, DETLOSS_CLS_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView below;
-    at::Tensor out = call_cls_loss(input, target, weight, pos_weight, label, kind, alpha, gamma,
-                                   reduction);
+    at::Tensor out;
+    if (with_grad) {
+      static const auto op = find_op<LossGradSig>("detloss::cls_loss_with_grad");
+      at::Tensor g;
+      std::tie(out, g) = op.call(DETLOSS_CLS_ARGS);
+      ctx->saved_data["grad"] = g;  // not save_for_backward: it is scaled in place
+    } else {
+      out = call_cls_loss(DETLOSS_CLS_ARGS);
+    }
     ctx->save_for_backward({input, target, weight.value_or(at::Tensor()),
-                            pos_weight.value_or(at::Tensor()), label.value_or(at::Tensor())});
+                            pos_weight.value_or(at::Tensor()), label.value_or(at::Tensor()),
+                            score.value_or(at::Tensor())});
     ctx->saved_data["kind"] = std::string(kind);
     ctx->saved_data["alpha"] = alpha;
     ctx->saved_data["gamma"] = gamma;
     ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["smoothing"] = smoothing;
+    ctx->saved_data["ignore_index"] = ignore_index;
     return out;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    const std::string kind = ctx->saved_data["kind"].toStringRef();
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();
-    at::Tensor grad_input = ClsBackwardFunction::apply(
-        grads[0], s[0], s[1], opt(s[2]), opt(s[3]), opt(s[4]), kind,
-        ctx->saved_data["alpha"].toDouble(), ctx->saved_data["gamma"].toDouble(), reduction);
-    // one entry per forward argument: only input is differentiable
-    return {grad_input, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    at::Tensor grad_input;
+    const auto pre = ctx->saved_data.find("grad");
+    if (pre != ctx->saved_data.end() && pre->second.isTensor() &&
+        !torch::autograd::GradMode::is_enabled()) {
+      const at::Tensor g = pre->second.toTensor();
+      pre->second = c10::IValue();  // consumed (scaled in place)
+      grad_input = scale_cls_grad(g, grads[0], parse_reduction(reduction, "detloss.cls_loss"),
+                                  /*in_place=*/true);
+    } else {  // a second backward of a retained graph, or create_graph=True
+      const auto s = ctx->get_saved_variables();
+      const std::string kind = ctx->saved_data["kind"].toStringRef();
+      grad_input = ClsBackwardFunction::apply(
+          grads[0], s[0], s[1], opt(s[2]), opt(s[3]), opt(s[4]), kind,
+          ctx->saved_data["alpha"].toDouble(), ctx->saved_data["gamma"].toDouble(), reduction,
+          opt(s[5]), ctx->saved_data["smoothing"].toDouble(),
+          ctx->saved_data["ignore_index"].toInt());
+    }
+    // one entry per forward argument (with_grad first): only input is differentiable
+    variable_list out(13);
+    out[1] = grad_input;
+    return out;
   }
 };
 
-at::Tensor cls_loss_autograd(const at::Tensor& input, const at::Tensor& target,
-                             const std::optional<at::Tensor>& weight,
-                             const std::optional<at::Tensor>& pos_weight,
-                             const std::optional<at::Tensor>& label, c10::string_view kind,
-                             double alpha, double gamma, c10::string_view reduction) {
-  if (torch::autograd::GradMode::is_enabled()) {  // (forward() itself runs without grad)
+at::Tensor cls_loss_autograd(DETLOSS_CLS_PARAMS) {
+  const bool grad_mode = torch::autograd::GradMode::is_enabled();
+  if (grad_mode) {  // (forward() itself runs without grad)
     check_no_grad(target, "target");
     check_no_grad(weight, "weight");
     check_no_grad(pos_weight, "pos_weight");
+    check_no_grad(score, "score");
   }
-  return ClsLossFunction::apply(input, target, weight, pos_weight, label, kind, alpha, gamma,
-                                reduction);
+  return ClsLossFunction::apply(grad_mode && input.requires_grad(), DETLOSS_CLS_ARGS);
 }
 
-at::Tensor cls_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
-                                 const at::Tensor& target,
-                                 const std::optional<at::Tensor>& weight,
-                                 const std::optional<at::Tensor>& pos_weight,
-                                 const std::optional<at::Tensor>& label, c10::string_view kind,
-                                 double alpha, double gamma, c10::string_view reduction) {
-  return ClsBackwardFunction::apply(grad, input, target, weight, pos_weight, label, kind, alpha,
-                                    gamma, reduction);
+at::Tensor cls_backward_autograd(const at::Tensor& grad, DETLOSS_CLS_PARAMS) {
+  return ClsBackwardFunction::apply(grad, DETLOSS_CLS_ARGS);
 }
 
 // Under autocast torch runs its own BCE-with-logits in float32 (and returns float32); so do
 // we, so that swapping the import keeps the numbers and an fp16 sum cannot overflow.
+// (Integer class-index targets are not cast.)
 template <c10::DispatchKey key, c10::DeviceType device>
-at::Tensor cls_loss_autocast(const at::Tensor& input, const at::Tensor& target,
-                             const std::optional<at::Tensor>& weight,
-                             const std::optional<at::Tensor>& pos_weight,
-                             const std::optional<at::Tensor>& label, c10::string_view kind,
-                             double alpha, double gamma, c10::string_view reduction) {
+at::Tensor cls_loss_autocast(DETLOSS_CLS_PARAMS) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   const auto f = [](const at::Tensor& t) { return at::autocast::cached_cast(at::kFloat, t, device); };
   const auto fo = [](const std::optional<at::Tensor>& t) {
     return at::autocast::cached_cast(at::kFloat, t, device);
   };
   return call_cls_loss(f(input), f(target), fo(weight), fo(pos_weight), label, kind, alpha,
-                       gamma, reduction);
+                       gamma, reduction, fo(score), smoothing, ignore_index);
 }
 
 }  // namespace
@@ -241,11 +308,17 @@ TORCH_LIBRARY_FRAGMENT(detloss, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
       "cls_loss(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
-      "Tensor? label, str kind, float alpha, float gamma, str reduction) -> Tensor");
+      "Tensor? label, str kind, float alpha, float gamma, str reduction, Tensor? score=None, "
+      "float smoothing=0.0, int ignore_index=-100) -> Tensor");
+  // the loss and d(loss)/d(input) for an upstream gradient of 1, in one pass
+  m.def(
+      "cls_loss_with_grad(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
+      "Tensor? label, str kind, float alpha, float gamma, str reduction, Tensor? score=None, "
+      "float smoothing=0.0, int ignore_index=-100) -> (Tensor loss, Tensor grad)");
   m.def(
       "cls_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, Tensor? label, str kind, float alpha, float gamma, "
-      "str reduction) -> Tensor");
+      "str reduction, Tensor? score=None, float smoothing=0.0, int ignore_index=-100) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(detloss, Autograd, m) {

@@ -1,11 +1,20 @@
 // The classification family (bce, focal, qfl, vfl): validated, device-independent
 // arguments, and the device entry points that csrc/cpu and csrc/cuda implement.
+//
+// Two target forms, one op:
+// - dense: `target` floating, shaped like `input`;
+// - index: `target` integer (int32/int64), shaped `input.shape[:-1]`: the class of each
+//   anchor over the last dim of `input` (C classes). Class c of anchor a has target
+//   score[a] (1 without score) when label[a] == c, else 0; label == ignore_index: the
+//   anchor has no loss, no gradient and is not counted by 'mean'; any other label outside
+//   [0, C) (C, -1, ...) is background. No [..., C] target is ever built.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
 #include <string_view>
+#include <tuple>
 
 #include "../math/cls.h"
 #include "common.h"
@@ -14,18 +23,32 @@ namespace detloss {
 
 struct ClsArgs {
   at::Tensor input;   // contiguous
-  at::Tensor target;  // contiguous, input's dtype
+  at::Tensor target;  // dense: contiguous, input's dtype; index: undefined
   OperandDesc weight, pos_weight, label;
   math::ClsKind kind = math::ClsKind::kBCE;
   double alpha = -1.0;
   double gamma = 0.0;
+  double smoothing = 0.0;
   bool use_alpha = false;
   Reduction reduction = Reduction::kMean;
+
+  // index form
+  bool index = false;
+  at::Tensor labels;  // int64, contiguous, input.numel() / C values
+  at::Tensor score;   // input's dtype, contiguous, like labels; or undefined (score 1)
+  int64_t classes = 1;
+  int64_t ignore_index = -100;
+  // 'mean' of the index form divides by C x (non-ignored anchors): counted on the host
+  // for CPU tensors (mean_count), on the device for CUDA ones (see cls_kernel.cu)
+  int64_t mean_count = -1;
 
   int64_t numel() const { return input.numel(); }
   template <typename S>
   math::ClsConfig<S> config() const {
-    return {static_cast<S>(alpha), static_cast<S>(gamma), use_alpha, math::pow_mode_for(gamma)};
+    math::ClsConfig<S> c{static_cast<S>(alpha), static_cast<S>(gamma), use_alpha,
+                         math::pow_mode_for(gamma)};
+    c.smoothing = static_cast<S>(smoothing);
+    return c;
   }
 };
 
@@ -35,42 +58,61 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight,
                     const std::optional<at::Tensor>& pos_weight,
                     const std::optional<at::Tensor>& label, std::string_view kind, double alpha,
-                    double gamma, std::string_view reduction);
-
-// The upstream gradient of cls_loss, described as an operand over the loss elements:
-// a 0-dim tensor for 'mean'/'sum', broadcastable to input for 'none' (an expanded
-// gradient such as that of loss.sum() is read in place, not materialised).
-OperandDesc prepare_cls_grad(const at::Tensor& grad, const ClsArgs& a);
+                    double gamma, std::string_view reduction,
+                    const std::optional<at::Tensor>& score, double smoothing,
+                    int64_t ignore_index);
 
 // Device kernels. forward: the loss, shaped like input for 'none', 0-dim otherwise.
-// backward: d(loss)/d(input), contiguous, input's dtype.
+// forward_grad: the loss (undefined when `with_loss` is false) and d(loss)/d(input) for an
+// upstream gradient of 1 ('mean' scale included), contiguous, input's dtype: the backward
+// only multiplies it by the upstream gradient.
 at::Tensor cls_forward_cpu(const ClsArgs& a);
-at::Tensor cls_backward_cpu(const ClsArgs& a, const OperandDesc& grad);
+std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cpu(const ClsArgs& a, bool with_loss);
 at::Tensor cls_forward_cuda(const ClsArgs& a);
-at::Tensor cls_backward_cuda(const ClsArgs& a, const OperandDesc& grad);
+std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cuda(const ClsArgs& a, bool with_loss);
+
+// The gradient for upstream `grad`, from d(loss)/d(input) at upstream 1 (`g`, scaled in
+// place when `in_place`): for 'mean'/'sum' a 0-dim grad scales it, for 'none' grad
+// broadcasts to it. One rule for the backward of a forward that computed the gradient and
+// for the recomputing backward op, so the two agree bit for bit.
+at::Tensor scale_cls_grad(at::Tensor g, const at::Tensor& grad, Reduction reduction,
+                          bool in_place);
 
 // The schema-shaped entry points each device registers.
-template <at::Tensor (*Forward)(const ClsArgs&)>
-at::Tensor cls_loss_entry(const at::Tensor& input, const at::Tensor& target,
-                          const std::optional<at::Tensor>& weight,
-                          const std::optional<at::Tensor>& pos_weight,
-                          const std::optional<at::Tensor>& label, c10::string_view kind,
-                          double alpha, double gamma, c10::string_view reduction) {
-  return Forward(prepare_cls(input, target, weight, pos_weight, label,
-                             std::string_view(kind.data(), kind.size()), alpha, gamma,
-                             std::string_view(reduction.data(), reduction.size())));
+#define DETLOSS_CLS_PARAMS                                                               \
+  const at::Tensor &input, const at::Tensor &target, const std::optional<at::Tensor>&weight, \
+      const std::optional<at::Tensor>&pos_weight, const std::optional<at::Tensor>&label,     \
+      c10::string_view kind, double alpha, double gamma, c10::string_view reduction,       \
+      const std::optional<at::Tensor>&score, double smoothing, int64_t ignore_index
+#define DETLOSS_CLS_ARGS                                                                     \
+  input, target, weight, pos_weight, label, kind, alpha, gamma, reduction, score, smoothing, \
+      ignore_index
+
+inline ClsArgs prepare_cls_entry(DETLOSS_CLS_PARAMS) {
+  return prepare_cls(input, target, weight, pos_weight, label,
+                     std::string_view(kind.data(), kind.size()), alpha, gamma,
+                     std::string_view(reduction.data(), reduction.size()), score, smoothing,
+                     ignore_index);
 }
 
-template <at::Tensor (*Backward)(const ClsArgs&, const OperandDesc&)>
-at::Tensor cls_backward_entry(const at::Tensor& grad, const at::Tensor& input,
-                              const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                              const std::optional<at::Tensor>& pos_weight,
-                              const std::optional<at::Tensor>& label, c10::string_view kind,
-                              double alpha, double gamma, c10::string_view reduction) {
-  const ClsArgs a = prepare_cls(input, target, weight, pos_weight, label,
-                                std::string_view(kind.data(), kind.size()), alpha, gamma,
-                                std::string_view(reduction.data(), reduction.size()));
-  return Backward(a, prepare_cls_grad(grad, a));
+template <at::Tensor (*Forward)(const ClsArgs&)>
+at::Tensor cls_loss_entry(DETLOSS_CLS_PARAMS) {
+  return Forward(prepare_cls_entry(DETLOSS_CLS_ARGS));
+}
+
+template <std::tuple<at::Tensor, at::Tensor> (*ForwardGrad)(const ClsArgs&, bool)>
+std::tuple<at::Tensor, at::Tensor> cls_loss_with_grad_entry(DETLOSS_CLS_PARAMS) {
+  return ForwardGrad(prepare_cls_entry(DETLOSS_CLS_ARGS), true);
+}
+
+// The recomputing backward: the gradient at upstream 1, then scaled as a forward-computed
+// one is (scale_cls_grad), in place.
+void check_cls_grad(const at::Tensor& grad, const ClsArgs& a);
+template <std::tuple<at::Tensor, at::Tensor> (*ForwardGrad)(const ClsArgs&, bool)>
+at::Tensor cls_backward_entry(const at::Tensor& grad, DETLOSS_CLS_PARAMS) {
+  const ClsArgs a = prepare_cls_entry(DETLOSS_CLS_ARGS);
+  check_cls_grad(grad, a);
+  return scale_cls_grad(std::get<1>(ForwardGrad(a, false)), grad, a.reduction, true);
 }
 
 }  // namespace detloss
