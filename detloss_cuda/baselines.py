@@ -42,6 +42,32 @@ def varifocal_loss(x, t, alpha=0.75, gamma=2.0, reduction="sum"):
     return _reduce(loss, reduction)
 
 
+def dense_target(x, labels, score):
+    """What detectors build for the losses above from their assignment: the one-hot of each
+    anchor's class (background = C, as mmdet marks it) times its score. ultralytics' TAL
+    (F.one_hot, then * the normalised alignment metric) and torchvision's RetinaNet (zeros,
+    then 1 at [foreground, label]) make the same tensor."""
+    C = x.shape[-1]
+    t = F.one_hot(labels.clamp(0, C), C + 1)[..., :C].to(x.dtype)
+    return t * score.unsqueeze(-1).to(x.dtype)
+
+
+def quality_focal_loss_label(x, labels, score, gamma=2.0, reduction="sum"):
+    """mmdet's quality_focal_loss with the (label, score) target: negatives everywhere, then
+    the positives rewritten by indexing (background = C)."""
+    pred_sigmoid = x.sigmoid()
+    zerolabel = torch.zeros_like(x)
+    loss = F.binary_cross_entropy_with_logits(x, zerolabel, reduction="none") * pred_sigmoid.pow(gamma)
+    C = x.shape[-1]
+    xf, lf, sf, loss2 = x.reshape(-1, C), labels.reshape(-1), score.reshape(-1), loss.view(-1, C)
+    pos = ((lf >= 0) & (lf < C)).nonzero().squeeze(1)
+    pos_label = lf[pos].long()
+    scale_factor = sf[pos] - pred_sigmoid.view(-1, C)[pos, pos_label]
+    loss2[pos, pos_label] = F.binary_cross_entropy_with_logits(
+        xf[pos, pos_label], sf[pos].to(x.dtype), reduction="none") * scale_factor.abs().pow(gamma)
+    return _reduce(loss, reduction)
+
+
 def _reduce(loss, reduction):
     return loss.sum() if reduction == "sum" else loss.mean() if reduction == "mean" else loss
 

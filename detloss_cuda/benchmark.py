@@ -38,6 +38,9 @@ class BenchOp:
     differentiable: bool = True
     reference: object = None  # inputs -> scalar loss: the oracle (impl "reference", opt-in)
     compilable: bool = True  # False: no torch.compile column (the e2e rows)
+    # further implementations timed in every row of this op, reported as row[name] and
+    # speedup_vs_<name> (the index-target rows race the dense fused op as "dense")
+    extra: dict = field(default_factory=dict)
 
 
 def _nbytes(*ts):
@@ -61,6 +64,25 @@ def _cls_bytes(inp, mode):
     return _nbytes(x, t) + _nbytes(x)  # read x, t; write d/dx (the loss scalar is noise)
 
 
+def _cls_idx_inputs(size, dtype, device, gen, num_classes=80):
+    """The same logits with what an assigner produces: one class per anchor (background C
+    for ~95% of them) and a soft score; the dense target they stand for rides along for the
+    dense fused op."""
+    x = _cls_inputs(size, dtype, device, gen, num_classes)["x"]
+    n = x.shape[0]
+    lab = torch.randint(0, num_classes, (n,), generator=gen)
+    lab = torch.where(torch.rand(n, generator=gen) < 0.05, lab, torch.full_like(lab, num_classes))
+    score = torch.rand(n, generator=gen).to(device=device, dtype=dtype)
+    lab = lab.to(device)
+    return {"x": x, "labels": lab, "score": score, "t": BL.dense_target(x, lab, score)}
+
+
+def _cls_idx_bytes(inp, mode):
+    x = inp["x"]
+    read = _nbytes(x, inp["labels"], inp["score"])
+    return read + (x.element_size() if mode == "fwd" else _nbytes(x))
+
+
 _CLS = {
     "bce": ("binary_cross_entropy_with_logits", {}),
     "focal": ("sigmoid_focal_loss", {"alpha": 0.25, "gamma": 2.0}),
@@ -78,6 +100,27 @@ def _cls_op(name):
         eager=lambda i: eager(i["x"], i["t"], reduction="sum", **kw),
         reference=lambda i: getattr(R, fn)(i["x"], i["t"], reduction="sum", **kw),
         bytes_moved=_cls_bytes,
+        sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
+               "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
+    )
+
+
+def _cls_idx_op(name):
+    fn, kw = _CLS[name]
+    fused, eager_dense = getattr(DF, fn), getattr(BL, fn)
+    if name == "qfl":  # mmdet takes (label, score) itself
+        eager = lambda i: BL.quality_focal_loss_label(i["x"], i["labels"], i["score"], **kw)  # noqa: E731
+    elif name == "vfl":  # ultralytics: positives are the one-hot's ones
+        eager = lambda i: eager_dense(i["x"], BL.dense_target(i["x"], i["labels"], i["score"]), **kw)  # noqa: E731
+    else:
+        eager = lambda i: eager_dense(i["x"], BL.dense_target(i["x"], i["labels"], i["score"]), **kw)  # noqa: E731
+    return BenchOp(
+        name=f"{name}_idx", family="cls_idx", unit="elements", make=_cls_idx_inputs,
+        fused=lambda i: fused(i["x"], i["labels"], score=i["score"], reduction="sum", **kw),
+        eager=eager,
+        reference=lambda i: getattr(R, fn)(i["x"], i["labels"], score=i["score"], reduction="sum", **kw),
+        bytes_moved=_cls_idx_bytes,
+        extra={"dense": lambda i: fused(i["x"], i["t"], reduction="sum", **kw)},
         sizes={"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7],
                "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]},
     )
@@ -152,6 +195,7 @@ _DFL_SIZES = {"quick": [10**4, 10**6], "cpu": [10**3, 10**4, 10**5, 10**6, 10**7
               "cuda": [10**3, 10**4, 10**5, 10**6, 10**7, 10**8]}
 
 OPS = {name: _cls_op(name) for name in _CLS}
+OPS.update({f"{name}_idx": _cls_idx_op(name) for name in _CLS})
 OPS.update({kind: _box_op(kind) for kind in ("iou", "giou", "diou", "ciou")})
 OPS["iou_matrix"] = BenchOp(
     name="iou_matrix", family="matrix", unit="matrix entries (N x 64)", make=_matrix_inputs,
@@ -250,6 +294,8 @@ def copy_bandwidth(nbytes, device, min_time):
 def _make_runner(op, impl, inputs, mode, compiled_cache, compile_dynamic=False):
     if impl == "fused":
         f = op.fused
+    elif impl in op.extra:
+        f = op.extra[impl]
     elif impl == "eager":
         f = op.eager
     elif impl == "reference":
@@ -368,7 +414,7 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
                                "dtype": dname, "size": int(size), "unit": op.unit,
                                "mode": mode, "min_bytes": nbytes,
                                "copy_bytes_per_s": copy_cache[ck]}
-                        for impl in impls:
+                        for impl in list(impls) + (list(op.extra) if "fused" in impls else []):
                             if impl == "compile" and compile_dtypes and dname not in compile_dtypes:
                                 continue
                             if (impl == "compile" and not op.compilable) or (
@@ -384,7 +430,7 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
                             bw = nbytes / t["median"]
                             row[impl] = dict(t, peak_bytes=mem, bytes_per_s=bw,
                                              copy_fraction=bw / copy_cache[ck])
-                        for other in ("eager", "compile", "reference"):
+                        for other in ("eager", "compile", "reference", *op.extra):
                             if "median" in row.get("fused", {}) and "median" in row.get(other, {}):
                                 row[f"speedup_vs_{other}"] = row[other]["median"] / row["fused"]["median"]
                         rows.append(row)
@@ -436,8 +482,9 @@ def format_row(r):
             f"{r['mode']:<7}{t('fused'):>10}{t('eager'):>10}{t('compile'):>10}"
             f"{x('speedup_vs_eager'):>9}{x('speedup_vs_compile'):>8}"
             f"{(bw / 1e9 if bw else 0):>8.1f}{(100 * frac if frac else 0):>7.1f}%{mem:>18}")
-    if "reference" in r:
-        line += f"   reference {t('reference')} (x{x('speedup_vs_reference')})"
+    for other in ("dense", "reference"):
+        if other in r:
+            line += f"   {other} {t(other)} (x{x('speedup_vs_' + other)})"
     return line
 
 
@@ -460,12 +507,14 @@ def markdown_table(result):
 # One panel per family: (title, x axis: what `size` counts there).
 PANELS = {
     "cls": ("classification (bce, focal, qfl, vfl)", "elements (logits, 80 classes per anchor)"),
+    "cls_idx": ("classification from class indices (eager builds the one-hot)",
+                "elements (logits, 80 classes per anchor)"),
     "box": ("box losses", "box pairs"),
     "matrix": ("pairwise IoU matrix (forward only)", "matrix entries (N boxes x 64)"),
     "dfl": ("distribution (DFL, integral)", "elements (logits, 16 bins per row)"),
     "e2e": ("end to end: a detector's loss step, patched vs unpatched", "images per step"),
 }
-_MARKERS = "osD^vP*Xhp<>d"
+_MARKERS = "osD^vP*Xhp<>dH8+x1234"
 
 
 def plot(result, path):

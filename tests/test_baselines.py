@@ -23,6 +23,19 @@ def test_baseline_matches_reference(name):
     torch.testing.assert_close(op.fused(inputs), expected)
 
 
+@pytest.mark.parametrize("name", [n for n, op in B.OPS.items() if op.family == "cls_idx"])
+def test_index_baseline_matches_reference(name):
+    """The index rows: eager builds the one-hot target (mmdet's QFL takes (label, score)),
+    the fused op and the dense fused op take the labels / the built target."""
+    op = B.OPS[name]
+    inputs = op.make(8000, torch.float64, "cpu", torch.Generator().manual_seed(0))
+    assert (inputs["labels"] == 80).float().mean() > 0.8  # mostly background, marked C
+    expected = op.reference(inputs)
+    torch.testing.assert_close(op.eager(inputs), expected)
+    torch.testing.assert_close(op.fused(inputs), expected)
+    torch.testing.assert_close(op.extra["dense"](inputs), expected)
+
+
 @pytest.mark.parametrize("name", ["iou", "giou", "diou", "ciou", "iou_matrix"])
 def test_box_baseline_matches_reference(name):
     op = B.OPS[name]
