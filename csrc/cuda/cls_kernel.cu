@@ -31,8 +31,12 @@ template <typename T, ClsKind K, bool GRAD, bool INDEX, int POW = -1>
 struct ClsUnit {
   using O = at::opmath_type<T>;
   static constexpr int kVec = 16 / sizeof(T);
-  // fp64: ptxas's default register target spills the focal forward; allow up to 128
-  static constexpr int kMinBlocks = sizeof(T) == 8 ? 2 : 0;
+  // fp64: ptxas's default register target spills the focal forward; allow up to 128.
+  // fp32 index units (the label walk): ptxas's own target gave the straight-line gamma = 2
+  // VFL 78-80 registers (37% occupancy); 4 blocks of 256 (64 registers) keep them at 50%,
+  // as the dense units, without spilling. (The half/bf16 index units, 8 elements a unit,
+  // take 74-92 and spill at 64: they keep ptxas's choice; see the kernel report.)
+  static constexpr int kMinBlocks = sizeof(T) == 8 ? 2 : (sizeof(T) == 4 && INDEX ? 4 : 0);
 
   const T* __restrict__ x;
   const T* __restrict__ t;  // dense
@@ -277,6 +281,19 @@ std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cuda(const ClsArgs& a, bool 
   });
   return {out, grad};
 }
+
+namespace {
+// scale_by_upstream's CUDA path (ops/common.cpp), set when the extension loads
+void scale_in_place_cuda(at::Tensor& g, const at::Tensor& up) {
+  const c10::cuda::CUDAGuard guard(g.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(),
+                                  "detloss_scale_in_place_cuda", [&] {
+    cuda::scale_in_place<scalar_t>(g.mutable_data_ptr<scalar_t>(), g.numel(),
+                                   up.const_data_ptr<scalar_t>(), g.device());
+  });
+}
+[[maybe_unused]] const bool registered = (set_cuda_scale_in_place(&scale_in_place_cuda), true);
+}  // namespace
 
 }  // namespace detloss
 

@@ -8,6 +8,7 @@
 // run, and on any GPU.
 #pragma once
 
+#include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -120,6 +121,42 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
   finalize_sum_kernel<acc_t, out_t><<<1, kBlock, 0, stream>>>(p, n_partials, scale, divisor,
                                                                sum_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// g *= *up, in place, for the backward of a reduced loss whose gradient the forward computed
+// (ops/common.h, scale_by_upstream). Every thread reads the device scalar first: at exactly 1
+// (loss.backward()) none touches g, so the usual backward costs one launch and no traffic,
+// with no host synchronisation to find that out.
+template <typename T>
+struct ScaleUnit {
+  using O = at::opmath_type<T>;
+  static constexpr int kVec = 16 / sizeof(T);
+  T* __restrict__ g;
+  const T* __restrict__ up;
+  int64_t n;
+  bool vec_ok;
+  __device__ __forceinline__ O operator()(int64_t u) const {
+    const O s = static_cast<O>(*up);
+    if (s == O(1)) return O(0);
+    const int64_t base = u * kVec;
+    if (vec_ok && base + kVec <= n) {
+      Pack<T, kVec> v = *reinterpret_cast<const Pack<T, kVec>*>(g + base);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) v.v[j] = static_cast<T>(static_cast<O>(v.v[j]) * s);
+      *reinterpret_cast<Pack<T, kVec>*>(g + base) = v;
+    } else {
+      for (int j = 0; j < kVec && base + j < n; ++j)
+        g[base + j] = static_cast<T>(static_cast<O>(g[base + j]) * s);
+    }
+    return O(0);
+  }
+};
+
+template <typename T>
+void scale_in_place(T* g, int64_t n, const T* up, c10::Device device) {
+  ScaleUnit<T> f{g, up, n, aligned16(g)};
+  launch_map_reduce<at::opmath_type<T>, T>(ceil_div(n, ScaleUnit<T>::kVec), f, nullptr,
+                                           at::opmath_type<T>(1), device);
 }
 
 }  // namespace cuda

@@ -2,7 +2,6 @@
 #include "cls.h"
 
 #include <ATen/ExpandUtils.h>
-#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
@@ -148,20 +147,6 @@ void check_cls_grad(const at::Tensor& grad, const ClsArgs& a) {
   }
 }
 
-at::Tensor scale_cls_grad(at::Tensor g, const at::Tensor& grad, Reduction reduction,
-                          bool in_place) {
-  const bool plain = !at::isTensorSubclassLike(grad) && !at::isTensorSubclassLike(g);
-  // loss.backward() of a reduced loss on the CPU: an upstream of exactly 1 needs no pass
-  // (reading a CUDA scalar would synchronise: there the multiply always runs)
-  if (plain && reduction != Reduction::kNone && grad.device().is_cpu() &&
-      grad.item<double>() == 1.0)
-    return g;
-  const at::Tensor up = grad.scalar_type() == g.scalar_type() ? grad : grad.to(g.scalar_type());
-  // in place: the gradient computed by the forward is consumed, so a backward allocates
-  // nothing (fake tensors, under torch.compile, take the functional form)
-  return in_place && plain ? g.mul_(up) : g * up;
-}
-
 }  // namespace detloss
 
 // ---------------------------------------------------------------- autograd and autocast
@@ -172,7 +157,7 @@ at::Tensor scale_cls_grad(at::Tensor g, const at::Tensor& grad, Reduction reduct
 // Gradient in the forward: when input requires grad (and grad mode is on), the forward
 // runs cls_loss_with_grad, which evaluates the stable formulas once for the loss and
 // d(loss)/d(input) (apex's contrib focal loss does the same), and the backward only scales
-// that gradient by the upstream one, in place (scale_cls_grad). It is consumed by the first
+// that gradient by the upstream one, in place (scale_by_upstream). It is consumed by the first
 // backward; a second one (retain_graph=True) recomputes it with cls_backward, which runs
 // the same kernel and the same scaling: the same bits. Without grad nothing extra is
 // computed or allocated.
@@ -253,8 +238,8 @@ class ClsLossFunction : public torch::autograd::Function<ClsLossFunction> {
         !torch::autograd::GradMode::is_enabled()) {
       const at::Tensor g = pre->second.toTensor();
       pre->second = c10::IValue();  // consumed (scaled in place)
-      grad_input = scale_cls_grad(g, grads[0], parse_reduction(reduction, "detloss.cls_loss"),
-                                  /*in_place=*/true);
+      grad_input = scale_by_upstream(g, grads[0], parse_reduction(reduction, "detloss.cls_loss"),
+                                     /*rows=*/false, /*in_place=*/true);
     } else {  // a second backward of a retained graph, or create_graph=True
       const auto s = ctx->get_saved_variables();
       const std::string kind = ctx->saved_data["kind"].toStringRef();

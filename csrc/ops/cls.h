@@ -71,13 +71,6 @@ std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cpu(const ClsArgs& a, bool w
 at::Tensor cls_forward_cuda(const ClsArgs& a);
 std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cuda(const ClsArgs& a, bool with_loss);
 
-// The gradient for upstream `grad`, from d(loss)/d(input) at upstream 1 (`g`, scaled in
-// place when `in_place`): for 'mean'/'sum' a 0-dim grad scales it, for 'none' grad
-// broadcasts to it. One rule for the backward of a forward that computed the gradient and
-// for the recomputing backward op, so the two agree bit for bit.
-at::Tensor scale_cls_grad(at::Tensor g, const at::Tensor& grad, Reduction reduction,
-                          bool in_place);
-
 // The schema-shaped entry points each device registers.
 #define DETLOSS_CLS_PARAMS                                                               \
   const at::Tensor &input, const at::Tensor &target, const std::optional<at::Tensor>&weight, \
@@ -106,13 +99,13 @@ std::tuple<at::Tensor, at::Tensor> cls_loss_with_grad_entry(DETLOSS_CLS_PARAMS) 
 }
 
 // The recomputing backward: the gradient at upstream 1, then scaled as a forward-computed
-// one is (scale_cls_grad), in place.
+// one is (scale_by_upstream), in place.
 void check_cls_grad(const at::Tensor& grad, const ClsArgs& a);
 template <std::tuple<at::Tensor, at::Tensor> (*ForwardGrad)(const ClsArgs&, bool)>
 at::Tensor cls_backward_entry(const at::Tensor& grad, DETLOSS_CLS_PARAMS) {
   const ClsArgs a = prepare_cls_entry(DETLOSS_CLS_ARGS);
   check_cls_grad(grad, a);
-  return scale_cls_grad(std::get<1>(ForwardGrad(a, false)), grad, a.reduction, true);
+  return scale_by_upstream(std::get<1>(ForwardGrad(a, false)), grad, a.reduction, false, true);
 }
 
 }  // namespace detloss

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <ATen/TensorSubclassLikeUtils.h>
 #include <c10/util/Exception.h>
 
 #include <vector>
@@ -12,6 +13,30 @@ Reduction parse_reduction(std::string_view reduction, const char* op) {
   if (reduction == "sum") return Reduction::kSum;
   TORCH_CHECK_VALUE(false, op, ": reduction must be one of 'none', 'mean', 'sum', got '",
                     std::string(reduction), "'");
+}
+
+namespace {
+ScaleInPlaceFn cuda_scale_in_place = nullptr;
+}  // namespace
+
+void set_cuda_scale_in_place(ScaleInPlaceFn fn) { cuda_scale_in_place = fn; }
+
+at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduction, bool rows,
+                             bool in_place) {
+  const bool plain = !at::isTensorSubclassLike(up) && !at::isTensorSubclassLike(g);
+  at::Tensor u = up.scalar_type() == g.scalar_type() ? up : up.to(g.scalar_type());
+  if (reduction != Reduction::kNone) {
+    if (!in_place || !plain) return g.mul(u);
+    if (g.device().is_cpu()) return up.item<double>() == 1.0 ? g : g.mul_(u);
+    if (g.device().is_cuda() && cuda_scale_in_place != nullptr && u.device() == g.device() &&
+        u.dim() == 0 && g.is_contiguous()) {
+      cuda_scale_in_place(g, u);
+      return g;
+    }
+    return g.mul_(u);
+  }
+  if (rows) u = u.unsqueeze(-1);
+  return in_place && plain ? g.mul_(u) : g.mul(u);
 }
 
 void check_floating(const at::Tensor& t, const char* arg, const char* op) {

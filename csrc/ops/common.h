@@ -25,6 +25,23 @@ inline O reduction_scale(Reduction r, int64_t n) {
   return r == Reduction::kMean && n > 0 ? O(1) / static_cast<O>(n) : O(1);
 }
 
+// The gradient for upstream gradient `up`, from `g`, the gradient the forward computed for an
+// upstream of 1 (the 'mean' scale included): for 'mean'/'sum', `up` is 0-dim; for 'none' it
+// broadcasts to the unreduced loss, whose shape is g's without the last dim when `rows`
+// (a box's 4 coordinates, a distribution's bins). In place when `in_place` (g is consumed):
+// the forward's buffer becomes the gradient, nothing is allocated. A scalar `up` of exactly 1
+// (loss.backward()) costs no pass: read on the host for CPU tensors, on the device (by every
+// thread of a kernel that then stops) for CUDA ones, so there is no synchronisation. One rule
+// for the backward of a forward that computed the gradient and for the recomputing backward
+// ops, so the two give the same bits. Fake tensors (torch.compile) take the functional form.
+at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduction, bool rows,
+                             bool in_place);
+
+// Set by the CUDA kernels at load time: g *= *up (0-dim, on the device), skipped in-kernel
+// when *up == 1.
+using ScaleInPlaceFn = void (*)(at::Tensor& g, const at::Tensor& up);
+void set_cuda_scale_in_place(ScaleInPlaceFn fn);
+
 // A floating tensor (fp32, fp64, fp16, bf16); TypeError otherwise.
 void check_floating(const at::Tensor& t, const char* arg, const char* op);
 
