@@ -66,6 +66,14 @@ def _box_loss_fake(pred, target, weight, kind, box_format, eps, reduction):
     return pred.new_empty(shape if reduction == "none" else ())
 
 
+@torch.library.register_fake("detloss::box_loss_with_grad")
+def _box_loss_with_grad_fake(pred, target, weight, kind, box_format, eps, reduction, output_mask):
+    shape = (*_box_shape(pred, target), 4)
+    return (_box_loss_fake(pred, target, weight, kind, box_format, eps, reduction),
+            pred.new_empty(shape) if output_mask[0] else None,
+            pred.new_empty(shape) if output_mask[1] else None)
+
+
 @torch.library.register_fake("detloss::box_backward")
 def _box_backward_fake(grad, pred, target, weight, kind, box_format, eps, reduction,
                        output_mask):

@@ -54,26 +54,32 @@ at::Tensor box_forward(const BoxArgs& a) {
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> box_backward(const BoxArgs& a, const OperandDesc& grad,
-                                                bool need_pred, bool need_target) {
+BoxTriple box_forward_grad(const BoxArgs& a, bool with_loss, bool need_pred, bool need_target) {
   const int64_t n = a.numel();
-  at::Tensor gp, gt;
+  const bool reduce = a.reduction != Reduction::kNone;
+  at::Tensor out, gp, gt;
+  if (with_loss) out = reduce ? at::empty({}, a.options) : at::empty(a.shape, a.options);
   if (need_pred) gp = at::empty(with_row(a.shape), a.options);
   if (need_target) gt = at::empty(with_row(a.shape), a.options);
-  if (!need_pred && !need_target) return {gp, gt};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.options.dtype().toScalarType(),
-                                  "detloss_box_backward_cpu", [&] {
+                                  "detloss_box_forward_grad_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     BoxLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
-    la.grad = grad.typed<scalar_t>();
     la.grad_scale = reduction_scale<O>(a.reduction, n);
     la.grad_pred = need_pred ? gp.mutable_data_ptr<scalar_t>() : nullptr;
     la.grad_target = need_target ? gt.mutable_data_ptr<scalar_t>() : nullptr;
-    chunked_for(n, kBoxChunk, [&](int64_t b, int64_t e) {
-      DETLOSS_CPU_DISPATCH(box_backward_range, la, b, e);
-    });
+    const auto range = [&](int64_t b, int64_t e) {
+      return DETLOSS_CPU_DISPATCH(box_forward_grad_range, la, b, e);
+    };
+    if (!with_loss) {
+      chunked_for(n, kBoxChunk, range);
+      return;
+    }
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    la.out = reduce ? nullptr : o;
+    forward_and_reduce<scalar_t, O>(n, kBoxChunk, reduce, a.reduction == Reduction::kMean, o, range);
   });
-  return {gp, gt};
+  return {out, gp, gt};
 }
 
 at::Tensor box_matrix(const BoxMatrixArgs& a) {
@@ -102,9 +108,9 @@ at::Tensor box_matrix(const BoxMatrixArgs& a) {
 }  // namespace cpu
 
 at::Tensor box_forward_cpu(const BoxArgs& a) { return cpu::box_forward(a); }
-std::tuple<at::Tensor, at::Tensor> box_backward_cpu(const BoxArgs& a, const OperandDesc& grad,
-                                                    bool need_pred, bool need_target) {
-  return cpu::box_backward(a, grad, need_pred, need_target);
+BoxTriple box_forward_grad_cpu(const BoxArgs& a, bool with_loss, bool need_pred,
+                               bool need_target) {
+  return cpu::box_forward_grad(a, with_loss, need_pred, need_target);
 }
 at::Tensor box_matrix_cpu(const BoxMatrixArgs& a) { return cpu::box_matrix(a); }
 
@@ -112,6 +118,7 @@ at::Tensor box_matrix_cpu(const BoxMatrixArgs& a) { return cpu::box_matrix(a); }
 
 TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("box_loss", &detloss::box_loss_entry<detloss::box_forward_cpu>);
-  m.impl("box_backward", &detloss::box_backward_entry<detloss::box_backward_cpu>);
+  m.impl("box_loss_with_grad", &detloss::box_loss_with_grad_entry<detloss::box_forward_grad_cpu>);
+  m.impl("box_backward", &detloss::box_backward_entry<detloss::box_forward_grad_cpu>);
   m.impl("box_iou_matrix", &detloss::box_matrix_entry<detloss::box_matrix_cpu>);
 }

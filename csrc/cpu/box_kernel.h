@@ -18,10 +18,9 @@ struct BoxLoopArgs {
   using opmath = at::opmath_type<T>;
   Operand<T> pred, target;  // rows of 4
   Operand<T> weight;
-  Operand<T> grad;          // backward only
-  opmath grad_scale = 1;    // backward: 1/numel for 'mean', else 1
-  T* out = nullptr;         // forward: per-pair loss ('none') or null (reduce)
-  T* grad_pred = nullptr;   // backward: [n, 4] or null
+  opmath grad_scale = 1;    // forward_grad: 1/numel for 'mean', else 1
+  T* out = nullptr;         // per-pair loss ('none') or null (reduced)
+  T* grad_pred = nullptr;   // forward_grad: d(loss)/d(pred) at upstream 1, [n, 4], or null
   T* grad_target = nullptr;
   math::BoxKind kind = math::BoxKind::kIoU;
   bool xywh = false;
@@ -41,10 +40,10 @@ struct BoxMatrixLoopArgs {
 };
 
 // forward: writes out[begin:end) if set and returns the sum of the losses in fixed order;
-// backward: writes the gradient rows [begin:end). matrix: rows [begin, end) of B·N.
-#define DETLOSS_BOX_CPU_DECLS(T)                                                            \
-  at::opmath_type<T> box_forward_range(const BoxLoopArgs<T>& a, int64_t begin, int64_t end); \
-  void box_backward_range(const BoxLoopArgs<T>& a, int64_t begin, int64_t end);              \
+// forward_grad: also the gradient rows [begin:end) asked for. matrix: rows [begin, end) of B·N.
+#define DETLOSS_BOX_CPU_DECLS(T)                                                                 \
+  at::opmath_type<T> box_forward_range(const BoxLoopArgs<T>& a, int64_t begin, int64_t end);      \
+  at::opmath_type<T> box_forward_grad_range(const BoxLoopArgs<T>& a, int64_t begin, int64_t end); \
   void box_matrix_rows(const BoxMatrixLoopArgs<T>& a, int64_t begin, int64_t end)
 
 DETLOSS_CPU_DECLARE(DETLOSS_BOX_CPU_DECLS(float))

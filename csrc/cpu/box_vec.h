@@ -54,7 +54,9 @@ void scatter_boxes(T* out, const Box<at::vec::Vectorized<O>>& b, int64_t count) 
     for (int k = 0; k < 4; ++k) out[4 * j + k] = static_cast<T>(c[k][j]);
 }
 
-template <class T, BoxKind K, bool FORWARD>
+// One pass over pairs [begin, end): the loss (stored and/or summed) and, with GRAD, the
+// gradients for an upstream gradient of 1 (the 'mean' scale included).
+template <class T, BoxKind K, bool GRAD>
 at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end) {
   using O = at::opmath_type<T>;
   using V = at::vec::Vectorized<O>;
@@ -70,13 +72,12 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
     }
     const V w = simd::load_operand<O>(a.weight, i, n, O(1));
     Box<V> ga, gb;
-    if constexpr (FORWARD) {
-      const V loss = (one - math::box_element<K, false>(pa, pb, a.eps, zero, ga, gb)) * w;
-      if (a.out != nullptr) simd::store(a.out + i, loss, n);
-      acc.add(n == W ? loss : V::set(zero, loss, n));
-    } else {
-      const V g = simd::load_operand<O>(a.grad, i, n, O(1)) * V(a.grad_scale) * w;
-      math::box_element<K, true>(pa, pb, a.eps, zero - g, ga, gb);  // loss = 1 - metric
+    // loss = (1 - metric)·w: the metric's upstream gradient is -w·scale
+    const V metric = math::box_element<K, GRAD>(pa, pb, a.eps, zero - w * V(a.grad_scale), ga, gb);
+    const V loss = (one - metric) * w;
+    if (a.out != nullptr) simd::store(a.out + i, loss, n);
+    acc.add(n == W ? loss : V::set(zero, loss, n));
+    if constexpr (GRAD) {
       if (a.xywh) {
         ga = math::xyxy_grad_to_xywh(ga);
         gb = math::xyxy_grad_to_xywh(gb);
@@ -88,13 +89,13 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
   return static_cast<O>(acc.sum());
 }
 
-template <class T, bool FORWARD>
+template <class T, bool GRAD>
 at::opmath_type<T> box_kind_dispatch(const BoxLoopArgs<T>& a, int64_t b, int64_t e) {
   switch (a.kind) {
-    case BoxKind::kGIoU: return box_loop<T, BoxKind::kGIoU, FORWARD>(a, b, e);
-    case BoxKind::kDIoU: return box_loop<T, BoxKind::kDIoU, FORWARD>(a, b, e);
-    case BoxKind::kCIoU: return box_loop<T, BoxKind::kCIoU, FORWARD>(a, b, e);
-    default: return box_loop<T, BoxKind::kIoU, FORWARD>(a, b, e);
+    case BoxKind::kGIoU: return box_loop<T, BoxKind::kGIoU, GRAD>(a, b, e);
+    case BoxKind::kDIoU: return box_loop<T, BoxKind::kDIoU, GRAD>(a, b, e);
+    case BoxKind::kCIoU: return box_loop<T, BoxKind::kCIoU, GRAD>(a, b, e);
+    default: return box_loop<T, BoxKind::kIoU, GRAD>(a, b, e);
   }
 }
 
@@ -136,13 +137,13 @@ void matrix_kind_dispatch(const BoxMatrixLoopArgs<T>& a, int64_t b, int64_t e) {
 
 }  // namespace
 
-#define DETLOSS_DEFINE_BOX_CPU(T)                                                       \
-  at::opmath_type<T> box_forward_range(const BoxLoopArgs<T>& a, int64_t b, int64_t e) { \
-    return box_kind_dispatch<T, true>(a, b, e);                                         \
-  }                                                                                     \
-  void box_backward_range(const BoxLoopArgs<T>& a, int64_t b, int64_t e) {              \
-    box_kind_dispatch<T, false>(a, b, e);                                               \
-  }                                                                                     \
+#define DETLOSS_DEFINE_BOX_CPU(T)                                                            \
+  at::opmath_type<T> box_forward_range(const BoxLoopArgs<T>& a, int64_t b, int64_t e) {      \
+    return box_kind_dispatch<T, false>(a, b, e);                                             \
+  }                                                                                          \
+  at::opmath_type<T> box_forward_grad_range(const BoxLoopArgs<T>& a, int64_t b, int64_t e) { \
+    return box_kind_dispatch<T, true>(a, b, e);                                              \
+  }                                                                                          \
   void box_matrix_rows(const BoxMatrixLoopArgs<T>& a, int64_t b, int64_t e) {           \
     matrix_kind_dispatch<T>(a, b, e);                                                   \
   }

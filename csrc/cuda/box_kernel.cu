@@ -44,11 +44,13 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, const Box<O>& b, bo
   }
 }
 
-template <typename T, BoxKind K, bool FORWARD>
+// One thread per pair: the loss and, with GRAD, the gradients for an upstream gradient of 1
+// (the 'mean' scale included) of the boxes asked for.
+template <typename T, BoxKind K, bool GRAD>
 struct BoxUnit {
   using O = at::opmath_type<T>;
-  Operand<T> pred, target, weight, grad;
-  T* __restrict__ out;  // forward: per-pair loss or null
+  Operand<T> pred, target, weight;
+  T* __restrict__ out;  // per-pair loss or null
   T* __restrict__ grad_pred;
   T* __restrict__ grad_target;
   O grad_scale;
@@ -65,21 +67,18 @@ struct BoxUnit {
     }
     const O w = math::operand_at(weight, i, O(1));
     Box<O> ga, gb;
-    if constexpr (FORWARD) {
-      const O loss = (O(1) - math::box_element<K, false>(a, b, eps, O(0), ga, gb)) * w;
-      if (out != nullptr) out[i] = static_cast<T>(loss);
-      return loss;
-    } else {
-      const O g = math::operand_at(grad, i, O(1)) * grad_scale * w;
-      math::box_element<K, true>(a, b, eps, -g, ga, gb);  // loss = 1 - metric
+    // loss = (1 - metric)·w: the metric's upstream gradient is -w·scale
+    const O loss = (O(1) - math::box_element<K, GRAD>(a, b, eps, -(w * grad_scale), ga, gb)) * w;
+    if (out != nullptr) out[i] = static_cast<T>(loss);
+    if constexpr (GRAD) {
       if (xywh) {
         ga = math::xyxy_grad_to_xywh(ga);
         gb = math::xyxy_grad_to_xywh(gb);
       }
       if (grad_pred != nullptr) store_row(grad_pred + 4 * i, ga, aligned);
       if (grad_target != nullptr) store_row(grad_target + 4 * i, gb, aligned);
-      return O(0);
     }
+    return loss;
   }
 };
 
@@ -88,9 +87,9 @@ bool row_aligned(const void* p) {
   return p == nullptr || reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
 }
 
-template <typename T, BoxKind K, bool FORWARD>
-void launch(const BoxArgs& a, const OperandDesc* grad, T* out, T* sum_out, T* gp, T* gt) {
-  using Unit = BoxUnit<T, K, FORWARD>;
+template <typename T, BoxKind K, bool GRAD>
+void launch(const BoxArgs& a, T* out, T* sum_out, T* gp, T* gt) {
+  using Unit = BoxUnit<T, K, GRAD>;
   using O = typename Unit::O;
   Unit f;
   f.pred = a.pred.typed<T>();
@@ -102,24 +101,19 @@ void launch(const BoxArgs& a, const OperandDesc* grad, T* out, T* sum_out, T* gp
   f.eps = static_cast<O>(a.eps);
   f.xywh = a.xywh;
   const int64_t n = a.numel();
-  f.grad_scale = O(1);
-  if (grad != nullptr) {
-    f.grad = grad->typed<T>();
-    f.grad_scale = reduction_scale<O>(a.reduction, n);
-  }
+  f.grad_scale = reduction_scale<O>(a.reduction, n);
   f.aligned = row_aligned<T>(f.pred.ptr) && row_aligned<T>(f.target.ptr) &&
               row_aligned<T>(gp) && row_aligned<T>(gt);
-  const O scale = reduction_scale<O>(a.reduction, n);
-  launch_map_reduce<O, T>(n, f, sum_out, scale, a.options.device());
+  launch_map_reduce<O, T>(n, f, sum_out, f.grad_scale, a.options.device());
 }
 
-template <typename T, bool FORWARD>
-void launch_kind(const BoxArgs& a, const OperandDesc* grad, T* out, T* sum_out, T* gp, T* gt) {
+template <typename T, bool GRAD>
+void launch_kind(const BoxArgs& a, T* out, T* sum_out, T* gp, T* gt) {
   switch (a.kind) {
-    case BoxKind::kGIoU: return launch<T, BoxKind::kGIoU, FORWARD>(a, grad, out, sum_out, gp, gt);
-    case BoxKind::kDIoU: return launch<T, BoxKind::kDIoU, FORWARD>(a, grad, out, sum_out, gp, gt);
-    case BoxKind::kCIoU: return launch<T, BoxKind::kCIoU, FORWARD>(a, grad, out, sum_out, gp, gt);
-    default: return launch<T, BoxKind::kIoU, FORWARD>(a, grad, out, sum_out, gp, gt);
+    case BoxKind::kGIoU: return launch<T, BoxKind::kGIoU, GRAD>(a, out, sum_out, gp, gt);
+    case BoxKind::kDIoU: return launch<T, BoxKind::kDIoU, GRAD>(a, out, sum_out, gp, gt);
+    case BoxKind::kCIoU: return launch<T, BoxKind::kCIoU, GRAD>(a, out, sum_out, gp, gt);
+    default: return launch<T, BoxKind::kIoU, GRAD>(a, out, sum_out, gp, gt);
   }
 }
 
@@ -195,28 +189,30 @@ at::Tensor box_forward_cuda(const BoxArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.options.dtype().toScalarType(),
                                   "detloss_box_forward_cuda", [&] {
     scalar_t* p = out.mutable_data_ptr<scalar_t>();
-    cuda::launch_kind<scalar_t, true>(a, nullptr, reduce ? nullptr : p, reduce ? p : nullptr,
-                                      nullptr, nullptr);
+    cuda::launch_kind<scalar_t, false>(a, reduce ? nullptr : p, reduce ? p : nullptr, nullptr,
+                                       nullptr);
   });
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> box_backward_cuda(const BoxArgs& a, const OperandDesc& grad,
-                                                     bool need_pred, bool need_target) {
+BoxTriple box_forward_grad_cuda(const BoxArgs& a, bool with_loss, bool need_pred,
+                                bool need_target) {
   const c10::cuda::CUDAGuard guard(a.options.device());
+  const bool reduce = a.reduction != Reduction::kNone;
   std::vector<int64_t> shape(a.shape);
   shape.push_back(4);
-  at::Tensor gp, gt;
+  at::Tensor out, gp, gt;
+  if (with_loss) out = reduce ? at::empty({}, a.options) : at::empty(a.shape, a.options);
   if (need_pred) gp = at::empty(shape, a.options);
   if (need_target) gt = at::empty(shape, a.options);
-  if (!need_pred && !need_target) return {gp, gt};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.options.dtype().toScalarType(),
-                                  "detloss_box_backward_cuda", [&] {
-    cuda::launch_kind<scalar_t, false>(
-        a, &grad, nullptr, nullptr, need_pred ? gp.mutable_data_ptr<scalar_t>() : nullptr,
-        need_target ? gt.mutable_data_ptr<scalar_t>() : nullptr);
+                                  "detloss_box_forward_grad_cuda", [&] {
+    scalar_t* p = with_loss ? out.mutable_data_ptr<scalar_t>() : nullptr;
+    cuda::launch_kind<scalar_t, true>(a, reduce ? nullptr : p, reduce ? p : nullptr,
+                                      need_pred ? gp.mutable_data_ptr<scalar_t>() : nullptr,
+                                      need_target ? gt.mutable_data_ptr<scalar_t>() : nullptr);
   });
-  return {gp, gt};
+  return {out, gp, gt};
 }
 
 at::Tensor box_matrix_cuda(const BoxMatrixArgs& a) {
@@ -241,6 +237,7 @@ at::Tensor box_matrix_cuda(const BoxMatrixArgs& a) {
 
 TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
   m.impl("box_loss", &detloss::box_loss_entry<detloss::box_forward_cuda>);
-  m.impl("box_backward", &detloss::box_backward_entry<detloss::box_backward_cuda>);
+  m.impl("box_loss_with_grad", &detloss::box_loss_with_grad_entry<detloss::box_forward_grad_cuda>);
+  m.impl("box_backward", &detloss::box_backward_entry<detloss::box_forward_grad_cuda>);
   m.impl("box_iou_matrix", &detloss::box_matrix_entry<detloss::box_matrix_cuda>);
 }

@@ -94,14 +94,19 @@ BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
   return a;
 }
 
-OperandDesc prepare_box_grad(const at::Tensor& grad, const BoxArgs& a) {
+void check_box_grad(const at::Tensor& grad, const BoxArgs& a) {
   constexpr const char* op = "detloss.box_backward";
   check_floating(grad, "grad", op);
+  TORCH_CHECK_VALUE(grad.device() == a.options.device(), op, ": grad is on ", grad.device(),
+                    " but the boxes are on ", a.options.device());
   if (a.reduction != Reduction::kNone) {
     TORCH_CHECK_VALUE(grad.dim() == 0, op, ": grad of a reduced loss must be 0-dim, got shape ",
                       grad.sizes());
+  } else {
+    TORCH_CHECK_VALUE(at::is_expandable_to(grad.sizes(), a.shape), op, ": grad of shape ",
+                      grad.sizes(), " is not broadcastable to the loss shape ",
+                      at::IntArrayRef(a.shape));
   }
-  return describe_operand(grad, a.shape, a.options.dtype().toScalarType(), "grad", op);
 }
 
 BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& boxes2,
@@ -140,23 +145,26 @@ std::optional<at::Tensor> opt(const at::Tensor& t) {
   return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt;
 }
 
+using BoxLossSig = at::Tensor(const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, c10::string_view,
+                               c10::string_view, double, c10::string_view);
+using BoxLossGradSig = BoxTriple(const at::Tensor&, const at::Tensor&,
+                                 const std::optional<at::Tensor>&, c10::string_view,
+                                 c10::string_view, double, c10::string_view, std::array<bool, 2>);
+using BoxBackwardSig = std::tuple<at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    c10::string_view, c10::string_view, double, c10::string_view, std::array<bool, 2>);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
 at::Tensor call_box_loss(const at::Tensor& pred, const at::Tensor& target,
                          const std::optional<at::Tensor>& weight, c10::string_view kind,
                          c10::string_view fmt, double eps, c10::string_view reduction) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("detloss::box_loss", "")
-                             .typed<decltype(box_loss_entry<box_forward_cpu>)>();
+  static const auto op = find_op<BoxLossSig>("detloss::box_loss");
   return op.call(pred, target, weight, kind, fmt, eps, reduction);
-}
-
-std::tuple<at::Tensor, at::Tensor> call_box_backward(
-    const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
-    const std::optional<at::Tensor>& weight, c10::string_view kind, c10::string_view fmt,
-    double eps, c10::string_view reduction, std::array<bool, 2> mask) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("detloss::box_backward", "")
-                             .typed<decltype(box_backward_entry<box_backward_cpu>)>();
-  return op.call(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
 }
 
 at::Tensor call_box_matrix(const at::Tensor& b1, const at::Tensor& b2, c10::string_view kind,
@@ -176,7 +184,8 @@ class BoxBackwardFunction : public torch::autograd::Function<BoxBackwardFunction
                                c10::string_view kind, c10::string_view fmt, double eps,
                                c10::string_view reduction, std::array<bool, 2> mask) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [gp, gt] = call_box_backward(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
+    static const auto op = find_op<BoxBackwardSig>("detloss::box_backward");
+    auto [gp, gt] = op.call(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
     variable_list out;
     if (mask[0]) out.push_back(gp);
     if (mask[1]) out.push_back(gt);
@@ -201,14 +210,29 @@ std::tuple<at::Tensor, at::Tensor> box_grads(
   return {gp, gt};
 }
 
+// Gradient in the forward (as for the classification losses, csrc/ops/cls.cpp): with a box
+// requiring grad, box_loss_with_grad computes the loss and the gradients of the boxes that
+// require grad in one pass; the backward scales them by the upstream gradient in place
+// (nothing for loss.backward()) and sums them to the inputs' shapes. A second backward of a
+// retained graph recomputes them with box_backward: the same kernel and scaling, the same bits.
 class BoxLossFunction : public torch::autograd::Function<BoxLossFunction> {
  public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& pred,
-                            const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                            c10::string_view kind, c10::string_view fmt, double eps,
-                            c10::string_view reduction) {
+  static at::Tensor forward(AutogradContext* ctx, bool need_pred, bool need_target,
+                            const at::Tensor& pred, const at::Tensor& target,
+                            const std::optional<at::Tensor>& weight, c10::string_view kind,
+                            c10::string_view fmt, double eps, c10::string_view reduction) {
     at::AutoDispatchBelowADInplaceOrView below;
-    at::Tensor out = call_box_loss(pred, target, weight, kind, fmt, eps, reduction);
+    at::Tensor out;
+    if (need_pred || need_target) {
+      static const auto op = find_op<BoxLossGradSig>("detloss::box_loss_with_grad");
+      at::Tensor gp, gt;
+      std::tie(out, gp, gt) =
+          op.call(pred, target, weight, kind, fmt, eps, reduction, {need_pred, need_target});
+      if (gp.defined()) ctx->saved_data["grad_pred"] = gp;  // scaled in place: not saved vars
+      if (gt.defined()) ctx->saved_data["grad_target"] = gt;
+    } else {
+      out = call_box_loss(pred, target, weight, kind, fmt, eps, reduction);
+    }
     ctx->save_for_backward({pred, target, weight.value_or(at::Tensor())});
     ctx->saved_data["kind"] = std::string(kind);
     ctx->saved_data["fmt"] = std::string(fmt);
@@ -219,16 +243,39 @@ class BoxLossFunction : public torch::autograd::Function<BoxLossFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    const std::string kind = ctx->saved_data["kind"].toStringRef();
-    const std::string fmt = ctx->saved_data["fmt"].toStringRef();
+    const std::array<bool, 2> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};  // tensor args
     const std::string reduction = ctx->saved_data["reduction"].toStringRef();
-    auto [gp, gt] = box_grads(grads[0], s[0], s[1], opt(s[2]), kind, fmt,
-                              ctx->saved_data["eps"].toDouble(), reduction, mask);
+    const Reduction red = parse_reduction(reduction, "detloss.box_loss");
+    // the forward's gradients, consumed (taken out of saved_data) by the first backward
+    const auto has = [&](const char* key) {
+      const auto it = ctx->saved_data.find(key);
+      return it != ctx->saved_data.end() && it->second.isTensor();
+    };
+    const auto take = [&](const char* key) {
+      if (!has(key)) return at::Tensor();
+      auto& v = ctx->saved_data[key];
+      at::Tensor g = v.toTensor();
+      v = c10::IValue();
+      return g;
+    };
+    at::Tensor gp, gt;
+    if (!torch::autograd::GradMode::is_enabled() && (!mask[0] || has("grad_pred")) &&
+        (!mask[1] || has("grad_target"))) {
+      gp = take("grad_pred");
+      gt = take("grad_target");
+      gp = mask[0] ? scale_by_upstream(gp, grads[0], red, true, true) : at::Tensor();
+      gt = mask[1] ? scale_by_upstream(gt, grads[0], red, true, true) : at::Tensor();
+    } else {  // a second backward of a retained graph, or create_graph=True
+      std::tie(gp, gt) = box_grads(grads[0], s[0], s[1], opt(s[2]),
+                                   ctx->saved_data["kind"].toStringRef(),
+                                   ctx->saved_data["fmt"].toStringRef(),
+                                   ctx->saved_data["eps"].toDouble(), reduction, mask);
+    }
     // per-pair gradients have the broadcast shape; sum them back to each input's shape
     if (gp.defined()) gp = at::sum_to(gp, s[0].sizes());
     if (gt.defined()) gt = at::sum_to(gt, s[1].sizes()).to(s[1].scalar_type());
-    return {gp, gt, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {at::Tensor(), at::Tensor(), gp, gt, at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -249,11 +296,13 @@ class BoxMatrixFunction : public torch::autograd::Function<BoxMatrixFunction> {
 at::Tensor box_loss_autograd(const at::Tensor& pred, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, c10::string_view kind,
                              c10::string_view fmt, double eps, c10::string_view reduction) {
-  TORCH_CHECK(!(torch::autograd::GradMode::is_enabled() && weight.has_value() &&
-                weight->defined() && weight->requires_grad()),
+  const bool grad_mode = torch::autograd::GradMode::is_enabled();
+  TORCH_CHECK(!(grad_mode && weight.has_value() && weight->defined() && weight->requires_grad()),
               "detloss: weight requires grad, but box losses are differentiated with respect "
               "to the boxes only; pass weight.detach()");
-  return BoxLossFunction::apply(pred, target, weight, kind, fmt, eps, reduction);
+  return BoxLossFunction::apply(grad_mode && pred.requires_grad(),
+                                grad_mode && target.requires_grad(), pred, target, weight, kind,
+                                fmt, eps, reduction);
 }
 
 std::tuple<at::Tensor, at::Tensor> box_backward_autograd(
@@ -289,6 +338,11 @@ TORCH_LIBRARY_FRAGMENT(detloss, m) {
   m.def(
       "box_loss(Tensor pred, Tensor target, Tensor? weight, str kind, str box_format, "
       "float eps, str reduction) -> Tensor");
+  // the loss and d(loss)/d(pred), d(loss)/d(target) (where asked) at upstream 1, in one pass
+  m.def(
+      "box_loss_with_grad(Tensor pred, Tensor target, Tensor? weight, str kind, "
+      "str box_format, float eps, str reduction, bool[2] output_mask) "
+      "-> (Tensor loss, Tensor grad_pred, Tensor grad_target)");
   m.def(
       "box_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str kind, "
       "str box_format, float eps, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");

@@ -4,6 +4,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -34,7 +35,9 @@ struct BoxArgs {
 BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, std::string_view kind,
                     std::string_view box_format, double eps, std::string_view reduction);
-OperandDesc prepare_box_grad(const at::Tensor& grad, const BoxArgs& a);
+// The upstream gradient of box_loss: 0-dim for 'mean'/'sum', broadcastable to the pairs for
+// 'none'.
+void check_box_grad(const at::Tensor& grad, const BoxArgs& a);
 
 struct BoxMatrixArgs {
   at::Tensor boxes1, boxes2;  // [B, N, 4], [B, M, 4], contiguous, one floating dtype
@@ -49,15 +52,17 @@ BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& box
                                  double eps);
 
 // Device kernels. forward: 1 - metric per pair ('none', shaped a.shape) or its mean/sum.
-// backward: d/d(pred) and d/d(target), each [shape..., 4] (the caller sums them to the
-// inputs' shapes), undefined where not asked for.
+// forward_grad: the same (undefined unless with_loss) and, in the same pass, d(loss)/d(pred)
+// and d(loss)/d(target) for an upstream gradient of 1 ('mean' scale included), each
+// [shape..., 4] (the caller sums them to the inputs' shapes), undefined where not asked for.
+using BoxTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 at::Tensor box_forward_cpu(const BoxArgs& a);
-std::tuple<at::Tensor, at::Tensor> box_backward_cpu(const BoxArgs& a, const OperandDesc& grad,
-                                                    bool need_pred, bool need_target);
+BoxTriple box_forward_grad_cpu(const BoxArgs& a, bool with_loss, bool need_pred,
+                               bool need_target);
 at::Tensor box_matrix_cpu(const BoxMatrixArgs& a);
 at::Tensor box_forward_cuda(const BoxArgs& a);
-std::tuple<at::Tensor, at::Tensor> box_backward_cuda(const BoxArgs& a, const OperandDesc& grad,
-                                                     bool need_pred, bool need_target);
+BoxTriple box_forward_grad_cuda(const BoxArgs& a, bool with_loss, bool need_pred,
+                                bool need_target);
 at::Tensor box_matrix_cuda(const BoxMatrixArgs& a);
 
 inline std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
@@ -69,15 +74,29 @@ at::Tensor box_loss_entry(const at::Tensor& pred, const at::Tensor& target,
   return Forward(prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction)));
 }
 
-template <std::tuple<at::Tensor, at::Tensor> (*Backward)(const BoxArgs&, const OperandDesc&,
-                                                         bool, bool)>
+template <BoxTriple (*ForwardGrad)(const BoxArgs&, bool, bool, bool)>
+BoxTriple box_loss_with_grad_entry(const at::Tensor& pred, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& weight, c10::string_view kind,
+                                   c10::string_view box_format, double eps,
+                                   c10::string_view reduction, std::array<bool, 2> output_mask) {
+  return ForwardGrad(prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction)),
+                     true, output_mask[0], output_mask[1]);
+}
+
+// The recomputing backward: the gradients at upstream 1, then scaled as the forward-computed
+// ones are (scale_by_upstream), so both give the same bits.
+template <BoxTriple (*ForwardGrad)(const BoxArgs&, bool, bool, bool)>
 std::tuple<at::Tensor, at::Tensor> box_backward_entry(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, c10::string_view kind, c10::string_view box_format,
     double eps, c10::string_view reduction, std::array<bool, 2> output_mask) {
   const BoxArgs a =
       prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction));
-  return Backward(a, prepare_box_grad(grad, a), output_mask[0], output_mask[1]);
+  check_box_grad(grad, a);
+  auto [loss, gp, gt] = ForwardGrad(a, false, output_mask[0], output_mask[1]);
+  if (gp.defined()) gp = scale_by_upstream(gp, grad, a.reduction, true, true);
+  if (gt.defined()) gt = scale_by_upstream(gt, grad, a.reduction, true, true);
+  return {gp, gt};
 }
 
 template <at::Tensor (*Matrix)(const BoxMatrixArgs&)>
