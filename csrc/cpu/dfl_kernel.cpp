@@ -80,7 +80,7 @@ DflPair dfl_forward_cpu(const DflArgs& a) {
   auto [out, stats, grad] = cpu::forward(a, false, false);
   return {out, stats};
 }
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_forward_with_grad_cpu(const DflArgs& a) {
+DflTriple dfl_forward_with_grad_cpu(const DflArgs& a) {
   return cpu::forward(a, false, true);
 }
 at::Tensor dfl_backward_cpu(const DflArgs& a, const OperandDesc& g) {
@@ -98,7 +98,7 @@ at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& g) {
 
 TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cpu>);
-  m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry);
+  m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cpu>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cpu>);
   m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cpu>);
   m.impl("dfl_integral_backward",

@@ -57,6 +57,7 @@ struct DflParams {
   T* __restrict__ out;       // forward: the row results (or null: reduce); backward: grad
   O* __restrict__ stats_out;  // forward
   const O* __restrict__ stats;  // backward
+  T* __restrict__ grad_out;   // forward of a differentiable DFL call: d(loss)/d(pred) at upstream 1
   int32_t bins;
   bool vec_ok;  // rows start 4·sizeof(T)-aligned: load/store bins in 4s
 };
@@ -142,16 +143,26 @@ struct RowGrad {
   O a, b, g;  // integral: (lse, mean, upstream); DFL: (max, 1 / sum, upstream·scale·weight)
   math::DflTarget<O> t{};
 
+  // from the saved stats (the backward)
   __device__ __forceinline__ RowGrad(const DflParams<T>& p, int64_t r) {
-    a = p.stats[2 * r];
     if constexpr (INTEGRAL) {
+      a = p.stats[2 * r];
       b = p.stats[2 * r + 1];
       g = math::operand_at(p.grad, r, O(1));
     } else {
-      b = O(1) / p.stats[2 * r + 1];
-      g = math::operand_at(p.grad, r, O(1)) * p.grad_scale * math::operand_at(p.weight, r, O(1));
-      t = math::dfl_target(p.target[r], p.bins);
+      init(p, r, p.stats[2 * r], p.stats[2 * r + 1]);
     }
+  }
+  // from the row's max and sum of exp, still in registers (the forward of a differentiable
+  // call): the same values the stats hold, the same arithmetic, the same bits
+  __device__ __forceinline__ RowGrad(const DflParams<T>& p, int64_t r, O max, O sum) {
+    init(p, r, max, sum);
+  }
+  __device__ __forceinline__ void init(const DflParams<T>& p, int64_t r, O max, O sum) {
+    a = max;
+    b = O(1) / sum;
+    g = math::operand_at(p.grad, r, O(1)) * p.grad_scale * math::operand_at(p.weight, r, O(1));
+    t = math::dfl_target(p.target[r], p.bins);
   }
   __device__ __forceinline__ O operator()(int i, O z) const {
     if constexpr (INTEGRAL) {
@@ -162,7 +173,8 @@ struct RowGrad {
   }
 };
 
-template <typename T, int VPT, int TPR, bool INTEGRAL>
+// GRAD (DFL only): also the row's gradient at upstream 1, from the max and sum in registers.
+template <typename T, int VPT, int TPR, bool INTEGRAL, bool GRAD = false>
 struct DflForward {
   using O = at::opmath_type<T>;
   static constexpr int kMinBlocks = dfl_min_blocks<T>();
@@ -193,7 +205,15 @@ struct DflForward {
       O lin(0);
 #pragma unroll
       for (int j = 0; j < VPT; ++j) lin += math::dfl_pick(t, lane * VPT + j, v[j]);
-      return finish_row<T, false>(p, r, lane, m, s, group_sum<TPR>(lin), t);
+      const O loss = finish_row<T, false>(p, r, lane, m, s, group_sum<TPR>(lin), t);
+      if constexpr (GRAD) {  // every lane holds m and s (butterfly reductions)
+        const RowGrad<T, false> grad(p, r, m, s);
+        O res[VPT];
+#pragma unroll
+        for (int j = 0; j < VPT; ++j) res[j] = grad(lane * VPT + j, v[j]);
+        store_bins<T, VPT>(p, p.grad_out + r * p.bins, lane * VPT, res);
+      }
+      return loss;
     }
   }
 };
@@ -226,7 +246,7 @@ struct DflBackward {
 // The backward needs no reduction: every bin's gradient follows from the stats.
 constexpr int kLongTpr = 32, kLongStep = 4 * kLongTpr;
 
-template <typename T, bool INTEGRAL>
+template <typename T, bool INTEGRAL, bool GRAD = false>
 struct DflForwardLong {
   using O = at::opmath_type<T>;
   static constexpr int kMinBlocks = 0;
@@ -259,8 +279,20 @@ struct DflForwardLong {
     const O M = group_max<kLongTpr>(m);
     const O f = m == -INFINITY ? O(0) : math::dl_exp(m - M);
     const O S = group_sum<kLongTpr>(s * f);
-    return finish_row<T, INTEGRAL>(p, r, lane, M, S,
-                                   INTEGRAL ? group_sum<kLongTpr>(si * f) : group_sum<kLongTpr>(lin), t);
+    const O loss = finish_row<T, INTEGRAL>(
+        p, r, lane, M, S, INTEGRAL ? group_sum<kLongTpr>(si * f) : group_sum<kLongTpr>(lin), t);
+    if constexpr (GRAD && !INTEGRAL) {  // a second walk (the row is in L1/L2 now)
+      const RowGrad<T, false> grad(p, r, M, S);
+      T* gz = p.grad_out + r * p.bins;
+      for (int first = lane * 4; first < p.bins; first += kLongStep) {
+        O v[4], res[4];
+        load_bins<T, 4>(p, row, first, v, O(0));
+#pragma unroll
+        for (int k = 0; k < 4; ++k) res[k] = grad(first + k, v[k]);
+        store_bins<T, 4>(p, gz, first, res);
+      }
+    }
+    return loss;
   }
 };
 
@@ -299,9 +331,9 @@ void with_config(int32_t bins, const F& f) {
   return f(std::integral_constant<int, 0>(), std::integral_constant<int, kLongTpr>());
 }
 
-template <typename T, int VPT, int TPR, bool INTEGRAL>
-using ForwardUnit = std::conditional_t<VPT == 0, DflForwardLong<T, INTEGRAL>,
-                                       DflForward<T, (VPT == 0 ? 4 : VPT), TPR, INTEGRAL>>;
+template <typename T, int VPT, int TPR, bool INTEGRAL, bool GRAD = false>
+using ForwardUnit = std::conditional_t<VPT == 0, DflForwardLong<T, INTEGRAL, GRAD>,
+                                       DflForward<T, (VPT == 0 ? 4 : VPT), TPR, INTEGRAL, GRAD>>;
 template <typename T, int VPT, int TPR, bool INTEGRAL>
 using BackwardUnit = std::conditional_t<VPT == 0, DflBackwardLong<T, INTEGRAL>,
                                         DflBackward<T, (VPT == 0 ? 4 : VPT), TPR, INTEGRAL>>;
@@ -319,7 +351,8 @@ DflParams<T> params(const DflArgs& a, bool integral) {
   return p;
 }
 
-DflPair forward(const DflArgs& a, bool integral) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const DflArgs& a, bool integral,
+                                                       bool with_grad) {
   const c10::cuda::CUDAGuard guard(a.pred.device());
   const bool reduce = !integral && a.reduction != Reduction::kNone;
   at::Tensor out = reduce ? at::empty({}, a.pred.options()) : at::empty(a.shape, a.pred.options());
@@ -327,6 +360,8 @@ DflPair forward(const DflArgs& a, bool integral) {
   sshape.push_back(2);
   at::Tensor stats =
       at::empty(sshape, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
+  at::Tensor gz;
+  if (with_grad) gz = at::empty(a.pred.sizes(), a.pred.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
                                   "detloss_dfl_forward_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
@@ -335,19 +370,26 @@ DflPair forward(const DflArgs& a, bool integral) {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     p.out = reduce ? nullptr : o;
     const O scale = reduction_scale<O>(a.reduction, a.rows);
+    if (with_grad) {
+      p.grad_out = gz.mutable_data_ptr<scalar_t>();
+      p.grad_scale = scale;  // upstream 1: the 'mean' scale only
+    }
     with_config(a.bins, [&](auto vpt, auto tpr) {
       constexpr int VPT = decltype(vpt)::value, TPR = decltype(tpr)::value;
       const int64_t units = a.rows * TPR;
       if (integral) {
         launch_map_reduce<O, scalar_t>(units, ForwardUnit<scalar_t, VPT, TPR, true>{p}, nullptr, scale,
                                        a.pred.device());
+      } else if (with_grad) {
+        launch_map_reduce<O, scalar_t>(units, ForwardUnit<scalar_t, VPT, TPR, false, true>{p},
+                                       reduce ? o : nullptr, scale, a.pred.device());
       } else {
         launch_map_reduce<O, scalar_t>(units, ForwardUnit<scalar_t, VPT, TPR, false>{p},
                                        reduce ? o : nullptr, scale, a.pred.device());
       }
     });
   });
-  return {out, stats};
+  return {out, stats, gz};
 }
 
 at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
@@ -379,11 +421,20 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
 }  // namespace
 }  // namespace cuda
 
-DflPair dfl_forward_cuda(const DflArgs& a) { return cuda::forward(a, false); }
+DflPair dfl_forward_cuda(const DflArgs& a) {
+  auto [out, stats, grad] = cuda::forward(a, false, false);
+  return {out, stats};
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_forward_with_grad_cuda(const DflArgs& a) {
+  return cuda::forward(a, false, true);
+}
 at::Tensor dfl_backward_cuda(const DflArgs& a, const OperandDesc& g) {
   return cuda::backward(a, g, false);
 }
-DflPair dfl_integral_cuda(const DflArgs& a) { return cuda::forward(a, true); }
+DflPair dfl_integral_cuda(const DflArgs& a) {
+  auto [out, stats, grad] = cuda::forward(a, true, false);
+  return {out, stats};
+}
 at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& g) {
   return cuda::backward(a, g, true);
 }
@@ -392,6 +443,7 @@ at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& g) {
 
 TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cuda>);
+  m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cuda>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cuda>);
   m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cuda>);
   m.impl("dfl_integral_backward",

@@ -3,7 +3,6 @@
 #include "dfl.h"
 
 #include <ATen/OpMathType.h>
-#include <ATen/TensorSubclassLikeUtils.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
@@ -131,20 +130,21 @@ class DflBackwardFunction : public torch::autograd::Function<DflBackwardFunction
   }
 };
 
-// On CPU, when pred requires grad, the forward also writes the gradient for an upstream
-// gradient of 1 (dfl_loss_with_grad: computed while the rows are in cache), and the backward
-// hands it over (upstream exactly 1, the usual loss.backward()) or scales it. Measured here
-// on 4M rows x 16 bins that saves a whole pass over memory: the separate backward cost as
-// much as torch's own z.exp() (read 256 MB, fault in and write 256 MB). A retained graph's
-// second backward and create_graph fall back to dfl_backward, with identical results. On
-// CUDA the separate one-pass backward moves no more bytes than scaling would.
+// Gradient in the forward (as for every loss here, csrc/ops/cls.cpp): when pred requires
+// grad, dfl_loss_with_grad writes the gradient for an upstream gradient of 1 in the same pass
+// (CPU: each row's backward while it is in cache, which saved a whole pass over memory, the
+// separate backward costing as much as torch's own z.exp(); CUDA: from the row's max and sum
+// in registers), and the backward scales it in place: nothing for loss.backward(). A second
+// backward of a retained graph, and create_graph, run dfl_backward: from the stats, the same
+// arithmetic at upstream 1, then the same scaling: the same bits.
 class DflLossFunction : public torch::autograd::Function<DflLossFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& p, const at::Tensor& t,
-                               const std::optional<at::Tensor>& w, c10::string_view r) {
+  static variable_list forward(AutogradContext* ctx, bool with_grad, const at::Tensor& p,
+                               const at::Tensor& t, const std::optional<at::Tensor>& w,
+                               c10::string_view r) {
     at::AutoDispatchBelowADInplaceOrView below;
     at::Tensor out, lse;
-    if (p.device().is_cpu() && p.requires_grad()) {
+    if (with_grad) {
       static const auto op = find_op<LossGradSig>("detloss::dfl_loss_with_grad");
       at::Tensor grad;
       std::tie(out, lse, grad) = op.call(p, t, w, r);
@@ -163,23 +163,16 @@ class DflLossFunction : public torch::autograd::Function<DflLossFunction> {
     if (pre != ctx->saved_data.end() && pre->second.isTensor() &&
         !torch::autograd::GradMode::is_enabled()) {
       const at::Tensor g = pre->second.toTensor();
-      const at::Tensor& up = grads[0];
-      if (r != "none" && !at::isTensorSubclassLike(up) && up.item<double>() == 1.0) {
-        // the common loss.backward(): hand the gradient over; a retained graph's second
-        // backward recomputes it below, bit for bit (same arithmetic, upstream 1)
-        pre->second = c10::IValue();
-        return {g, at::Tensor(), at::Tensor(), at::Tensor()};
-      }
-      // any other upstream gradient (AMP's loss scale, 'none'): scaled out of place, so
-      // the saved gradient stays valid for a second backward
-      return {r == "none" ? g * up.unsqueeze(-1) : g * up, at::Tensor(), at::Tensor(),
-              at::Tensor()};
+      pre->second = c10::IValue();  // consumed
+      return {at::Tensor(),
+              scale_by_upstream(g, grads[0], parse_reduction(r, "detloss.dfl_loss"), true, true),
+              at::Tensor(), at::Tensor(), at::Tensor()};
     }
     const auto s = ctx->get_saved_variables();
     std::optional<at::Tensor> w;
     if (s[3].defined()) w = s[3];
-    return {DflBackwardFunction::apply(grads[0], s[0], s[1], s[2], w, r), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+    return {at::Tensor(), DflBackwardFunction::apply(grads[0], s[0], s[1], s[2], w, r),
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -220,7 +213,8 @@ Pair dfl_loss_autograd(const at::Tensor& p, const at::Tensor& t,
     TORCH_CHECK(!(w.has_value() && w->defined() && w->requires_grad()),
                 "detloss: weight requires grad; pass weight.detach()");
   }
-  auto r2 = DflLossFunction::apply(p, t, w, r);
+  auto r2 = DflLossFunction::apply(torch::autograd::GradMode::is_enabled() && p.requires_grad(),
+                                   p, t, w, r);
   return {r2[0], r2[1]};
 }
 at::Tensor dfl_backward_autograd(const at::Tensor& g, const at::Tensor& p, const at::Tensor& t,

@@ -45,9 +45,12 @@ at::Tensor dfl_backward_cuda(const DflArgs& a, const OperandDesc& grad);
 DflPair dfl_integral_cuda(const DflArgs& a);
 at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& grad);
 
-// CPU only: the loss, its stats, and d(loss)/d(pred) for an upstream gradient of 1, in one
-// pass (the rows' backward runs while they are still in cache).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_forward_with_grad_cpu(const DflArgs& a);
+// The loss, its stats, and d(loss)/d(pred) for an upstream gradient of 1 ('mean' scale
+// included), in one pass (CPU: each row's backward runs while it is still in cache; CUDA:
+// from the row's max and sum while they are in registers).
+using DflTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+DflTriple dfl_forward_with_grad_cpu(const DflArgs& a);
+DflTriple dfl_forward_with_grad_cuda(const DflArgs& a);
 
 // The stats a backward reads, checked against pred.
 void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const char* op);
@@ -60,13 +63,16 @@ DflPair dfl_loss_entry(const at::Tensor& pred, const at::Tensor& target,
   return F(prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss"));
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> dfl_loss_with_grad_entry(
-    const at::Tensor& pred, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    c10::string_view reduction) {
-  return dfl_forward_with_grad_cpu(
-      prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss_with_grad"));
+template <DflTriple (*F)(const DflArgs&)>
+DflTriple dfl_loss_with_grad_entry(const at::Tensor& pred, const at::Tensor& target,
+                                   const std::optional<at::Tensor>& weight,
+                                   c10::string_view reduction) {
+  return F(prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss_with_grad"));
 }
 
+// The gradient from the saved stats at upstream 1 (the arithmetic of dfl_loss_with_grad),
+// then scaled by the upstream one as a forward-computed gradient is (scale_by_upstream):
+// a retained graph's second backward gives the first one's bits.
 template <at::Tensor (*F)(const DflArgs&, const OperandDesc&)>
 at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
                               const at::Tensor& target, const at::Tensor& stats,
@@ -75,7 +81,8 @@ at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
   constexpr const char* op = "detloss.dfl_backward";
   DflArgs a = prepare_dfl(pred, target, weight, dfl_sv(reduction), op);
   check_dfl_stats(stats, a, 2, op);
-  return F(a, prepare_dfl_grad(grad, a, op));
+  prepare_dfl_grad(grad, a, op);  // checks it
+  return scale_by_upstream(F(a, OperandDesc()), grad, a.reduction, true, true);
 }
 
 template <DflPair (*F)(const DflArgs&)>
