@@ -58,7 +58,7 @@ README_END = "<!-- kernel-report:end -->"
 class Kernel:
     mangled: str
     name: str = ""
-    family: str = ""  # cls | box | dfl | matrix | finalize | other
+    family: str = ""  # cls | box | dfl | matrix | finalize | scale | count | other
     dtype: str = ""
     registers: int = 0
     stack: int = 0
@@ -66,7 +66,8 @@ class Kernel:
     local: int = 0
     spill_stores: int = 0  # STL instructions in the SASS
     spill_loads: int = 0  # LDL instructions
-    calls: int = 0
+    calls: int = 0  # CALL instructions (IEEE division and log slow paths are subroutines)
+    mufu: dict = field(default_factory=dict)  # MUFU op (EX2, LG2, RCP, ...) -> instructions
     loads: dict = field(default_factory=dict)  # width in bits -> number of LDG instructions
     occupancy: float = 0.0
     blocks_per_sm: int = 0
@@ -150,15 +151,22 @@ def classify(k: Kernel) -> None:
         k.family = "matrix"
     elif "finalize_sum_kernel" in n:
         k.family = "finalize"
+    elif "ScaleUnit" in n:
+        k.family = "scale"  # the backward's in-place scaling by the upstream gradient
+    elif "CountUnit" in n:
+        k.family = "count"  # the 'mean' divisor of class-index targets
     else:
         k.family = "other"
     # the element type is the first template argument of the unit (or of the kernel)
-    m = re.search(r"(?:ClsUnit|BoxUnit|DflForward|DflBackward|DflForwardLong|DflBackwardLong|box_matrix_kernel)<([^,<>]+)", n)
+    m = re.search(r"(?:ClsUnit|BoxUnit|DflForward|DflBackward|DflForwardLong|DflBackwardLong|"
+                  r"box_matrix_kernel|ScaleUnit)<([^,<>]+)", n)
     if m is None:
         m = re.search(r"finalize_sum_kernel<[^,]+, ([^,<>]+)>", n)
     if m:
         k.dtype = DTYPES.get(m.group(1).strip(), m.group(1).strip())
-    if k.family == "cls":
+    if k.family == "count":
+        k.dtype = "int64"
+    if k.family in ("cls", "scale"):
         k.expected_load_bits = 128
     elif k.family in ("box", "dfl"):
         k.expected_load_bits = 128 if k.dtype in ("fp32", "fp64") else 64
@@ -176,6 +184,7 @@ def occupancy(regs: int, shared: int) -> tuple[int, float]:
 
 RES_RE = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
 LDG_RE = re.compile(r"\bLDG\.E((?:\.[A-Z0-9_]+)*)")
+MUFU_RE = re.compile(r"\bMUFU\.([A-Z0-9]+)")
 
 
 def load_bits(suffix: str) -> int:
@@ -218,6 +227,9 @@ def parse(res_usage: str, sass: str, names: dict[str, str] | None = None) -> lis
             current.spill_loads += 1
         if re.search(r"\bCALL\.", ins):
             current.calls += 1
+        m = MUFU_RE.search(ins)
+        if m:
+            current.mufu[m.group(1)] = current.mufu.get(m.group(1), 0) + 1
         m = LDG_RE.search(ins)
         if m:
             bits = load_bits(m.group(1))
@@ -250,6 +262,15 @@ def loads_text(k: Kernel) -> str:
     return " ".join(f"{b}b×{n}" for b, n in sorted(k.loads.items(), reverse=True)) or "-"
 
 
+def mufu_text(k: Kernel) -> str:
+    return " ".join(f"{op}×{n}" for op, n in sorted(k.mufu.items())) or "-"
+
+
+def span(values) -> str:
+    values = list(values)
+    return f"{min(values)}–{max(values)}" if values else "-"
+
+
 def markdown(kernels: list[Kernel], detail: bool) -> str:
     lines = []
     # summary per family and dtype
@@ -257,9 +278,11 @@ def markdown(kernels: list[Kernel], detail: bool) -> str:
     for k in kernels:
         groups.setdefault((k.family, k.dtype or "-"), []).append(k)
     lines += ["| family | dtype | kernels | registers (min–max) | spills | shared (B) | "
-              "widest global load | expected | occupancy at 256 thr (min–max) |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {"cls": 0, "box": 1, "dfl": 2, "matrix": 3, "finalize": 4, "other": 5}
+              "widest global load | expected | occupancy at 256 thr (min–max) | "
+              "MUFU (min–max) | CALL (min–max) |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    order = {"cls": 0, "box": 1, "dfl": 2, "matrix": 3, "finalize": 4, "scale": 5, "count": 6,
+             "other": 7}
     dorder = {"fp16": 0, "bf16": 1, "fp32": 2, "fp64": 3}
     for (fam, dt), ks in sorted(groups.items(), key=lambda x: (order.get(x[0][0], 9),
                                                                dorder.get(x[0][1], 9))):
@@ -272,14 +295,15 @@ def markdown(kernels: list[Kernel], detail: bool) -> str:
             f"| {fam} | {dt} | {len(ks)} | {min(regs)}–{max(regs)} | {spills} | "
             f"{max(k.shared for k in ks)} | {'/'.join(f'{w}-bit' for w in sorted(widest))} | "
             f"{'/'.join(f'{e}-bit' if e else '-' for e in sorted(exp))} | "
-            f"{min(occ):.0%}–{max(occ):.0%} |")
+            f"{min(occ):.0%}–{max(occ):.0%} | {span(sum(k.mufu.values()) for k in ks)} | "
+            f"{span(k.calls for k in ks)} |")
     if detail:
-        lines += ["", "| kernel | regs | stack | shared | STL/LDL | calls | global loads | "
-                  "occupancy | problems |", "|---|---:|---:|---:|---:|---:|---|---:|---|"]
+        lines += ["", "| kernel | regs | stack | shared | STL/LDL | calls | MUFU | global loads | "
+                  "occupancy | problems |", "|---|---:|---:|---:|---:|---:|---|---|---:|---|"]
         for k in kernels:
             lines.append(f"| `{k.name}` | {k.registers} | {k.stack} | {k.shared} | "
-                         f"{k.spill_stores}/{k.spill_loads} | {k.calls} | {loads_text(k)} | "
-                         f"{k.occupancy:.0%} | {'; '.join(k.problems) or 'ok'} |")
+                         f"{k.spill_stores}/{k.spill_loads} | {k.calls} | {mufu_text(k)} | "
+                         f"{loads_text(k)} | {k.occupancy:.0%} | {'; '.join(k.problems) or 'ok'} |")
     return "\n".join(lines)
 
 

@@ -20,6 +20,21 @@ DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 from detloss_cuda.verify import ARITH, TOL, assert_close_dtype  # noqa: E402,F401
 
 
+class OpSpy:
+    """The ops that ran (their dispatcher names, e.g. 'detloss::cls_loss_with_grad',
+    'aten::mul_'), by the profiler: a dispatch mode would change what is dispatched (under
+    one, every tensor counts as a subclass and takes the functional paths)."""
+
+    def __enter__(self):
+        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.prof.__exit__(*exc)
+        self.ops = [e.name for e in self.prof.events()]
+
+
 def devices():
     return ["cpu"] + (["cuda"] if HAS_CUDA else [])
 

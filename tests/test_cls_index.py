@@ -7,7 +7,7 @@ import torch
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
 import detloss_cuda.reference as R
-from conftest import DTYPES, assert_close_dtype, devices
+from conftest import DTYPES, OpSpy, assert_close_dtype, devices
 
 KINDS = ["bce", "focal", "qfl", "vfl"]
 NAMES = {"bce": "binary_cross_entropy_with_logits", "focal": "sigmoid_focal_loss",
@@ -232,20 +232,6 @@ def test_focal_smoothing_keeps_the_unsmoothed_modulating_factor():
 
 
 # ----------------------------------------------------------------- gradient in the forward
-class OpSpy:
-    """The ops that ran, by the profiler (a dispatch mode would change what is dispatched:
-    under one, every tensor counts as a subclass and takes the functional paths)."""
-
-    def __enter__(self):
-        self.prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-        self.prof.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.prof.__exit__(*exc)
-        self.ops = [e.name for e in self.prof.events()]
-
-
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("form", ["dense", "index"])
 def test_inference_computes_no_gradient(form, device):

@@ -29,8 +29,9 @@ def test_every_family_is_compiled(kernels):
     fams = {}
     for k in kernels:
         fams.setdefault(k.family, set()).add(k.dtype)
-    for fam in ("cls", "box", "dfl", "matrix", "finalize"):
+    for fam in ("cls", "box", "dfl", "matrix", "finalize", "scale"):
         assert fams.get(fam) == {"fp16", "bf16", "fp32", "fp64"}, (fam, fams.get(fam))
+    assert fams.get("count") == {"int64"}
     assert "other" not in fams, [k.name for k in kernels if k.family == "other"]
 
 
@@ -72,6 +73,9 @@ SASS = """
 		Function : _Z4goodv
         /*0080*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
         /*0090*/                   LDG.E.64.CONSTANT R8, desc[UR4][R2.64+0x10] ;
+        /*00a0*/                   MUFU.EX2 R9, R9 ;
+        /*00b0*/                   MUFU.RCP R10, R10 ;
+        /*00c0*/                   MUFU.EX2 R11, R11 ;
 		Function : _Z3badv
         /*0080*/                   LDG.E R4, desc[UR4][R2.64] ;
         /*0a80*/                   STL.64 [R1], R2 ;
@@ -96,6 +100,7 @@ def test_parser_reads_usage_loads_and_spills():
     assert good.name == "map_reduce_kernel<float, ClsUnit<float, (ClsKind)1, true, -1>, 0>"
     assert (good.family, good.dtype, good.registers, good.shared) == ("cls", "fp32", 40, 1056)
     assert good.loads == {128: 1, 64: 1} and not good.problems
+    assert good.mufu == {"EX2": 2, "RCP": 1} and good.calls == 0
     assert good.blocks_per_sm == 6 and good.occupancy == 0.75  # 40 regs: 6 blocks of 8 warps
     assert (bad.family, bad.spill_stores, bad.spill_loads, bad.stack, bad.calls) == \
         ("box", 1, 1, 16, 1)
@@ -111,3 +116,6 @@ def test_half_units_expect_64_bit_loads():
     k = KR.Kernel("y", name="map_reduce_kernel<float, ClsUnit<bf16, (ClsKind)0, true, -1>, 0>")
     KR.classify(k)
     assert (k.family, k.dtype, k.expected_load_bits) == ("cls", "bf16", 128)
+    k = KR.Kernel("z", name="map_reduce_kernel<float, ScaleUnit<half>, 0>")
+    KR.classify(k)
+    assert (k.family, k.dtype, k.expected_load_bits) == ("scale", "fp16", 128)
