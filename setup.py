@@ -19,9 +19,10 @@ Switches (environment):
   DETLOSS_PTXAS_VERBOSE=1  print ptxas register/spill usage for every kernel
   DETLOSS_DEBUG_INFO=1  keep the host compiler's debug info (-g; off by default: half the time)
 
-Objects live in build/<python>-torch<version>-<cpu|cuda>/, which survives between installs:
-a second `pip install --no-build-isolation -e .` with nothing changed recompiles nothing
-(ninja decides, headers included), it only links.
+Objects live in build/<python>-torch<version>/, which survives between installs: a second
+`pip install --no-build-isolation -e .` with nothing changed recompiles nothing (ninja
+decides, headers included), it only links; switching between a CPU-only and a CUDA build
+recompiles only the .cu files and module.cpp.
 
 Install with:  pip install --no-build-isolation -e .
 """
@@ -270,7 +271,9 @@ def main():
     print(f"detloss_cuda build: {what}", file=sys.stderr, flush=True)
 
     version = read_version()
-    tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}-{'cuda' if with_cuda else 'cpu'}"
+    # One folder for CPU-only and CUDA builds: the C++ objects get the same command line in
+    # both (see below), so switching recompiles only the .cu files and module.cpp.
+    tag = f"{sys.implementation.cache_tag}-torch{torch.__version__}"
     build_dir = os.path.join(ROOT, "build", re.sub(r"[^\w.+-]", "_", tag))
     # What only module.cpp reads goes in a generated header (rewritten only when it changes),
     # not in -D flags: a new version or arch list then recompiles one file, not all.
@@ -309,6 +312,8 @@ def main():
         ext = CUDAExtension(extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(extra_compile_args={"cxx": cxx}, **kwargs)
+        if home:  # the include path a CUDA build adds, in the same place (nothing reads it)
+            ext.include_dirs.append(os.path.join(home, "include"))
     ext.capability_sources = [(rel("cpu", "capability", f"kernels_{name}.cpp"), name, flags)
                               for name, flags in capabilities]
 
