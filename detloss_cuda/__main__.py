@@ -136,7 +136,8 @@ def main(argv=None):
                    help="time torch.compile only for these dtypes (compiling dominates a GPU sweep)")
     b.add_argument("--compile-dynamic", action="store_true",
                    help="compile once with dynamic shapes (default: static, once per size)")
-    b.add_argument("--quick", action="store_true", help="few sizes, short timing")
+    b.add_argument("--quick", action="store_true",
+                   help="few sizes, short timing, torch.compile at the largest size only")
     b.add_argument("--min-time", type=float, default=None, help="seconds of timing per cell")
     b.add_argument("--json", default=None, help="write every row as JSON here")
     b.add_argument("--plot", default=None, help="write a PNG plot here (needs matplotlib)")

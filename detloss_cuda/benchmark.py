@@ -417,6 +417,8 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
                         for impl in list(impls) + (list(op.extra) if "fused" in impls else []):
                             if impl == "compile" and compile_dtypes and dname not in compile_dtypes:
                                 continue
+                            if impl == "compile" and quick and size != op_sizes[-1]:
+                                continue  # quick: compiling is most of the time; largest size only
                             if (impl == "compile" and not op.compilable) or (
                                     impl == "reference" and op.reference is None):
                                 continue
