@@ -129,3 +129,17 @@ def _dfl_integral_backward_fake(grad, pred, stats):
 
 def _opmath(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------- assigner
+@torch.library.register_fake("detloss::tal_assign")
+def _tal_assign_fake(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
+                     topk2, alpha, beta, stride_val, eps, scores_are_logits):
+    torch._check(pd_scores.dim() == 3, lambda: "detloss.tal_assign: pd_scores must be [B, A, C]")
+    B, A = pd_scores.shape[:2]
+    out = torch.promote_types(pd_scores.dtype, torch.promote_types(pd_bboxes.dtype, gt_bboxes.dtype))
+    return (pd_scores.new_empty((B, A), dtype=torch.long),
+            gt_bboxes.new_empty((B, A, 4)),
+            pd_scores.new_empty((B, A), dtype=out),
+            pd_scores.new_empty((B, A), dtype=torch.bool),
+            pd_scores.new_empty((B, A), dtype=torch.long))

@@ -25,6 +25,7 @@ __all__ = [
     "DIoULoss",
     "CIoULoss",
     "DistributionFocalLoss",
+    "TaskAlignedAssigner",
 ]
 
 
@@ -177,3 +178,42 @@ class DistributionFocalLoss(nn.Module):
 
     def extra_repr(self):
         return f"reg_max={self.reg_max}"
+
+
+class TaskAlignedAssigner(nn.Module):
+    """ultralytics 8.4's ``ultralytics.utils.tal.TaskAlignedAssigner``, fused
+    (``detloss_cuda.assign``): the same constructor, attributes, ``forward`` arguments and
+    five outputs, without its ``(batch, boxes, anchors)`` tensors. ``forward`` also takes
+    ``scores_are_logits=True`` (``pd_scores`` are the head's logits) and ``index=True`` (the
+    per-anchor label and score for the index-target losses, ``assign.AssignResult``)."""
+
+    def __init__(self, topk=13, num_classes=80, alpha=1.0, beta=6.0, stride=None, eps=1e-9,
+                 topk2=None):
+        super().__init__()
+        from .assign import stride_value
+
+        self.topk = topk
+        self.topk2 = topk2 or topk
+        self.num_classes = num_classes
+        self.alpha = alpha
+        self.beta = beta
+        self.stride = stride if stride is not None else [8, 16, 32]
+        self.stride_val = stride_value(self.stride)
+        self.eps = eps
+
+    @torch.no_grad()
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
+                scores_are_logits=False, index=False):
+        from .assign import task_aligned_assign
+
+        self.bs = pd_scores.shape[0]
+        self.n_max_boxes = gt_bboxes.shape[1]
+        return task_aligned_assign(
+            pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
+            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
+            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
+            scores_are_logits=scores_are_logits, index=index)
+
+    def extra_repr(self):
+        return (f"topk={self.topk}, topk2={self.topk2}, num_classes={self.num_classes}, "
+                f"alpha={self.alpha}, beta={self.beta}, stride={self.stride}")

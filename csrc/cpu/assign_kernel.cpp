@@ -1,0 +1,167 @@
+// CPU driver of the task-aligned assigner: one image per task, the phases of
+// csrc/math/assign.h in order. Compiled without FMA instructions (this is not a capability
+// file), so the scalar formulas round as torch's separate operations do.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#include "../math/assign.h"
+#include "../ops/assign.h"
+
+namespace detloss {
+namespace cpu {
+namespace {
+
+template <class S, class TS>
+TalResult run(const TalArgs& a) {
+  const int64_t B = a.B, A = a.A, M = a.M, K = a.topk;
+  const at::TensorOptions opts = a.pred.options();
+  at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
+  at::Tensor boxes = at::empty({B, A, 4}, opts.dtype(a.dtype));
+  at::Tensor score = at::empty({B, A}, opts.dtype(a.dtype));
+  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
+  at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
+
+  // anchors sorted by x (ties by index): a box visits only the anchors in its x-range
+  const S* anc = a.anchors.const_data_ptr<S>();
+  std::vector<S> ax(A), ay(A), sx(A);
+  std::vector<int64_t> order(A);
+  for (int64_t i = 0; i < A; ++i) {
+    ax[i] = anc[2 * i];
+    ay[i] = anc[2 * i + 1];
+  }
+  std::iota(order.begin(), order.end(), int64_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return ax[i] < ax[j]; });
+  for (int64_t i = 0; i < A; ++i) sx[i] = ax[order[i]];
+
+  math::TalView<S, TS> v;
+  v.scores = a.scores.const_data_ptr<TS>();
+  v.pred = a.pred.const_data_ptr<S>();
+  v.anchor_x = ax.data();
+  v.anchor_y = ay.data();
+  v.sorted_x = sx.data();
+  v.order = order.data();
+  v.gt = a.gt.const_data_ptr<S>();
+  v.labels = a.labels.const_data_ptr<int64_t>();
+  v.valid = a.valid.const_data_ptr<bool>();
+  v.B = B;
+  v.A = A;
+  v.M = M;
+  v.C = a.C;
+  v.k = static_cast<int>(K);
+  v.k2 = static_cast<int>(a.topk2);
+  v.alpha = static_cast<S>(a.alpha);
+  v.beta = static_cast<S>(a.beta);
+  v.stride_val = static_cast<S>(a.stride_val);
+  v.eps = static_cast<S>(a.eps);
+  v.logits = a.logits;
+
+  int64_t* o_lab = labels.mutable_data_ptr<int64_t>();
+  S* o_box = boxes.mutable_data_ptr<S>();
+  S* o_score = score.mutable_data_ptr<S>();
+  bool* o_fg = fg.mutable_data_ptr<bool>();
+  int64_t* o_idx = gt_idx.mutable_data_ptr<int64_t>();
+
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<int64_t> sel(M * K), owner(A), list(A), start(M + 1);
+    std::vector<int32_t> cnt(A);
+    std::unique_ptr<bool[]> keep(new bool[std::max<int64_t>(A, 1)]);
+    std::vector<S> best_mu(M), best_ov(M);
+    for (int64_t b = b0; b < b1; ++b) {
+      // 1. each box's positives
+      for (int64_t m = 0; m < M; ++m) math::tal_select_box(v, b, m, sel.data() + m * K);
+      // 2. anchors selected by several boxes go to the box of largest overlap
+      std::fill(cnt.begin(), cnt.end(), 0);
+      std::fill(owner.begin(), owner.end(), int64_t(-1));
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t j = 0; j < K && sel[m * K + j] >= 0; ++j) {
+          ++cnt[sel[m * K + j]];
+          owner[sel[m * K + j]] = m;
+        }
+      for (int64_t i = 0; i < A; ++i)
+        if (cnt[i] > 1) owner[i] = math::tal_resolve(v, b, i);
+      // 3. topk2: each box keeps its best topk2 anchors (its anchors grouped by a counting sort)
+      if (a.topk2 != a.topk) {
+        std::fill(start.begin(), start.end(), int64_t(0));
+        for (int64_t i = 0; i < A; ++i)
+          if (owner[i] >= 0) ++start[owner[i] + 1];
+        for (int64_t m = 0; m < M; ++m) start[m + 1] += start[m];
+        std::vector<int64_t> cursor(start.begin(), start.end() - 1);
+        for (int64_t i = 0; i < A; ++i)
+          if (owner[i] >= 0) list[cursor[owner[i]]++] = i;
+        for (int64_t m = 0; m < M; ++m) {
+          const int64_t n = start[m + 1] - start[m];
+          if (n == 0) continue;
+          math::tal_keep_topk2(v, b, m, list.data() + start[m], n, keep.get());
+          for (int64_t i = 0; i < n; ++i)
+            if (!keep[i]) owner[list[start[m] + i]] = -1;
+        }
+      }
+      // 4. per box, the largest metric and overlap over its positives; the targets
+      std::fill(best_mu.begin(), best_mu.end(), S(0));
+      std::fill(best_ov.begin(), best_ov.end(), S(0));
+      for (int64_t i = 0; i < A; ++i) {
+        if (owner[i] < 0) continue;
+        S ov, mu;
+        math::tal_pair(v, b, owner[i], i, ov, mu);
+        best_mu[owner[i]] = std::max(best_mu[owner[i]], mu);
+        best_ov[owner[i]] = std::max(best_ov[owner[i]], ov);
+      }
+      const int64_t* lab = v.labels + b * M;
+      const S* gt = v.gt + 4 * b * M;
+      for (int64_t i = 0; i < A; ++i) {
+        const int64_t bi = b * A + i;
+        const bool pos = owner[i] >= 0;
+        const int64_t m = pos ? owner[i] : 0;  // background: box 0, as ultralytics' argmax
+        o_fg[bi] = pos;
+        o_idx[bi] = m;
+        o_lab[bi] = M > 0 ? std::max<int64_t>(lab[m], 0) : 0;
+        for (int c = 0; c < 4; ++c) o_box[4 * bi + c] = M > 0 ? gt[4 * m + c] : S(0);
+        S sc = S(0);
+        if (pos) {
+          S ov, mu;
+          math::tal_pair(v, b, m, i, ov, mu);
+          sc = math::tal_mul(mu, best_ov[m]) / (best_mu[m] + v.eps);
+        }
+        o_score[bi] = sc;
+      }
+    }
+  });
+  return {labels, boxes.to(a.gt_dtype), score.to(a.out_dtype), fg, gt_idx};
+}
+
+}  // namespace
+}  // namespace cpu
+
+TalResult tal_assign_cpu(const TalArgs& a) {
+  // a valid box's label indexes the scores: outside [0, C) ultralytics raises (IndexError)
+  if (a.M > 0) {
+    const int64_t* lab = a.labels.const_data_ptr<int64_t>();
+    const bool* val = a.valid.const_data_ptr<bool>();
+    for (int64_t i = 0, n = a.B * a.M; i < n; ++i)
+      TORCH_CHECK_VALUE(!val[i] || (lab[i] >= 0 && lab[i] < a.C), "detloss.tal_assign: gt_labels "
+                        "of a valid box must be in [0, C) = [0, ", a.C, "), got ", lab[i],
+                        " (image ", i / a.M, ", box ", i % a.M, ")");
+  }
+  TalResult r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scores.scalar_type(),
+                                  "detloss_tal_assign_cpu", [&] {
+    using TS = scalar_t;
+    if (a.dtype == at::kDouble) r = cpu::run<double, TS>(a);
+    else r = cpu::run<float, TS>(a);
+  });
+  return r;
+}
+
+}  // namespace detloss
+
+TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+  m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cpu>);
+}

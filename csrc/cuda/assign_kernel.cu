@@ -1,0 +1,289 @@
+// CUDA driver of the task-aligned assigner: the phases of csrc/math/assign.h, one thread per
+// box or per anchor, on the current stream, with no host synchronisation. Memory: O(B·A +
+// B·M·topk), never (B, M, A). Deterministic: the only atomics count integers and take maxima.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/cumsum.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/sort.h>
+#include <ATen/ops/zeros.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../math/assign.h"
+#include "../ops/assign.h"
+#include "launch.cuh"
+
+namespace detloss {
+namespace cuda {
+namespace {
+
+template <class S, class TS>
+using View = math::TalView<S, TS>;
+
+// 1. each box's positives: sel[(b·M + m)·k + j]
+template <class S, class TS>
+struct SelectUnit {
+  View<S, TS> v;
+  int64_t* sel;
+  __device__ __forceinline__ float operator()(int64_t bm) const {
+    math::tal_select_box(v, bm / v.M, bm % v.M, sel + bm * v.k);
+    return 0.f;
+  }
+};
+
+// 2a. count the boxes that selected each anchor; owner = the (last) one
+template <class S, class TS>
+struct ScatterUnit {
+  View<S, TS> v;
+  const int64_t* sel;
+  int32_t* cnt;
+  int64_t* owner;
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int64_t bm = u / v.k;
+    const int64_t a = sel[u];
+    if (a >= 0) {
+      const int64_t i = (bm / v.M) * v.A + a;
+      atomicAdd(cnt + i, 1);
+      owner[i] = bm % v.M;  // read only where cnt == 1 (unique writer)
+    }
+    return 0.f;
+  }
+};
+
+// 2b. anchors selected by several boxes: the box of largest overlap
+template <class S, class TS>
+struct ResolveUnit {
+  View<S, TS> v;
+  const int32_t* cnt;
+  int64_t* owner;
+  __device__ __forceinline__ float operator()(int64_t i) const {
+    const int32_t c = cnt[i];
+    if (c == 0) owner[i] = -1;
+    else if (c > 1) owner[i] = math::tal_resolve(v, i / v.A, i % v.A);
+    return 0.f;
+  }
+};
+
+// 3. topk2 (when != topk): group the anchors by box (count, scan, fill), then each box keeps
+// its best topk2; the order inside a group does not matter (the selection is a total order)
+struct BoxCountUnit {
+  const int64_t* owner;
+  int64_t A, M;
+  int64_t* count;  // [B·M]
+  __device__ __forceinline__ float operator()(int64_t i) const {
+    if (owner[i] >= 0) atomicAdd(reinterpret_cast<unsigned long long*>(count + (i / A) * M + owner[i]), 1ull);
+    return 0.f;
+  }
+};
+
+struct FillUnit {
+  const int64_t* owner;
+  int64_t A, M;
+  const int64_t* end;  // inclusive scan of the counts
+  const int64_t* count;
+  int64_t* cursor;     // [B·M], zeros
+  int64_t* list;
+  __device__ __forceinline__ float operator()(int64_t i) const {
+    if (owner[i] < 0) return 0.f;
+    const int64_t bm = (i / A) * M + owner[i];
+    const int64_t at = end[bm] - count[bm] +
+                       static_cast<int64_t>(atomicAdd(reinterpret_cast<unsigned long long*>(cursor + bm), 1ull));
+    list[at] = i % A;
+    return 0.f;
+  }
+};
+
+template <class S, class TS>
+struct KeepUnit {
+  View<S, TS> v;
+  const int64_t* end;
+  const int64_t* count;
+  const int64_t* list;
+  bool* keep;  // parallel to list
+  int64_t* owner;
+  __device__ __forceinline__ float operator()(int64_t bm) const {
+    const int64_t n = count[bm], first = end[bm] - n;
+    if (n == 0) return 0.f;
+    math::tal_keep_topk2(v, bm / v.M, bm % v.M, list + first, n, keep + first);
+    for (int64_t j = 0; j < n; ++j)
+      if (!keep[first + j]) owner[(bm / v.M) * v.A + list[first + j]] = -1;
+    return 0.f;
+  }
+};
+
+// 4. per box, the largest metric and overlap over its positives: maxima of non-negative
+// floating values, taken on their bit patterns (order-independent, so deterministic)
+__device__ __forceinline__ void atomic_max_nonneg(float* p, float x) {
+  atomicMax(reinterpret_cast<unsigned int*>(p), __float_as_uint(x));
+}
+__device__ __forceinline__ void atomic_max_nonneg(double* p, double x) {
+  atomicMax(reinterpret_cast<unsigned long long*>(p),
+            static_cast<unsigned long long>(__double_as_longlong(x)));
+}
+
+template <class S, class TS>
+struct MaxUnit {
+  View<S, TS> v;
+  const int64_t* owner;
+  S* best_mu;
+  S* best_ov;
+  __device__ __forceinline__ float operator()(int64_t i) const {
+    const int64_t m = owner[i];
+    if (m < 0) return 0.f;
+    const int64_t b = i / v.A;
+    S ov, mu;
+    math::tal_pair(v, b, m, i % v.A, ov, mu);
+    if (mu > S(0)) atomic_max_nonneg(best_mu + b * v.M + m, mu);
+    if (ov > S(0)) atomic_max_nonneg(best_ov + b * v.M + m, ov);
+    return 0.f;
+  }
+};
+
+// 5. the outputs
+template <class S, class TS>
+struct OutputUnit {
+  View<S, TS> v;
+  const int64_t* owner;
+  const S* best_mu;
+  const S* best_ov;
+  int64_t* labels;
+  S* boxes;
+  S* score;
+  bool* fg;
+  int64_t* gt_idx;
+  __device__ __forceinline__ float operator()(int64_t i) const {
+    const int64_t b = i / v.A;
+    const bool pos = owner[i] >= 0;
+    const int64_t m = pos ? owner[i] : 0;  // background: box 0, as ultralytics' argmax
+    const int64_t bm = b * v.M + m;
+    fg[i] = pos;
+    gt_idx[i] = m;
+    labels[i] = v.labels[bm] > 0 ? v.labels[bm] : 0;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) boxes[4 * i + c] = v.gt[4 * bm + c];
+    S sc = S(0);
+    if (pos) {
+      S ov, mu;
+      math::tal_pair(v, b, m, i % v.A, ov, mu);
+      sc = math::tal_mul(mu, best_ov[bm]) / (best_mu[bm] + v.eps);
+    }
+    score[i] = sc;
+    return 0.f;
+  }
+};
+
+template <class F>
+void run_units(int64_t n, const F& f, c10::Device d) {
+  launch_map_reduce<float, float>(n, f, nullptr, 1.f, d);
+}
+
+template <class S, class TS>
+TalResult run(const TalArgs& a) {
+  const int64_t B = a.B, A = a.A, M = a.M, K = a.topk;
+  const c10::Device dev = a.pred.device();
+  const at::TensorOptions opts = a.pred.options();
+  const at::TensorOptions i64 = opts.dtype(at::kLong);
+  at::Tensor labels = at::empty({B, A}, i64);
+  at::Tensor boxes = at::empty({B, A, 4}, opts.dtype(a.dtype));
+  at::Tensor score = at::empty({B, A}, opts.dtype(a.dtype));
+  at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
+  at::Tensor gt_idx = at::empty({B, A}, i64);
+  if (B * A == 0) return {labels, boxes.to(a.gt_dtype), score.to(a.out_dtype), fg, gt_idx};
+
+  // anchors sorted by x, on the device (stable: ties keep index order)
+  const at::Tensor ax = a.anchors.select(1, 0).contiguous();
+  const at::Tensor ay = a.anchors.select(1, 1).contiguous();
+  auto [sx, order] = at::sort(ax, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+
+  View<S, TS> v;
+  v.scores = a.scores.const_data_ptr<TS>();
+  v.pred = a.pred.const_data_ptr<S>();
+  v.anchor_x = ax.const_data_ptr<S>();
+  v.anchor_y = ay.const_data_ptr<S>();
+  v.sorted_x = sx.const_data_ptr<S>();
+  v.order = order.const_data_ptr<int64_t>();
+  v.gt = a.gt.const_data_ptr<S>();
+  v.labels = a.labels.const_data_ptr<int64_t>();
+  v.valid = a.valid.const_data_ptr<bool>();
+  v.B = B;
+  v.A = A;
+  v.M = M;
+  v.C = a.C;
+  v.k = static_cast<int>(K);
+  v.k2 = static_cast<int>(a.topk2);
+  v.alpha = static_cast<S>(a.alpha);
+  v.beta = static_cast<S>(a.beta);
+  v.stride_val = static_cast<S>(a.stride_val);
+  v.eps = static_cast<S>(a.eps);
+  v.logits = a.logits;
+
+  at::Tensor owner = at::empty({B * A}, i64);
+  int64_t* own = owner.mutable_data_ptr<int64_t>();
+  if (M > 0) {
+    at::Tensor sel = at::empty({B * M * K}, i64);
+    at::Tensor cnt = at::zeros({B * A}, opts.dtype(at::kInt));
+    run_units(B * M, SelectUnit<S, TS>{v, sel.mutable_data_ptr<int64_t>()}, dev);
+    run_units(B * M * K, ScatterUnit<S, TS>{v, sel.const_data_ptr<int64_t>(),
+                                              cnt.mutable_data_ptr<int32_t>(), own}, dev);
+    run_units(B * A, ResolveUnit<S, TS>{v, cnt.const_data_ptr<int32_t>(), own}, dev);
+    if (a.topk2 != a.topk) {
+      at::Tensor count = at::zeros({B * M}, i64);
+      run_units(B * A, BoxCountUnit{own, A, M, count.mutable_data_ptr<int64_t>()}, dev);
+      const at::Tensor end = at::cumsum(count, 0);
+      at::Tensor cursor = at::zeros({B * M}, i64);
+      at::Tensor list = at::empty({B * A}, i64);
+      at::Tensor keep = at::empty({B * A}, opts.dtype(at::kBool));
+      run_units(B * A, FillUnit{own, A, M, end.const_data_ptr<int64_t>(),
+                                count.const_data_ptr<int64_t>(), cursor.mutable_data_ptr<int64_t>(),
+                                list.mutable_data_ptr<int64_t>()}, dev);
+      run_units(B * M, KeepUnit<S, TS>{v, end.const_data_ptr<int64_t>(),
+                                       count.const_data_ptr<int64_t>(), list.const_data_ptr<int64_t>(),
+                                       keep.mutable_data_ptr<bool>(), own}, dev);
+    }
+  } else {
+    owner.fill_(-1);
+  }
+  at::Tensor best_mu = at::zeros({std::max<int64_t>(B * M, 1)}, opts.dtype(a.dtype));
+  at::Tensor best_ov = at::zeros({std::max<int64_t>(B * M, 1)}, opts.dtype(a.dtype));
+  if (M > 0) {
+    run_units(B * A, MaxUnit<S, TS>{v, own, best_mu.mutable_data_ptr<S>(),
+                                    best_ov.mutable_data_ptr<S>()}, dev);
+    run_units(B * A, OutputUnit<S, TS>{v, own, best_mu.const_data_ptr<S>(),
+                                       best_ov.const_data_ptr<S>(), labels.mutable_data_ptr<int64_t>(),
+                                       boxes.mutable_data_ptr<S>(), score.mutable_data_ptr<S>(),
+                                       fg.mutable_data_ptr<bool>(), gt_idx.mutable_data_ptr<int64_t>()},
+              dev);
+  } else {
+    labels.zero_();
+    boxes.zero_();
+    score.zero_();
+    fg.zero_();
+    gt_idx.zero_();
+  }
+  return {labels, boxes.to(a.gt_dtype), score.to(a.out_dtype), fg, gt_idx};
+}
+
+}  // namespace
+}  // namespace cuda
+
+// A valid box's label outside [0, C) indexes no score: ultralytics fails on a device-side
+// assert; checking here would synchronise, so such a box scores 0 on CUDA (the CPU raises).
+TalResult tal_assign_cuda(const TalArgs& a) {
+  const c10::cuda::CUDAGuard guard(a.pred.device());
+  TalResult r;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scores.scalar_type(),
+                                  "detloss_tal_assign_cuda", [&] {
+    using TS = scalar_t;
+    if (a.dtype == at::kDouble) r = cuda::run<double, TS>(a);
+    else r = cuda::run<float, TS>(a);
+  });
+  return r;
+}
+
+}  // namespace detloss
+
+TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
+  m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cuda>);
+}

@@ -1,0 +1,313 @@
+// The task-aligned assigner (TOOD; ultralytics' TaskAlignedAssigner), written once for the
+// CPU and CUDA drivers (csrc/cpu/assign_kernel.cpp, csrc/cuda/assign_kernel.cu), which hold
+// no formula of their own. Per image with A anchors and M ground-truth boxes:
+//
+//   candidates   anchor a is inside box m: box sides below stride_val enlarged to it about
+//                the centre (valid boxes only), then a - (x1, y1) > eps and (x2, y2) - a > eps
+//   overlap      ov(m, a) = max(CIoU(gt_m, pred_a), 0) for a candidate of a valid box, else 0,
+//                CIoU as ultralytics' bbox_iou(xyxy): heights + 1e-7, its operation order
+//   metric       mu(m, a) = score(a, label_m)^alpha · ov(m, a)^beta
+//   top-k        box m selects the k anchors with the largest mu over ALL anchors, ties to the
+//                lower anchor index (torch.topk leaves ties unordered; this is the rule here);
+//                its positives are the selected candidates
+//   conflicts    an anchor selected by more than one box goes to argmax_m ov(m, a) over all
+//                boxes, the first on ties (torch.max's rule), even a box that did not select it
+//   topk2        (when != topk) box m keeps the topk2 of its anchors by mu, the same order
+//   targets      per box P(m) = max mu over its positives, O(m) = max ov over them; an anchor
+//                of box m gets score mu(m, a)·O(m) / (P(m) + eps); background: label and box
+//                of box 0 (ultralytics' index 0), score 0.
+//
+// Selection with the ordering over ALL anchors without scanning them all: the anchors that
+// are not candidates of box m have mu = 0, so the order is decided among the candidates with
+// mu > 0 (kept in a bounded list), and when fewer than k of them exist, the remaining slots
+// go to the anchors with mu = 0 of lowest index; a candidate with mu = 0 at index a is
+// among them iff a - #(candidates with mu > 0 below a) < k - #(candidates with mu > 0).
+//
+// Exact replication: float32 boxes go through the same operations in the same order as
+// ultralytics' (no fused multiply-add: DETLOSS_ASSIGN_RN on CUDA; the CPU driver is built
+// without FMA instructions), so overlaps and metrics match torch's bits up to the last ulp of
+// atan and pow, whose implementations differ between torch (Sleef on the CPU) and libm.
+#pragma once
+
+#include <cstdint>
+
+#include "common.h"
+
+namespace detloss {
+namespace math {
+
+constexpr int kTalMaxTopk = 64;  // the per-box list lives in a fixed array
+
+inline namespace DETLOSS_CAPABILITY_NS {
+
+// Multiply and add rounded as separate operations (never contracted into an FMA): torch
+// evaluates each operation of ultralytics' formulas as its own kernel.
+#if defined(__CUDA_ARCH__)
+DETLOSS_HD float tal_mul(float a, float b) { return __fmul_rn(a, b); }
+DETLOSS_HD double tal_mul(double a, double b) { return __dmul_rn(a, b); }
+DETLOSS_HD float tal_add(float a, float b) { return __fadd_rn(a, b); }
+DETLOSS_HD double tal_add(double a, double b) { return __dadd_rn(a, b); }
+DETLOSS_HD float tal_sub(float a, float b) { return __fsub_rn(a, b); }
+DETLOSS_HD double tal_sub(double a, double b) { return __dsub_rn(a, b); }
+#else
+DETLOSS_HD float tal_mul(float a, float b) { return a * b; }
+DETLOSS_HD double tal_mul(double a, double b) { return a * b; }
+DETLOSS_HD float tal_add(float a, float b) { return a + b; }
+DETLOSS_HD double tal_add(double a, double b) { return a + b; }
+DETLOSS_HD float tal_sub(float a, float b) { return a - b; }
+DETLOSS_HD double tal_sub(double a, double b) { return a - b; }
+#endif
+
+// max(x, 0) propagating NaN, as Tensor.clamp_(0)
+template <class S>
+DETLOSS_HD S tal_clamp0(S x) {
+  return x != x ? x : (x > S(0) ? x : S(0));
+}
+
+// The candidate region of a gt box (ultralytics' select_candidates_in_gts): xyxy -> xywh,
+// sides below stride_val raised to it for valid boxes, back to xyxy.
+template <class S>
+struct TalRegion {
+  S x1, y1, x2, y2;
+};
+
+template <class S>
+DETLOSS_HD TalRegion<S> tal_region(S x1, S y1, S x2, S y2, bool valid, S stride_val) {
+  const S cx = tal_add(x1, x2) / S(2), cy = tal_add(y1, y2) / S(2);
+  S w = tal_sub(x2, x1), h = tal_sub(y2, y1);
+  if (valid) {
+    if (w < stride_val) w = stride_val;
+    if (h < stride_val) h = stride_val;
+  }
+  const S hw = w / S(2), hh = h / S(2);
+  return {tal_sub(cx, hw), tal_sub(cy, hh), tal_add(cx, hw), tal_add(cy, hh)};
+}
+
+template <class S>
+DETLOSS_HD bool tal_inside(const TalRegion<S>& r, S ax, S ay) {
+  const S eps = S(1e-9);
+  return tal_sub(ax, r.x1) > eps && tal_sub(ay, r.y1) > eps && tal_sub(r.x2, ax) > eps &&
+         tal_sub(r.y2, ay) > eps;
+}
+
+// max(CIoU, 0) of gt box g and predicted box p, both xyxy: ultralytics' bbox_iou(g, p,
+// xywh=False, CIoU=True).clamp_(0), operation for operation.
+template <class S>
+DETLOSS_HD S tal_overlap(S gx1, S gy1, S gx2, S gy2, S px1, S py1, S px2, S py2) {
+  const S e = S(1e-7);
+  const S w1 = tal_sub(gx2, gx1), h1 = tal_add(tal_sub(gy2, gy1), e);
+  const S w2 = tal_sub(px2, px1), h2 = tal_add(tal_sub(py2, py1), e);
+  const S iw = tal_clamp0(tal_sub(dl_min(gx2, px2), dl_max(gx1, px1)));
+  const S ih = tal_clamp0(tal_sub(dl_min(gy2, py2), dl_max(gy1, py1)));
+  const S inter = tal_mul(iw, ih);
+  const S uni = tal_add(tal_sub(tal_add(tal_mul(w1, h1), tal_mul(w2, h2)), inter), e);
+  const S iou = inter / uni;
+  const S cw = tal_sub(dl_max(gx2, px2), dl_min(gx1, px1));
+  const S ch = tal_sub(dl_max(gy2, py2), dl_min(gy1, py1));
+  const S c2 = tal_add(tal_add(tal_mul(cw, cw), tal_mul(ch, ch)), e);
+  const S dx = tal_sub(tal_sub(tal_add(px1, px2), gx1), gx2);
+  const S dy = tal_sub(tal_sub(tal_add(py1, py2), gy1), gy2);
+  const S rho2 = tal_add(tal_mul(dx, dx), tal_mul(dy, dy)) / S(4);
+  const S da = tal_sub(dl_atan(w2 / h2), dl_atan(w1 / h1));
+  const S v = tal_mul(S(4.0 / (3.141592653589793 * 3.141592653589793)), tal_mul(da, da));
+  const S alpha = v / tal_add(tal_add(tal_sub(S(1), iou), v), e);
+  return tal_clamp0(tal_sub(iou, tal_add(rho2 / c2, tal_mul(v, alpha))));
+}
+
+// base^exponent as torch.pow(tensor, python_float) gives it: exact for 1 (the default alpha)
+// and 2, the library's pow otherwise.
+template <class S>
+DETLOSS_HD S tal_pow(S base, S exponent) {
+  if (exponent == S(1)) return base;
+  if (exponent == S(2)) return tal_mul(base, base);
+  return dl_pow(base, exponent);
+}
+
+// The order of the top-k: larger metric first, the lower anchor index on ties.
+template <class S>
+DETLOSS_HD bool tal_before(S m1, int64_t a1, S m2, int64_t a2) {
+  return m1 > m2 || (m1 == m2 && a1 < a2);
+}
+
+// A bounded list of the best (metric, anchor) pairs, best first.
+template <class S>
+struct TalTopk {
+  S metric[kTalMaxTopk];
+  int64_t anchor[kTalMaxTopk];
+  int size = 0;
+  int k = 0;
+
+  DETLOSS_HD void offer(S m, int64_t a) {
+    if (size == k && !tal_before(m, a, metric[k - 1], anchor[k - 1])) return;
+    int i = size < k ? size++ : k - 1;
+    while (i > 0 && tal_before(m, a, metric[i - 1], anchor[i - 1])) {
+      metric[i] = metric[i - 1];
+      anchor[i] = anchor[i - 1];
+      --i;
+    }
+    metric[i] = m;
+    anchor[i] = a;
+  }
+  // how many listed anchors have an index below a
+  DETLOSS_HD int count_below(int64_t a) const {
+    int c = 0;
+    for (int i = 0; i < size; ++i) c += anchor[i] < a;
+    return c;
+  }
+};
+
+// The inputs of one call, as plain pointers (contiguous): what every phase below reads.
+// S: the arithmetic type (the boxes' and anchors' dtype: float or double); TS: the scores'.
+template <class S, class TS>
+struct TalView {
+  const TS* scores;        // [B, A, C]: probabilities, or logits when `logits`
+  const S* pred;           // [B, A, 4] xyxy
+  const S* anchor_x;       // [A]
+  const S* anchor_y;       // [A]
+  const S* sorted_x;       // [A] anchor x ascending
+  const int64_t* order;    // [A] the anchor at each sorted position
+  const S* gt;             // [B, M, 4] xyxy
+  const int64_t* labels;   // [B, M]
+  const bool* valid;       // [B, M]
+  int64_t B, A, M, C;
+  int k, k2;               // topk, topk2 (k2 == k: no second selection)
+  S alpha, beta, stride_val, eps;
+  bool logits;
+};
+
+// The score of anchor a for class c of image b, as the assigner sees it: sigmoid(logit) or
+// the probability, rounded to the scores' dtype (torch computes sigmoid in that dtype).
+template <class S, class TS>
+DETLOSS_HD S tal_score(const TalView<S, TS>& v, int64_t b, int64_t a, int64_t c) {
+  if (c < 0 || c >= v.C) return S(0);  // (a label outside [0, C): see csrc/ops/assign.cpp)
+  const S x = static_cast<S>(v.scores[(b * v.A + a) * v.C + c]);
+  if (!v.logits) return x;
+  return static_cast<S>(static_cast<TS>(S(1) / (S(1) + dl_exp(-x))));
+}
+
+// Overlap and metric of candidate a of box m (bm = b·M + m; the caller checked it is valid
+// and that a is inside its region).
+template <class S, class TS>
+DETLOSS_HD void tal_metric(const TalView<S, TS>& v, int64_t b, int64_t bm, int64_t a, S& ov,
+                           S& mu) {
+  const S* g = v.gt + 4 * bm;
+  const S* p = v.pred + 4 * (b * v.A + a);
+  ov = tal_overlap(g[0], g[1], g[2], g[3], p[0], p[1], p[2], p[3]);
+  const S sa = static_cast<S>(static_cast<TS>(tal_pow(tal_score(v, b, a, v.labels[bm]), v.alpha)));
+  mu = tal_mul(sa, tal_pow(ov, v.beta));
+}
+
+// Overlap and metric of box m and anchor a of image b: both 0 unless a is a candidate of a
+// valid box m.
+template <class S, class TS>
+DETLOSS_HD void tal_pair(const TalView<S, TS>& v, int64_t b, int64_t m, int64_t a, S& ov,
+                         S& mu) {
+  ov = mu = S(0);
+  const int64_t bm = b * v.M + m;
+  if (!v.valid[bm]) return;
+  const S* g = v.gt + 4 * bm;
+  if (tal_inside(tal_region(g[0], g[1], g[2], g[3], true, v.stride_val), v.anchor_x[a],
+                 v.anchor_y[a]))
+    tal_metric(v, b, bm, a, ov, mu);
+}
+
+// First sorted position whose x is >= x (binary search).
+template <class S>
+DETLOSS_HD int64_t tal_lower_bound(const S* xs, int64_t n, S x) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (xs[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// Phase 1, one box: its positives (the selected candidates, any order) into sel[0, k),
+// -1 after the last. Only the anchors whose x lies in the box's region are visited.
+template <class S, class TS>
+DETLOSS_HD void tal_select_box(const TalView<S, TS>& v, int64_t b, int64_t m, int64_t* sel) {
+  for (int j = 0; j < v.k; ++j) sel[j] = -1;
+  const int64_t bm = b * v.M + m;
+  if (!v.valid[bm]) return;
+  const S* g = v.gt + 4 * bm;
+  const TalRegion<S> r = tal_region(g[0], g[1], g[2], g[3], true, v.stride_val);
+  const int64_t lo = tal_lower_bound(v.sorted_x, v.A, r.x1);
+  TalTopk<S> top;
+  top.k = v.k;
+  int64_t positive = 0;  // candidates with mu > 0
+  for (int64_t i = lo; i < v.A && v.sorted_x[i] <= r.x2; ++i) {
+    const int64_t a = v.order[i];
+    if (!tal_inside(r, v.anchor_x[a], v.anchor_y[a])) continue;
+    S ov, mu;
+    tal_metric(v, b, bm, a, ov, mu);
+    if (mu > S(0)) {
+      top.offer(mu, a);
+      ++positive;
+    }
+  }
+  int n = 0;
+  for (int j = 0; j < top.size; ++j) sel[n++] = top.anchor[j];
+  if (positive >= v.k) return;
+  // fewer than k positive metrics: the remaining slots go to the mu = 0 anchors of lowest
+  // index over all anchors; those that are candidates are positives
+  const int64_t free_slots = v.k - positive;
+  for (int64_t i = lo; i < v.A && v.sorted_x[i] <= r.x2 && n < v.k; ++i) {
+    const int64_t a = v.order[i];
+    if (!tal_inside(r, v.anchor_x[a], v.anchor_y[a])) continue;
+    S ov, mu;
+    tal_metric(v, b, bm, a, ov, mu);
+    if (!(mu > S(0)) && a - top.count_below(a) < free_slots) sel[n++] = a;
+  }
+}
+
+// Phase 2, one anchor selected by cnt > 1 boxes: the box of largest overlap over all boxes,
+// the first on ties (torch.max), even one that did not select it.
+template <class S, class TS>
+DETLOSS_HD int64_t tal_resolve(const TalView<S, TS>& v, int64_t b, int64_t a) {
+  int64_t best = 0;
+  S best_ov = S(0);
+  for (int64_t m = 0; m < v.M; ++m) {
+    S ov, mu;
+    tal_pair(v, b, m, a, ov, mu);
+    if (m == 0 || ov > best_ov) {
+      best = m;
+      best_ov = ov;
+    }
+  }
+  return best;
+}
+
+// topk2, one box: which of its anchors (list[0, n), any order) stay positive, written to
+// keep[] (same positions); the order of phase 1 over all anchors, with the metric of this box.
+template <class S, class TS>
+DETLOSS_HD void tal_keep_topk2(const TalView<S, TS>& v, int64_t b, int64_t m, const int64_t* list,
+                               int64_t n, bool* keep) {
+  TalTopk<S> top;
+  top.k = v.k2;
+  int64_t positive = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    S ov, mu;
+    tal_pair(v, b, m, list[i], ov, mu);
+    if (mu > S(0)) {
+      top.offer(mu, list[i]);
+      ++positive;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t a = list[i];
+    S ov, mu;
+    tal_pair(v, b, m, a, ov, mu);
+    bool kept = false;
+    if (mu > S(0)) {
+      for (int j = 0; j < top.size; ++j) kept = kept || top.anchor[j] == a;
+    } else {
+      kept = positive < v.k2 && a - top.count_below(a) < v.k2 - positive;
+    }
+    keep[i] = kept;
+  }
+}
+
+}  // namespace DETLOSS_CAPABILITY_NS
+}  // namespace math
+}  // namespace detloss

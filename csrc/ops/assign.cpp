@@ -1,0 +1,146 @@
+// Schema and validation of the task-aligned assigner, shared by CPU and CUDA.
+#include "assign.h"
+
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/ScalarType.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace detloss {
+namespace {
+
+constexpr const char* kOp = "detloss.tal_assign";
+
+bool is_float(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+// [B, M, 1] or [B, M] -> [B, M]
+at::Tensor per_box(const at::Tensor& t, int64_t B, int64_t M, const char* arg) {
+  const bool ok = (t.dim() == 3 && t.size(0) == B && t.size(1) == M && t.size(2) == 1) ||
+                  (t.dim() == 2 && t.size(0) == B && t.size(1) == M);
+  TORCH_CHECK_VALUE(ok, kOp, ": ", arg, " must have shape [B, M, 1] = [", B, ", ", M,
+                    ", 1] (one per ground-truth box), got ", t.sizes());
+  return t.dim() == 3 ? t.squeeze(-1) : t;
+}
+
+}  // namespace
+
+TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                    const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                    const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
+                    int64_t topk2, double alpha, double beta, double stride_val, double eps,
+                    bool scores_are_logits) {
+  TalArgs a;
+  TORCH_CHECK_TYPE(is_float(pd_scores), kOp, ": pd_scores must be a floating tensor, got ",
+                   pd_scores.scalar_type());
+  TORCH_CHECK_VALUE(pd_scores.dim() == 3, kOp, ": pd_scores must have shape [B, A, C] "
+                    "(images, anchors, classes), got ", pd_scores.sizes());
+  a.B = pd_scores.size(0);
+  a.A = pd_scores.size(1);
+  a.C = pd_scores.size(2);
+  TORCH_CHECK_TYPE(is_float(pd_bboxes), kOp, ": pd_bboxes must be a floating tensor, got ",
+                   pd_bboxes.scalar_type());
+  TORCH_CHECK_VALUE(pd_bboxes.dim() == 3 && pd_bboxes.size(0) == a.B && pd_bboxes.size(1) == a.A &&
+                        pd_bboxes.size(2) == 4,
+                    kOp, ": pd_bboxes must have shape [B, A, 4] = [", a.B, ", ", a.A,
+                    ", 4] (xyxy, like pd_scores' first two dims), got ", pd_bboxes.sizes());
+  TORCH_CHECK_TYPE(is_float(anc_points), kOp, ": anc_points must be a floating tensor, got ",
+                   anc_points.scalar_type());
+  TORCH_CHECK_VALUE(anc_points.dim() == 2 && anc_points.size(0) == a.A && anc_points.size(1) == 2,
+                    kOp, ": anc_points must have shape [A, 2] = [", a.A, ", 2], got ",
+                    anc_points.sizes());
+  TORCH_CHECK_TYPE(is_float(gt_bboxes), kOp, ": gt_bboxes must be a floating tensor, got ",
+                   gt_bboxes.scalar_type());
+  TORCH_CHECK_VALUE(gt_bboxes.dim() == 3 && gt_bboxes.size(0) == a.B && gt_bboxes.size(2) == 4,
+                    kOp, ": gt_bboxes must have shape [B, M, 4] with B = ", a.B, " (xyxy), got ",
+                    gt_bboxes.sizes());
+  a.M = gt_bboxes.size(1);
+  TORCH_CHECK_TYPE(gt_labels.scalar_type() != at::kBool && !gt_labels.is_complex(), kOp,
+                   ": gt_labels must hold class numbers (integer or floating), got ",
+                   gt_labels.scalar_type());
+  TORCH_CHECK_TYPE(!mask_gt.is_complex(), kOp, ": mask_gt must be bool or numeric, got ",
+                   mask_gt.scalar_type());
+  for (const auto* t : {&pd_bboxes, &anc_points, &gt_labels, &gt_bboxes, &mask_gt}) {
+    TORCH_CHECK_VALUE(t->device() == pd_scores.device(), kOp,
+                      ": all tensors must be on one device; pd_scores is on ", pd_scores.device(),
+                      " but another is on ", t->device());
+  }
+  TORCH_CHECK_VALUE(topk >= 1 && topk <= math::kTalMaxTopk, kOp, ": topk must be in [1, ",
+                    math::kTalMaxTopk, "], got ", topk);
+  TORCH_CHECK_VALUE(topk2 >= 1 && topk2 <= math::kTalMaxTopk, kOp, ": topk2 must be in [1, ",
+                    math::kTalMaxTopk, "], got ", topk2);
+  TORCH_CHECK_VALUE(a.A >= topk, kOp, ": topk = ", topk, " needs at least as many anchors, got ",
+                    a.A, " (torch.topk raises here too)");
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && std::isfinite(beta), kOp,
+                    ": alpha and beta must be finite, got ", alpha, " and ", beta);
+  TORCH_CHECK_VALUE(std::isfinite(stride_val) && stride_val >= 0, kOp,
+                    ": stride_val must be a finite number >= 0, got ", stride_val);
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite number >= 0, got ",
+                    eps);
+  a.topk = topk;
+  a.topk2 = topk2;
+  a.alpha = alpha;
+  a.beta = beta;
+  a.stride_val = stride_val;
+  a.eps = eps;
+  a.logits = scores_are_logits;
+
+  // the arithmetic of the boxes: their promoted dtype, float32 for half/bf16 (see the README)
+  const auto boxes = c10::promoteTypes(c10::promoteTypes(pd_bboxes.scalar_type(),
+                                                         gt_bboxes.scalar_type()),
+                                       anc_points.scalar_type());
+  a.dtype = boxes == at::kDouble ? at::kDouble : at::kFloat;
+  const auto as = [&](const at::Tensor& t) {
+    return (t.scalar_type() == a.dtype ? t : t.to(a.dtype)).contiguous();
+  };
+  a.scores = pd_scores.contiguous();
+  a.pred = as(pd_bboxes);
+  a.anchors = as(anc_points);
+  a.gt = as(gt_bboxes);
+  a.gt_dtype = gt_bboxes.scalar_type();
+  a.out_dtype = c10::promoteTypes(pd_scores.scalar_type(),
+                                  c10::promoteTypes(pd_bboxes.scalar_type(), gt_bboxes.scalar_type()));
+  const at::Tensor lab = per_box(gt_labels, a.B, a.M, "gt_labels");
+  a.labels = (lab.scalar_type() == at::kLong ? lab : lab.to(at::kLong)).contiguous();
+  const at::Tensor mk = per_box(mask_gt, a.B, a.M, "mask_gt");
+  a.valid = (mk.scalar_type() == at::kBool ? mk : mk.ne(0)).contiguous();
+  return a;
+}
+
+namespace {
+
+// The assignment has no gradient (ultralytics runs it under no_grad): below autograd.
+TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                              const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                              const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                              int64_t topk, int64_t topk2, double alpha, double beta,
+                              double stride_val, double eps, bool scores_are_logits) {
+  at::AutoDispatchBelowADInplaceOrView below;
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("detloss::tal_assign", "")
+                             .typed<decltype(tal_assign_entry<tal_assign_cpu>)>();
+  return op.call(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
+                 alpha, beta, stride_val, eps, scores_are_logits);
+}
+
+}  // namespace
+}  // namespace detloss
+
+TORCH_LIBRARY_FRAGMENT(detloss, m) {
+  m.set_python_module("detloss_cuda._ops");
+  m.def(
+      "tal_assign(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
+      "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, float alpha, float beta, "
+      "float stride_val, float eps, bool scores_are_logits) -> (Tensor target_labels, "
+      "Tensor target_bboxes, Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");
+}
+
+TORCH_LIBRARY_IMPL(detloss, Autograd, m) {
+  m.impl("tal_assign", &detloss::tal_assign_autograd);
+}

@@ -1,0 +1,54 @@
+// The task-aligned assigner: validated, device-independent arguments and the device entry
+// points csrc/cpu and csrc/cuda implement (the algorithm: csrc/math/assign.h).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+#include "../math/assign.h"
+#include "common.h"
+
+namespace detloss {
+
+struct TalArgs {
+  at::Tensor scores;    // [B, A, C] contiguous, any floating dtype (read in place)
+  at::Tensor pred;      // [B, A, 4] contiguous, in `dtype`
+  at::Tensor anchors;   // [A, 2] contiguous, in `dtype`
+  at::Tensor gt;        // [B, M, 4] contiguous, in `dtype`
+  at::Tensor labels;    // [B, M] int64 contiguous (ultralytics' .long() of gt_labels)
+  at::Tensor valid;     // [B, M] bool contiguous
+  at::ScalarType dtype;      // the arithmetic: float (float32 / half / bf16 boxes) or double
+  at::ScalarType gt_dtype;   // target_bboxes' dtype: gt_bboxes'
+  at::ScalarType out_dtype;  // target_score's: the alignment metric's (scores and boxes promoted)
+  int64_t B = 0, A = 0, M = 0, C = 0;
+  int64_t topk = 13, topk2 = 13;
+  double alpha = 1.0, beta = 6.0, stride_val = 16.0, eps = 1e-9;
+  bool logits = false;
+};
+
+TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                    const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                    const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
+                    int64_t topk2, double alpha, double beta, double stride_val, double eps,
+                    bool scores_are_logits);
+
+// (target_labels int64 [B, A], target_bboxes [B, A, 4], target_score [B, A] (the normalised
+// alignment metric of the assigned box; 0 for background), fg_mask bool [B, A],
+// target_gt_idx int64 [B, A]): ultralytics' outputs but for the [B, A, C] target scores,
+// which are one_hot(target_labels) * target_score where fg_mask (detloss_cuda/assign.py).
+using TalResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+TalResult tal_assign_cpu(const TalArgs& a);
+TalResult tal_assign_cuda(const TalArgs& a);
+
+template <TalResult (*F)(const TalArgs&)>
+TalResult tal_assign_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                           const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                           const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
+                           int64_t topk2, double alpha, double beta, double stride_val,
+                           double eps, bool scores_are_logits) {
+  return F(prepare_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
+                       topk2, alpha, beta, stride_val, eps, scores_are_logits));
+}
+
+}  // namespace detloss

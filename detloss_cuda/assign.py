@@ -1,0 +1,88 @@
+"""Task-aligned assignment (TOOD; ultralytics' ``TaskAlignedAssigner``), fused: no
+``(batch, boxes, anchors)`` tensor is ever built. CPU and CUDA kernels
+(``torch.ops.detloss.tal_assign``; the algorithm and its exact rules are in
+``csrc/math/assign.h``), memory O(batch·anchors + batch·boxes·topk).
+
+``task_aligned_assign`` returns ultralytics' five outputs, or with ``index=True`` the
+per-anchor class index and score that the classification losses take directly
+(``detloss_cuda.functional``), so no ``[B, A, C]`` target is built either.
+"""
+import torch
+
+from . import _ops
+
+__all__ = ["task_aligned_assign", "stride_value", "AssignResult"]
+
+
+def stride_value(stride=None):
+    """ultralytics' ``stride_val``: the middle stride of ``[8, 16, 32]`` (or the only one)."""
+    stride = [8, 16, 32] if stride is None else list(stride)
+    return float(stride[1] if len(stride) > 1 else stride[0])
+
+
+class AssignResult(tuple):
+    """``(labels, scores)`` of the index form: ``labels [B, A]`` int64, the assigned box's class
+    where foreground and ``num_classes`` (background) elsewhere; ``scores [B, A]`` its
+    normalised alignment metric (0 for background); plus the other outputs as attributes:
+    ``target_bboxes``, ``fg_mask``, ``target_gt_idx``, ``target_labels`` (ultralytics')."""
+
+    def __new__(cls, labels, scores, target_labels, target_bboxes, fg_mask, target_gt_idx):
+        self = super().__new__(cls, (labels, scores))
+        self.labels, self.scores = labels, scores
+        self.target_labels, self.target_bboxes = target_labels, target_bboxes
+        self.fg_mask, self.target_gt_idx = fg_mask, target_gt_idx
+        return self
+
+
+def _check(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"task_aligned_assign: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
+                        topk=13, num_classes=80, alpha=1.0, beta=6.0, stride_val=16.0, eps=1e-9,
+                        topk2=None, scores_are_logits=False, index=False):
+    """ultralytics 8.4's ``TaskAlignedAssigner.forward``, fused.
+
+    Args, as there: ``pd_scores [B, A, C]`` class probabilities (or logits with
+    ``scores_are_logits=True``: the sigmoid is taken only where a box's class is read),
+    ``pd_bboxes [B, A, 4]`` and ``gt_bboxes [B, M, 4]`` xyxy, ``anc_points [A, 2]``,
+    ``gt_labels [B, M, 1]``, ``mask_gt [B, M, 1]``.
+
+    Returns ``(target_labels [B, A] int64, target_bboxes [B, A, 4], target_scores [B, A, C],
+    fg_mask [B, A] bool, target_gt_idx [B, A] int64)`` as ultralytics does (for ``M == 0``
+    its very outputs, dtypes included), or with ``index=True`` an ``AssignResult``.
+    Ties among equal metrics go to the lower anchor index (README: the assigner's contract).
+    """
+    for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
+                    ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
+        _check(name, t)
+    for name, v in (("topk", topk), ("num_classes", num_classes)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"task_aligned_assign: {name} must be an int, got {type(v).__name__}")
+    if topk2 is not None and (isinstance(topk2, bool) or not isinstance(topk2, int)):
+        raise TypeError(f"task_aligned_assign: topk2 must be an int or None, got {type(topk2).__name__}")
+    topk2 = topk2 or topk
+    if gt_bboxes.dim() == 3 and gt_bboxes.shape[1] == 0 and pd_scores.dim() == 3:
+        # ultralytics' early return, dtypes included (float labels and indices)
+        if index:
+            B, A = pd_scores.shape[:2]
+            return AssignResult(
+                torch.full((B, A), num_classes, dtype=torch.long, device=pd_scores.device),
+                torch.zeros((B, A), dtype=pd_scores.dtype, device=pd_scores.device),
+                torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
+                torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
+                torch.zeros_like(pd_scores[..., 0]))
+        return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
+                torch.zeros_like(pd_scores), torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
+                torch.zeros_like(pd_scores[..., 0]))
+    labels, bboxes, score, fg, gt_idx = _ops.ops.tal_assign(
+        pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
+        float(alpha), float(beta), float(stride_val), float(eps), bool(scores_are_logits))
+    if index:
+        return AssignResult(torch.where(fg, labels, num_classes), score, labels, bboxes, fg, gt_idx)
+    # ultralytics: one-hot (int8) * fg, times the normalised metric; here one zero fill and
+    # one scatter (F.one_hot would build an int64 [B, A, C] first: 86 MB at 16 x 8400 x 80)
+    target_scores = torch.zeros((*labels.shape, num_classes), dtype=score.dtype, device=score.device)
+    target_scores.scatter_(-1, labels.unsqueeze(-1), (score * fg).unsqueeze(-1))
+    return labels, bboxes, target_scores, fg, gt_idx
