@@ -108,10 +108,9 @@ def yolo():
 
 def _yolo_step(model, x, batch, patched):
     import detloss_cuda.integrations.ultralytics as dl
-    from ultralytics.utils.loss import v8DetectionLoss
 
     model.zero_grad(set_to_none=True)
-    criterion = v8DetectionLoss(model)
+    criterion = model.init_criterion()  # v8DetectionLoss, E2ELoss, v8SegmentationLoss
     ctx = dl.patched() if patched else contextlib.nullcontext()
     with ctx:
         loss, items = criterion(model(x), batch)
@@ -119,24 +118,96 @@ def _yolo_step(model, x, batch, patched):
     return {k: v.detach().double() for k, v in items.items()}, _grads(model)
 
 
-def test_ultralytics_step_matches(yolo, monkeypatch):
+def _yolo_model(cfg):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    torch.manual_seed(0)
+    cls = SegmentationModel if "-seg" in cfg else DetectionModel
+    model = cls(cfg, nc=80, verbose=False)  # offline: no weights
+    model.args = get_cfg()
+    model.train()
+    return model
+
+
+def _seg_masks(batch, n_img, size):
+    """overlap_mask=True masks: per image, pixel value = 1 + the index of its object (of the
+    image's objects, in batch order), rasterised from the boxes at the prototypes' size."""
+    masks = torch.zeros(n_img, size, size)
+    seen = collections.Counter()
+    for i, (b, box) in enumerate(zip(batch["batch_idx"].long().tolist(), batch["bboxes"])):
+        seen[b] += 1
+        cx, cy, w, h = (box * size).tolist()
+        masks[b, int(cy - h / 2):int(cy + h / 2), int(cx - w / 2):int(cx + w / 2)] = seen[b]
+    return masks
+
+
+@pytest.mark.parametrize("cfg", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml", "yolo11n-seg.yaml"])
+def test_yolo_steps_match_with_fused_assigner(cfg, yolo, monkeypatch):
+    """YOLOv8n / YOLO11n (v8DetectionLoss), YOLO26n (E2ELoss: both branches, topk2 = 1 in the
+    one-to-one one), YOLO11n-seg (v8SegmentationLoss): the fused assignment and the index-
+    target BCE replace ultralytics' assigner and dense targets; loss items and every
+    parameter's gradient as close to float64 as ultralytics' own float32 step."""
     import detloss_cuda.integrations.ultralytics as dl
 
-    model, x, batch = yolo
+    _, x, batch = yolo
+    batch = dict(batch)
+    if "-seg" in cfg:
+        batch["masks"] = _seg_masks(batch, x.shape[0], x.shape[-1] // 4)
+    model = _yolo_model(cfg)
     m64 = copy.deepcopy(model).double()
     l64, g64 = _yolo_step(m64, x.double(), batch, patched=False)
     l32, g32 = _yolo_step(model, x, batch, patched=False)
+    calls = collections.Counter()
+    real = dl.task_aligned_assign
+
+    def counted(*a, **k):
+        calls["assign"] += 1
+        calls["index"] += bool(k.get("index"))
+        calls["logits"] += bool(k.get("scores_are_logits"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(dl, "task_aligned_assign", counted)
     spy = Spy(dl.DF)
     monkeypatch.setattr(dl, "DF", spy)
     lp, gp = _yolo_step(model, x, batch, patched=True)
-    # every routed piece ran on our ops: BCE, the decode, the assigner's and the box loss's
-    # CIoU, DFL
-    assert spy.calls["binary_cross_entropy_with_logits"] == 1, spy.calls
-    assert spy.calls["distribution_integral"] == 1, spy.calls
-    assert spy.calls["bbox_iou"] >= 2, spy.calls
-    assert spy.calls["distribution_focal_loss"] == 1, spy.calls
-    assert set(lp) == {"box_loss", "cls_loss", "dfl_loss"} and all(v > 0 for v in lp.values())
+    branches = 2 if "26" in cfg else 1
+    assert calls == {"assign": branches, "index": branches, "logits": branches}, calls
+    assert spy.calls["binary_cross_entropy_with_logits"] == branches, spy.calls
+    assert all(v >= 0 for v in lp.values()) and any(v > 0 for v in lp.values())
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+def test_ultralytics_assigner_class_is_routed_and_subclasses_are_not():
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import tal as T
+
+    calls = collections.Counter()
+    real = dl.task_aligned_assign
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl, "task_aligned_assign", lambda *a, **k: calls.update(["x"]) or real(*a, **k))
+        g = torch.Generator().manual_seed(0)
+        A = 336
+        anc = torch.rand(A, 2, generator=g) * 128
+        pd = torch.cat([anc - 10, anc + 10], -1).unsqueeze(0).repeat(2, 1, 1)
+        s = torch.rand(2, A, 4, generator=g)
+        gt = torch.tensor([[[10.0, 10.0, 60.0, 70.0], [0.0, 0.0, 0.0, 0.0]]]).repeat(2, 1, 1)
+        lab = torch.tensor([[[1.0], [0.0]]]).repeat(2, 1, 1)
+        m = torch.tensor([[[1.0], [0.0]]]).repeat(2, 1, 1)
+        ref = T.TaskAlignedAssigner(topk=10, num_classes=4)(s, pd, anc, lab, gt, m)
+        class Sub(T.TaskAlignedAssigner):  # a subclass (pose, rotated, seg): its own overlaps
+            pass
+
+        with dl.patched():
+            out = T.TaskAlignedAssigner(topk=10, num_classes=4)(s, pd, anc, lab, gt, m)
+            assert calls["x"] == 1
+            sub = Sub(topk=10, num_classes=4)(s, pd, anc, lab, gt, m)
+            assert calls["x"] == 1  # not routed: ultralytics' code ran
+        for a, b, c in zip(ref, out, sub):
+            torch.testing.assert_close(a, c)  # (its CIoU is the patched bbox_iou: ulps)
+            assert a.dtype == b.dtype
+            torch.testing.assert_close(a, b)
 
 
 def test_ultralytics_unpatch_restores_the_originals():
@@ -148,6 +219,7 @@ def test_ultralytics_unpatch_restores_the_originals():
     def snapshot():
         return [L.v8DetectionLoss.__dict__["get_assigned_targets_and_loss"],
                 L.v8DetectionLoss.__dict__["bbox_decode"], L.bbox_iou, T.bbox_iou,
+                T.TaskAlignedAssigner.__dict__["forward"],
                 L.DFLoss.__dict__["__call__"], L.VarifocalLoss.__dict__["forward"],
                 L.FocalLoss.__dict__["forward"]]
 

@@ -10,9 +10,17 @@ What is routed (wrapping ultralytics' own classes and functions; each wrapper ha
 the fused ops do not take — MPS tensors, integer boxes, targets that require grad — to the
 original):
 
-* ``v8DetectionLoss``'s classification BCE (``self.bce``, reduction ``'none'``, no weights):
-  our fused BCE; ultralytics still sums it and divides by the target-score sum on the device
-  (no host synchronisation), and still applies its class weights;
+* ``TaskAlignedAssigner`` (the exact class; its pose, rotated and segmentation subclasses stay
+  ultralytics'): ``forward`` on the fused assigner (``detloss_cuda.assign``): the same five
+  outputs without its ``(batch, boxes, anchors)`` tensors;
+* ``v8DetectionLoss.get_assigned_targets_and_loss`` (YOLOv8/11/26 detection and
+  segmentation, and both branches of the end-to-end ``E2ELoss``), when its assigner is that
+  class: the assignment takes the head's logits (the sigmoid only where a box's class is
+  read) and returns each anchor's class and score, which the fused BCE takes as class
+  indices: no ``[B, A, C]`` sigmoid, target or loss tensor is built; the box and DFL losses
+  are ultralytics' own (``BboxLoss``, on the kernels below), weighted by the same scores.
+  Otherwise (another assigner, extra assignment arguments, a weighted BCE) only the BCE is
+  swapped for the fused one and ultralytics' code runs;
 * ``v8DetectionLoss.bbox_decode``: softmax over the bins · ``proj`` becomes
   ``distribution_integral`` (``proj`` must be ``arange(reg_max)``, as ultralytics builds it;
   checked once per criterion);
@@ -24,8 +32,12 @@ original):
   0/1 mask (ultralytics passes one-hot labels).
 
 Numbers: the same loss items and gradients as unpatched ultralytics up to float32 rounding
-and one documented difference: in xyxy mode ultralytics adds ``eps`` (1e-7) to both heights
-inside ``bbox_iou``; the fused kernels do not (a relative change of order eps/height).
+and two documented differences: in xyxy mode ultralytics adds ``eps`` (1e-7) to both heights
+inside ``bbox_iou``; the fused box kernels do not (a relative change of order eps/height; the
+fused assigner does add it, as its overlaps must rank as ultralytics' do); and where
+torch.topk chooses among equal zero alignment metrics (ultralytics' choice is arbitrary), the
+fused assigner takes the lowest anchor indices: those anchors have a target score of 0, so
+the detection losses are unchanged; a segmentation loss counts such foreground anchors.
 ``tests/test_integrations.py`` compares a YOLOv8n training step end to end.
 """
 import functools
@@ -34,6 +46,7 @@ import weakref
 import torch
 
 from .. import functional as DF
+from ..assign import task_aligned_assign
 from ._patching import Switch, load_library, ours
 
 KNOWN = "ultralytics 8.3 and 8.4 (tested with 8.4.190)"
@@ -58,18 +71,76 @@ def _plain_bce(bce):
             and bce.weight is None and bce.pos_weight is None)
 
 
-def _wrap_assigned(orig):
+def _fused_assignment(self, tal_cls):
+    """The criterion can take the fused path: its assigner is ultralytics' own class (not a
+    subclass with another overlap) and its BCE plain."""
+    return type(getattr(self, "assigner", None)) is tal_cls and _plain_bce(getattr(self, "bce", None))
+
+
+def _wrap_assigned(orig, tal_cls, make_anchors):
     @functools.wraps(orig)
-    def get_assigned_targets_and_loss(self, *args, **kwargs):
-        bce = getattr(self, "bce", None)
-        if not _plain_bce(bce):
-            return orig(self, *args, **kwargs)
-        self.bce = FusedBCEWithLogits()  # for this call only: the criterion is left as it was
-        try:
-            return orig(self, *args, **kwargs)
-        finally:
-            self.bce = bce
+    def get_assigned_targets_and_loss(self, preds, batch, **assign_kwargs):
+        scores = preds.get("scores") if isinstance(preds, dict) else None
+        if assign_kwargs or not _fused_assignment(self, tal_cls) or not ours(scores):
+            bce = getattr(self, "bce", None)
+            if not _plain_bce(bce):
+                return orig(self, preds, batch, **assign_kwargs)
+            self.bce = FusedBCEWithLogits()  # for this call only: the criterion is left as it was
+            try:
+                return orig(self, preds, batch, **assign_kwargs)
+            finally:
+                self.bce = bce
+        # ultralytics' own steps (targets, decode, box losses), with the assignment and the
+        # classification loss on class indices: no [B, A, C] tensor
+        loss = torch.zeros(3, device=self.device)  # box, cls, dfl
+        pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()
+        pred_scores = preds["scores"].permute(0, 2, 1).contiguous()
+        anchor_points, stride_tensor = make_anchors(preds["feats"], self.stride, 0.5)
+        dtype = pred_scores.dtype
+        batch_size = pred_scores.shape[0]
+        imgsz = torch.tensor(preds["feats"][0].shape[2:], device=self.device, dtype=dtype) * self.stride[0]
+        targets = torch.cat((batch["batch_idx"].view(-1, 1), batch["cls"].view(-1, 1), batch["bboxes"]), 1)
+        targets = self.preprocess(targets.to(self.device), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]])
+        gt_labels, gt_bboxes = targets.split((1, 4), 2)
+        mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
+        pred_bboxes = self.bbox_decode(anchor_points, pred_distri)
+        a = self.assigner
+        r = task_aligned_assign(
+            pred_scores.detach(), (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype),
+            anchor_points * stride_tensor, gt_labels, gt_bboxes, mask_gt, topk=a.topk,
+            num_classes=a.num_classes, alpha=a.alpha, beta=a.beta, stride_val=a.stride_val,
+            eps=a.eps, topk2=a.topk2, scores_are_logits=True, index=True)
+        labels, score = r
+        target_scores_sum = score.sum().clamp_(min=1)  # = the one-hot target's sum, on the device
+        weight = self.class_weights  # (1, 1, C) or None: broadcast over [B, A, C] in the kernel
+        loss[1] = DF.binary_cross_entropy_with_logits(pred_scores, labels, weight=weight,
+                                                      score=score, reduction="sum") / target_scores_sum
+        # BboxLoss weighs each foreground anchor by its target scores' sum over classes: the
+        # score itself, passed as [B, A, 1]
+        loss[0], loss[2] = self.bbox_loss(pred_distri, pred_bboxes, anchor_points,
+                                          r.target_bboxes / stride_tensor, score.unsqueeze(-1),
+                                          target_scores_sum, r.fg_mask, imgsz, stride_tensor)
+        loss[0] *= self.hyp.box
+        loss[1] *= self.hyp.cls
+        loss[2] *= self.hyp.dfl
+        return ((r.fg_mask, r.target_gt_idx, r.target_bboxes, anchor_points, stride_tensor), loss,
+                dict(zip(self.loss_names, loss.detach())))
     return get_assigned_targets_and_loss
+
+
+def _wrap_tal_forward(orig, tal_cls):
+    @functools.wraps(orig)
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
+        if (extra or type(self) is not tal_cls
+                or not ours(pd_scores, pd_bboxes, anc_points, gt_bboxes)):
+            return orig(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
+        self.bs, self.n_max_boxes = pd_scores.shape[0], gt_bboxes.shape[1]
+        with torch.no_grad():
+            return task_aligned_assign(
+                pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
+                num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
+                stride_val=self.stride_val, eps=self.eps, topk2=self.topk2)
+    return forward
 
 
 def _wrap_bbox_decode(orig, dist2bbox):
@@ -150,9 +221,12 @@ def _apply(ps):
     L, T = ps.mods["ultralytics.utils.loss"], ps.mods["ultralytics.utils.tal"]
     det = ps.original(L, "v8DetectionLoss")
     dist2bbox = ps.original(T, "dist2bbox")
+    tal_cls = ps.original(T, "TaskAlignedAssigner")
+    make_anchors = ps.original(T, "make_anchors")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
-        (det, "get_assigned_targets_and_loss", _wrap_assigned),
+        (det, "get_assigned_targets_and_loss", lambda o: _wrap_assigned(o, tal_cls, make_anchors)),
+        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls)),
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
         (L, "bbox_iou", _wrap_bbox_iou),
         (T, "bbox_iou", _wrap_bbox_iou),
@@ -161,7 +235,7 @@ def _apply(ps):
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
     ]
     ps.original(ps.original(L, "BboxLoss"), "forward")  # calls bbox_iou and DFLoss: must exist
-    ps.original(ps.original(T, "TaskAlignedAssigner"), "iou_calculation")
+    ps.original(tal_cls, "iou_calculation")
     originals = [ps.original(owner, name) for owner, name, _ in names]
     for (owner, name, wrap), orig in zip(names, originals):
         ps.replace(owner, name, wrap(orig))
