@@ -7,6 +7,7 @@ written once) is divided by the time, and compared with a device copy of the sam
 of bytes measured in the same run.
 """
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -221,6 +222,65 @@ OPS["integral"] = BenchOp(
     bytes_moved=_integral_bytes, sizes=_DFL_SIZES,
 )
 
+def _assign_inputs(size, dtype, device, gen, num_classes=80):
+    """A YOLOv8 640 px step's assignment: 8400 anchors (strides 8, 16, 32), `size` boxes per
+    image (16 images; 4 at 4096 boxes, where ultralytics' (B, M, A) tensors would need ~30 GB),
+    predicted boxes around the anchors, class probabilities."""
+    M = max(1, int(size))
+    B = 16 if M < 4096 else 4
+    pts = []
+    for s in (8, 16, 32):
+        n = 640 // s
+        y, x = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+        pts.append(torch.stack([x, y], -1).view(-1, 2) * s)
+    anc = torch.cat(pts)
+    A = anc.shape[0]
+    xy = torch.rand(B, M, 2, generator=gen) * 600 + 20
+    wh = torch.rand(B, M, 2, generator=gen) * 150 + 8
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1).clamp(0, 640)
+    pwh = torch.rand(B, A, 2, generator=gen) * 120 + 8
+    pd = torch.cat([anc - pwh / 2, anc + pwh / 2], -1)
+    scores = torch.rand(B, A, num_classes, generator=gen) * 0.1
+    labels = torch.randint(0, num_classes, (B, M, 1), generator=gen).float()
+    return {"x": scores.to(device=device, dtype=dtype), "pd": pd.to(device), "anc": anc.to(device),
+            "labels": labels.to(device), "gt": gt.to(device),
+            "mask": torch.ones(B, M, 1, device=device)}
+
+
+def _assign_bytes(inp, mode):
+    s = inp["x"]
+    B, A, C = s.shape
+    # read: boxes, anchors, gt, one score per candidate (at most B·A·C); written: the five
+    # outputs, the dense [B, A, C] target scores included
+    return _nbytes(inp["pd"], inp["anc"], inp["gt"], inp["labels"]) + B * A * (8 + 16 + 1 + 8 + C * s.element_size())
+
+
+_ASSIGNERS = {}
+
+
+def _assigner(kind):
+    if kind not in _ASSIGNERS:
+        if kind == "fused":
+            from .nn import TaskAlignedAssigner
+        else:
+            from ultralytics.utils.tal import TaskAlignedAssigner
+        _ASSIGNERS[kind] = TaskAlignedAssigner(topk=10, num_classes=80, alpha=0.5, beta=6.0)
+    return _ASSIGNERS[kind]
+
+
+def _assign_run(kind):
+    def run(i):
+        return _assigner(kind)(i["x"], i["pd"], i["anc"], i["labels"], i["gt"], i["mask"])
+    return run
+
+
+if importlib.util.find_spec("ultralytics") is not None:
+    OPS["assigner"] = BenchOp(
+        name="assigner", family="assign", unit="boxes per image (16 images; 4 at 4096)",
+        make=_assign_inputs, fused=_assign_run("fused"), eager=_assign_run("ultralytics"),
+        bytes_moved=_assign_bytes, differentiable=False, compilable=False,
+        sizes={"quick": [8, 64], "cpu": [8, 64, 512, 4096], "cuda": [8, 64, 512, 4096]})
+
 # end to end: the loss part of a real detector's training step, patched vs unpatched
 # (detloss_cuda.integrations), when ultralytics / torchvision are installed
 from .integrations._bench import bench_ops as _bench_ops  # noqa: E402
@@ -265,12 +325,41 @@ def time_fn(fn, device, min_time=0.2, min_reps=5, max_reps=2000):
     return {"median": q(0.5), "p20": q(0.2), "p80": q(0.8), "reps": reps}
 
 
-def peak_memory(fn, device):
-    """Peak bytes allocated by one call beyond what was allocated before it (CUDA: the
-    caching allocator's statistics). On CPU PyTorch keeps no allocator statistics, so
-    there is no figure to report (None)."""
-    if device != "cuda":
+def _proc_status(*keys):
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in keys:
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def _cpu_peak(fn):
+    """Peak resident memory added by one call on the CPU, where PyTorch keeps no allocator
+    statistics: free heap pages are returned to the OS (malloc_trim), the kernel's high-water
+    mark of the process is reset (/proc/self/clear_refs, 5), and after the call its rise over
+    the resident size before is read (VmHWM - VmRSS). Linux with glibc; None elsewhere. It
+    counts pages touched, so it is an upper bound of the allocations' peak within a page."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _proc_status("VmRSS")["VmRSS"]
+        fn()
+        return max(0, _proc_status("VmHWM")["VmHWM"] - before)
+    except (OSError, KeyError, AttributeError):
         return None
+
+
+def peak_memory(fn, device):
+    """Peak bytes allocated by one call beyond what was allocated before it: on CUDA the
+    caching allocator's statistics; on the CPU the rise of the process's peak resident
+    memory (_cpu_peak)."""
+    if device != "cuda":
+        return _cpu_peak(fn)
     _sync(device)
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -314,11 +403,17 @@ def _make_runner(op, impl, inputs, mode, compiled_cache, compile_dynamic=False):
             with torch.no_grad():
                 return f(inputs)
         return run
-    x = inputs["x"]
+    leaves = _leaves(inputs)
 
     def run():
-        return torch.autograd.grad(f(inputs), x)
+        return torch.autograd.grad(f(inputs), leaves)
     return run
+
+
+def _leaves(inputs):
+    """What a fwd+bwd row differentiates: inputs["x"], or every tensor of "grad_leaves" (the
+    e2e rows: the head's separate outputs)."""
+    return inputs.get("grad_leaves") or [inputs["x"]]
 
 
 def _git_commit():
@@ -394,18 +489,16 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
             dtype = DTYPES[dname]
             for op in ops:
                 # --sizes counts elements; the e2e rows count images and keep their own
-                use = sizes if sizes and op.family != "e2e" else None
+                use = sizes if sizes and op.family not in ("e2e", "assign") else None
                 op_sizes = use or op.sizes["quick" if quick else device]
                 for size in op_sizes:
                     gen = torch.Generator().manual_seed(0)
                     inputs = op.make(int(size), dtype, device, gen)
                     for mode in modes:
-                        if mode == "fwdbwd":
-                            if not op.differentiable:
-                                continue
-                            inputs["x"].requires_grad_(True)
-                        else:
-                            inputs["x"].requires_grad_(False)
+                        if mode == "fwdbwd" and not op.differentiable:
+                            continue
+                        for t in _leaves(inputs):
+                            t.requires_grad_(mode == "fwdbwd")
                         nbytes = op.bytes_moved(inputs, mode)
                         ck = (device, nbytes)
                         if ck not in copy_cache:
@@ -514,6 +607,7 @@ PANELS = {
     "box": ("box losses", "box pairs"),
     "matrix": ("pairwise IoU matrix (forward only)", "matrix entries (N boxes x 64)"),
     "dfl": ("distribution (DFL, integral)", "elements (logits, 16 bins per row)"),
+    "assign": ("task-aligned assigner vs ultralytics' (forward)", "ground-truth boxes per image"),
     "e2e": ("end to end: a detector's loss step, patched vs unpatched", "images per step"),
 }
 _MARKERS = "osD^vP*Xhp<>dH8+x1234"

@@ -46,20 +46,22 @@ def yolo_inputs(size, dtype, device, gen):
     crit = v8DetectionLoss(model)
     hw = [(80, 80), (40, 40), (20, 20)]  # strides 8, 16, 32 at 640 x 640
     a = sum(h * w for h, w in hw)
-    x = (torch.randn(b, 64 + 80, a, generator=gen) * 2).to(device=device, dtype=dtype)
-    x[:, 64:] -= 4  # class logits of an initialised head: mostly confident negatives
+    # the head's two outputs, separate tensors as ultralytics' Detect returns them: box bins
+    # and class logits (mostly confident negatives, as an initialised head's)
+    boxes = (torch.randn(b, 64, a, generator=gen) * 2).to(device=device, dtype=dtype)
+    x = (torch.randn(b, 80, a, generator=gen) * 2 - 4).to(device=device, dtype=dtype)
     feats = [torch.empty(b, 1, h, w, device=device, dtype=dtype) for h, w in hw]
     per = 8
     xy, wh = _boxes(b, per, 640, gen)
     batch = {"batch_idx": torch.arange(b).repeat_interleave(per).float().to(device),
              "cls": torch.randint(0, 80, (b * per, 1), generator=gen).float().to(device),
              "bboxes": torch.cat([xy, wh], 1).to(device)}
-    return {"x": x, "crit": crit, "feats": feats, "batch": batch}
+    return {"x": x, "boxes": boxes, "grad_leaves": [x, boxes], "crit": crit, "feats": feats,
+            "batch": batch}
 
 
 def _yolo_loss(inp):
-    x = inp["x"]
-    preds = {"boxes": x[:, :64], "scores": x[:, 64:], "feats": inp["feats"]}
+    preds = {"boxes": inp["boxes"], "scores": inp["x"], "feats": inp["feats"]}
     loss, _ = inp["crit"](preds, inp["batch"])
     return loss.sum()
 
@@ -121,8 +123,7 @@ def retinanet_fused(inp):
 
 
 def _x_bytes(inp, mode):
-    x = inp["x"]
-    n = x.numel() * x.element_size()
+    n = sum(t.numel() * t.element_size() for t in inp.get("grad_leaves", [inp["x"]]))
     return n if mode == "fwd" else 2 * n  # the head outputs read; their gradient written
 
 
