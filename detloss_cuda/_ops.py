@@ -6,11 +6,38 @@ the autocast policy (csrc/ops/<family>.cpp). This module adds shape inference, w
 ``torch.compile`` and ``torch.library.opcheck`` need; the extension names it
 (``set_python_module``), so torch imports it whenever a fake kernel is asked for.
 """
+import functools
+
 import torch
 
 from . import _C  # noqa: F401  (registers the schemas and the CPU/CUDA kernels)
 
 ops = torch.ops.detloss
+
+
+def _devices(values):
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            yield v.device
+        elif isinstance(v, (list, tuple)):
+            yield from _devices(v)
+
+
+def _register_fake(name):
+    """register_fake, with the device check the C++ kernels make: these kernels also serve
+    the Meta dispatch key, which a call reaches when any operand is on the meta device; a CPU
+    input with a meta operand would otherwise get a CPU tensor of uninitialised memory back."""
+    def deco(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            devs = list(dict.fromkeys(_devices(list(args) + list(kwargs.values()))))
+            if len(devs) > 1:
+                raise ValueError(f"{name.replace('::', '.')}: all tensors must be on one device, "
+                                 f"got {', '.join(str(d) for d in devs)}")
+            return fn(*args, **kwargs)
+        torch.library.register_fake(name)(checked)
+        return fn
+    return deco
 
 
 # ---------------------------------------------------------------------------- cls family
@@ -29,7 +56,7 @@ def _cls_shape_check(input, target):
         )
 
 
-@torch.library.register_fake("detloss::cls_loss")
+@_register_fake("detloss::cls_loss")
 def _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma, reduction,
                    score=None, smoothing=0.0, ignore_index=-100):
     _cls_shape_check(input, target)
@@ -38,14 +65,14 @@ def _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma,
     return input.new_empty(())
 
 
-@torch.library.register_fake("detloss::cls_loss_with_grad")
+@_register_fake("detloss::cls_loss_with_grad")
 def _cls_loss_with_grad_fake(input, target, weight, pos_weight, label, kind, alpha, gamma,
                              reduction, score=None, smoothing=0.0, ignore_index=-100):
     loss = _cls_loss_fake(input, target, weight, pos_weight, label, kind, alpha, gamma, reduction)
     return loss, input.new_empty(input.shape)
 
 
-@torch.library.register_fake("detloss::cls_backward")
+@_register_fake("detloss::cls_backward")
 def _cls_backward_fake(grad, input, target, weight, pos_weight, label, kind, alpha, gamma,
                        reduction, score=None, smoothing=0.0, ignore_index=-100):
     return input.new_empty(input.shape)
@@ -60,13 +87,13 @@ def _box_shape(pred, target):
     return torch.broadcast_shapes(pred.shape[:-1], target.shape[:-1])
 
 
-@torch.library.register_fake("detloss::box_loss")
+@_register_fake("detloss::box_loss")
 def _box_loss_fake(pred, target, weight, kind, box_format, eps, reduction):
     shape = _box_shape(pred, target)
     return pred.new_empty(shape if reduction == "none" else ())
 
 
-@torch.library.register_fake("detloss::box_loss_with_grad")
+@_register_fake("detloss::box_loss_with_grad")
 def _box_loss_with_grad_fake(pred, target, weight, kind, box_format, eps, reduction, output_mask):
     shape = (*_box_shape(pred, target), 4)
     return (_box_loss_fake(pred, target, weight, kind, box_format, eps, reduction),
@@ -74,7 +101,7 @@ def _box_loss_with_grad_fake(pred, target, weight, kind, box_format, eps, reduct
             pred.new_empty(shape) if output_mask[1] else None)
 
 
-@torch.library.register_fake("detloss::box_backward")
+@_register_fake("detloss::box_backward")
 def _box_backward_fake(grad, pred, target, weight, kind, box_format, eps, reduction,
                        output_mask):
     shape = (*_box_shape(pred, target), 4)
@@ -82,7 +109,7 @@ def _box_backward_fake(grad, pred, target, weight, kind, box_format, eps, reduct
             pred.new_empty(shape) if output_mask[1] else None)
 
 
-@torch.library.register_fake("detloss::box_iou_matrix")
+@_register_fake("detloss::box_iou_matrix")
 def _box_iou_matrix_fake(boxes1, boxes2, kind, box_format, eps):
     dtype = torch.result_type(boxes1, boxes2)
     if not dtype.is_floating_point:
@@ -92,7 +119,7 @@ def _box_iou_matrix_fake(boxes1, boxes2, kind, box_format, eps):
 
 
 # ---------------------------------------------------------------------------- dfl family
-@torch.library.register_fake("detloss::dfl_loss")
+@_register_fake("detloss::dfl_loss")
 def _dfl_loss_fake(pred, target, weight, reduction):
     torch._check(pred.dim() >= 1 and pred.shape[-1] >= 2,
                  lambda: f"detloss.dfl_loss: DFL needs at least 2 bins, got pred of shape {tuple(pred.shape)}")
@@ -103,18 +130,18 @@ def _dfl_loss_fake(pred, target, weight, reduction):
     return loss, pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype))
 
 
-@torch.library.register_fake("detloss::dfl_loss_with_grad")
+@_register_fake("detloss::dfl_loss_with_grad")
 def _dfl_loss_with_grad_fake(pred, target, weight, reduction):
     loss, lse = _dfl_loss_fake(pred, target, weight, reduction)
     return loss, lse, pred.new_empty(pred.shape)
 
 
-@torch.library.register_fake("detloss::dfl_backward")
+@_register_fake("detloss::dfl_backward")
 def _dfl_backward_fake(grad, pred, target, stats, weight, reduction):
     return pred.new_empty(pred.shape)
 
 
-@torch.library.register_fake("detloss::dfl_integral")
+@_register_fake("detloss::dfl_integral")
 def _dfl_integral_fake(pred):
     torch._check(pred.dim() >= 1 and pred.shape[-1] >= 2,
                  lambda: f"detloss.dfl_integral: needs at least 2 bins, got pred of shape {tuple(pred.shape)}")
@@ -122,7 +149,7 @@ def _dfl_integral_fake(pred):
             pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype)))
 
 
-@torch.library.register_fake("detloss::dfl_integral_backward")
+@_register_fake("detloss::dfl_integral_backward")
 def _dfl_integral_backward_fake(grad, pred, stats):
     return pred.new_empty(pred.shape)
 
@@ -132,7 +159,7 @@ def _opmath(dtype):
 
 
 # ---------------------------------------------------------------------------- assigner
-@torch.library.register_fake("detloss::tal_assign")
+@_register_fake("detloss::tal_assign")
 def _tal_assign_fake(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
                      topk2, alpha, beta, stride_val, eps, scores_are_logits):
     torch._check(pd_scores.dim() == 3, lambda: "detloss.tal_assign: pd_scores must be [B, A, C]")
