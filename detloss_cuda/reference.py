@@ -151,7 +151,11 @@ def _box_metric(a, b, kind, box_format, eps):
     ch = torch.maximum(ay2, by2) - torch.minimum(ay1, by1)
     if kind == "giou":
         c = cw * ch + eps
-        return iou - (c - union) / c
+        penalty = (c - union) / c
+        # a zero-area enclosing box (both boxes degenerate along one axis): the penalty is 0
+        # there and its derivative 1/eps (1e7: inf in fp16); the documented choice is none
+        penalty = torch.where(cw * ch > 0, penalty, penalty.detach())
+        return iou - penalty
     c2 = cw**2 + ch**2 + eps
     rho2 = ((bx1 + bx2 - ax1 - ax2) ** 2 + (by1 + by2 - ay1 - ay2) ** 2) / 4
     diou = iou - rho2 / c2

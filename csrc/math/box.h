@@ -16,9 +16,10 @@
 // Gradients follow autograd of that formula exactly: ties in min/max split the gradient
 // equally (torch.minimum/maximum), the clamp at 0 passes it only where the overlap is > 0
 // (touching boxes get no gradient through the intersection; Tensor.clamp(min=0) agrees in
-// torch 2.14, while 2.11's passed it at exactly 0). One
-// documented departure: CIoU's aspect term gives no gradient to a point box (w = h = 0),
-// where the formula's 1/eps would overflow (see atan_ratio_dw).
+// torch 2.14, while 2.11's passed it at exactly 0). Two
+// documented departures: CIoU's aspect term gives no gradient to a point box (w = h = 0),
+// where the formula's 1/eps would overflow (see atan_ratio_dw), and GIoU's penalty none
+// where the enclosing box has zero area (its derivative is 1/eps there too).
 #pragma once
 
 #include "common.h"
@@ -116,8 +117,11 @@ DETLOSS_HD V box_element(const Box<V>& a, const Box<V>& b, S eps_s, V gm, Box<V>
     ga = {zero, zero, zero, zero};
     gb = {zero, zero, zero, zero};
     if constexpr (K == BoxKind::kGIoU) {  // metric = iou - 1 + union / C
-      g_uni = g_uni + gm / C;
-      const V g_C = zero - gm * uni / (C * C);
+      // a zero-area enclosing box (both boxes degenerate along one axis): the penalty is 0
+      // there and its derivative 1/eps (1e7: inf in fp16); taken as 0, as for CIoU's point box
+      const auto live = cw * ch > zero;
+      g_uni = g_uni + dl_where(live, gm / C, zero);
+      const V g_C = dl_where(live, zero - gm * uni / (C * C), zero);
       g_cw = g_C * ch;
       g_ch = g_C * cw;
     }
