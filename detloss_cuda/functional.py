@@ -207,8 +207,16 @@ def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7
     theirs (broadcast leading dims, last dim 1), differentiable with respect to both boxes.
     CIoU takes precedence over DIoU over GIoU, as there."""
     kind = "ciou" if CIoU else "diou" if DIoU else "giou" if GIoU else "iou"
-    loss = iou_loss(box1, box2, kind, "xywh" if xywh else "xyxy", eps, "none")
-    return (1 - loss).unsqueeze(-1)
+    _check_tensor("box1", box1)
+    _check_tensor("box2", box2)
+    fmt = "xywh" if xywh else "xyxy"
+    dtype = box1.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # 1 - (the loss rounded to fp16) would lose the metric's digits near 0: the metric is
+        # formed in float32 and rounded once (the gradient flows back through the casts)
+        metric = 1 - iou_loss(box1.float(), box2.float(), kind, fmt, eps, "none")
+        return metric.to(dtype).unsqueeze(-1)
+    return (1 - iou_loss(box1, box2, kind, fmt, eps, "none")).unsqueeze(-1)
 
 
 def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
