@@ -172,6 +172,8 @@ class DistributionFocalLoss(nn.Module):
         self.reg_max = reg_max
 
     def forward(self, pred_dist, target):
+        F._check_tensor("pred_dist", pred_dist)
+        F._check_tensor("target", target)
         loss = F.distribution_focal_loss(pred_dist.reshape(*target.shape, self.reg_max), target,
                                          reduction="none")
         return loss.mean(-1, keepdim=True)

@@ -32,7 +32,6 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
                     bins);
   a.bins = static_cast<int32_t>(bins);
   a.shape.assign(pred.sizes().begin(), pred.sizes().end() - 1);
-  a.pred = pred.contiguous();
   a.rows = pred.numel() / bins;
   if (target.has_value()) {
     const at::Tensor& t = *target;
@@ -53,6 +52,9 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
     check_same_device(*weight, pred, "weight", "pred", op);
   }
   a.weight = describe_operand(weight, a.shape, s, "weight", op);
+  // last: every argument checked before pred is copied (an expanded pred of 2^31 rows with a
+  // wrong target would otherwise allocate 137 GB before the shape error)
+  a.pred = pred.contiguous();
   return a;
 }
 
