@@ -407,3 +407,27 @@ def test_nn_modules_take_index_targets():
     bce = DN.BCEWithLogitsLoss(pos_weight=torch.rand(6) + 0.5)
     ref = R.binary_cross_entropy_with_logits(x, lab, pos_weight=bce.pos_weight, score=score)
     torch.testing.assert_close(bce(x, lab, score=score), ref, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_class_major_logits_read_in_place(kind, reduction, device):
+    """A detection head's [B, C, A] output permuted to [B, A, C] (not contiguous) is read in
+    place: the same values and gradients as its contiguous copy, the loss and the gradient in
+    the input's layout (no copy either way)."""
+    B, C, A = 2, 7, 45
+    x_cm = (torch.randn(B, C, A) * 3).to(device).permute(0, 2, 1).requires_grad_()
+    x_c = x_cm.detach().contiguous().requires_grad_()
+    lab = labels_for((B, A), C).to(device)
+    score = torch.rand(B, A, device=device)
+    a = call(DF, kind, x_cm, lab, reduction, score=score, label_smoothing=0.1)
+    b = call(DF, kind, x_c, lab, reduction, score=score, label_smoothing=0.1)
+    up = torch.randn(a.shape, device=device) if reduction == "none" else None
+    (ga,) = torch.autograd.grad(a, x_cm, up)
+    (gb,) = torch.autograd.grad(b, x_c, up)
+    assert_close_dtype(a, b.double(), torch.float32)
+    assert_close_dtype(ga, gb.double(), torch.float32)
+    assert ga.stride() == x_cm.stride()
+    if reduction == "none":
+        assert a.stride() == x_cm.stride()

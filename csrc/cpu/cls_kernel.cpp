@@ -6,6 +6,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <vector>
+
 #include "../ops/cls.h"
 #include "parallel.h"
 
@@ -28,10 +30,27 @@ ClsLoopArgs<T> loop_args(const ClsArgs& a) {
     la.score = a.score.defined() ? a.score.const_data_ptr<T>() : nullptr;
     la.classes = a.classes;
     la.ignore_index = a.ignore_index;
+    la.class_major = a.class_major;
+    la.inner = a.inner;
   } else {
     la.t = a.target.const_data_ptr<T>();
   }
   return la;
+}
+
+// Class-major index form: each anchor's label as a number the vector loop compares with a
+// class (labels outside [0, C) are background: -1; ignore_index: -2).
+template <typename O>
+std::vector<O> class_codes(const ClsArgs& a) {
+  std::vector<O> code;
+  if (!a.index || !a.class_major) return code;
+  const int64_t n = a.labels.numel();
+  code.resize(n);
+  const int64_t* l = a.labels.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    code[i] = l[i] == a.ignore_index ? O(-2)
+              : (l[i] >= 0 && l[i] < a.classes) ? static_cast<O>(l[i]) : O(-1);
+  return code;
 }
 
 // What 'mean' divides by: every element (dense), or C x the non-ignored anchors (index).
@@ -43,11 +62,13 @@ at::Tensor cls_forward(const ClsArgs& a) {
   const int64_t n = a.numel();
   const bool reduce = a.reduction != Reduction::kNone;
   at::Tensor out = reduce ? at::empty({}, a.input.options())
-                          : at::empty(a.input.sizes(), a.input.options());
+                          : cls_like_input(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "detloss_cls_forward_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     ClsLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
+    const std::vector<O> code = class_codes<O>(a);
+    la.code = code.data();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     la.out = reduce ? nullptr : o;
     forward_and_reduce<scalar_t, O>(n, kChunk, reduce,
@@ -63,12 +84,14 @@ std::tuple<at::Tensor, at::Tensor> cls_forward_grad(const ClsArgs& a, bool with_
   const int64_t n = a.numel();
   const bool reduce = a.reduction != Reduction::kNone;
   at::Tensor out;
-  if (with_loss) out = reduce ? at::empty({}, a.input.options()) : at::empty(a.input.sizes(), a.input.options());
-  at::Tensor grad = at::empty(a.input.sizes(), a.input.options());
+  if (with_loss) out = reduce ? at::empty({}, a.input.options()) : cls_like_input(a);
+  at::Tensor grad = cls_like_input(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "detloss_cls_forward_grad_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
     ClsLoopArgs<scalar_t> la = loop_args<scalar_t>(a);
+    const std::vector<O> code = class_codes<O>(a);
+    la.code = code.data();
     la.grad = grad.mutable_data_ptr<scalar_t>();
     la.grad_scale = a.reduction == Reduction::kMean
                         ? reduction_scale<O>(Reduction::kMean, mean_divisor(a)) : O(1);

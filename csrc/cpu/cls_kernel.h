@@ -28,6 +28,9 @@ struct ClsLoopArgs {
   const T* score = nullptr;  // per anchor, or null (1)
   int64_t classes = 1;
   int64_t ignore_index = -100;
+  bool class_major = false;  // memory order [..., C, A]: inner = A anchors per class row
+  int64_t inner = 1;
+  const opmath* code = nullptr;  // class-major: per anchor its class, -1 background, -2 ignored
   math::ClsKind kind = math::ClsKind::kBCE;
   math::ClsConfig<opmath> cfg{};
 };

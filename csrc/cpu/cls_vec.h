@@ -103,10 +103,52 @@ at::opmath_type<T> cls_index_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_
   return static_cast<O>(acc.sum());
 }
 
+// Class-index targets on class-major logits (memory order [..., C, A]): a vector holds
+// consecutive anchors of one class; their codes (the label as a number, -1 background, -2
+// ignored: cls_kernel.cpp) are compared with that class in the vector unit.
+template <class T, ClsKind K, bool GRAD>
+at::opmath_type<T> cls_index_cm_loop(const ClsLoopArgs<T>& a, int64_t begin, int64_t end) {
+  using O = at::opmath_type<T>;
+  using V = at::vec::Vectorized<O>;
+  constexpr int64_t W = V::size();
+  const V zero(O(0));
+  const int64_t A = a.inner, C = a.classes;
+  simd::LaneSum<O> acc;
+  for (int64_t i = begin; i < end;) {
+    const int64_t row = i / A;  // (image, class)
+    const int64_t c = row % C, anchor0 = (row / C) * A;
+    const int64_t row_end = std::min(end, (row + 1) * A);
+    const V cv(static_cast<O>(c));
+    for (int64_t n; i < row_end; i += n) {
+      n = std::min<int64_t>(W, row_end - i);
+      const int64_t a0 = anchor0 + (i - row * A);
+      // the anchors' codes against this class: the target, VFL's positives, the ignored
+      const V code = V::loadu(a.code + a0, n);
+      const V hit = code == cv;
+      const V live = code != V(O(-2));
+      const V sc = a.score != nullptr ? simd::load(a.score + a0, n) : V(O(1));
+      const V t = V::blendv(zero, sc, hit);
+      V pos = zero;
+      if constexpr (K == ClsKind::kVFL) pos = hit;
+      // the step on this vector, ignored anchors masked to 0 (loss and gradient)
+      const V pw(O(1));
+      V loss, grad;
+      math::cls_element<K, GRAD>(simd::load(a.x + i, n), t, pw, pos, a.cfg, loss, grad);
+      loss = V::blendv(zero, loss, live);
+      if (a.out != nullptr) simd::store(a.out + i, loss, n);
+      acc.add(n == W ? loss : V::set(zero, loss, n));
+      if constexpr (GRAD) simd::store(a.grad + i, V::blendv(zero, grad * V(a.grad_scale), live), n);
+    }
+  }
+  return static_cast<O>(acc.sum());
+}
+
 template <class T, bool GRAD>
 at::opmath_type<T> cls_kind_dispatch(const ClsLoopArgs<T>& a, int64_t begin, int64_t end) {
-#define DETLOSS_CLS_LOOP(K) \
-  (a.labels != nullptr ? cls_index_loop<T, K, GRAD>(a, begin, end) : cls_loop<T, K, GRAD>(a, begin, end))
+#define DETLOSS_CLS_LOOP(K)                                                                \
+  (a.labels == nullptr ? cls_loop<T, K, GRAD>(a, begin, end)                               \
+   : a.class_major     ? cls_index_cm_loop<T, K, GRAD>(a, begin, end)                      \
+                       : cls_index_loop<T, K, GRAD>(a, begin, end))
   switch (a.kind) {
     case ClsKind::kFocal: return DETLOSS_CLS_LOOP(ClsKind::kFocal);
     case ClsKind::kQFL: return DETLOSS_CLS_LOOP(ClsKind::kQFL);

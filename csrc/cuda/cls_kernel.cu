@@ -43,6 +43,8 @@ struct ClsUnit {
   const int64_t* __restrict__ labels;  // index
   const T* __restrict__ score;         // index, or null
   int64_t classes, ignore_index;       // index
+  bool class_major;                    // index: memory order [..., C, A] (inner = A)
+  int64_t inner;
   Operand<T> weight, pos_weight;
   Operand<uint8_t> label;
   T* __restrict__ out;   // per-element loss or null
@@ -107,18 +109,46 @@ struct ClsUnit {
     O tv[kVec];
     bool pos[kVec], live[kVec];
     if constexpr (INDEX) {
-      // anchor and class of the unit's first element, then walk (a unit may cross rows)
-      int64_t a = base / classes, c = base - a * classes;
-      int64_t lab = a * classes < n ? labels[a] : ignore_index;
-      O sc = score != nullptr && a * classes < n ? static_cast<O>(score[a]) : O(1);
+      // the anchor and class of the unit's first element, then walk the elements (a unit
+      // may cross a row): row-major [..., C] rows of classes, or class-major [..., C, A]
+      // rows of anchors
+      int64_t anchor, c, row = 0, in_row = 0;
+      if (class_major) {
+        row = base / inner;
+        in_row = base - row * inner;
+        c = row % classes;
+        anchor = (row / classes) * inner + in_row;
+      } else {
+        anchor = base / classes;
+        c = base - anchor * classes;
+      }
+      int64_t lab = labels[anchor];
+      O sc = score != nullptr ? static_cast<O>(score[anchor]) : O(1);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        if (j > 0 && ++c == classes) {
-          c = 0;
-          ++a;
-          const bool in = base + j < n;
-          lab = in ? labels[a] : ignore_index;
-          sc = score != nullptr && in ? static_cast<O>(score[a]) : O(1);
+        if (j > 0) {
+          bool moved;
+          if (class_major) {
+            ++anchor;
+            moved = true;
+            if (++in_row == inner) {
+              in_row = 0;
+              ++row;
+              c = row % classes;
+              anchor = (row / classes) * inner;
+            }
+          } else {
+            moved = ++c == classes;
+            if (moved) {
+              c = 0;
+              ++anchor;
+            }
+          }
+          if (moved) {
+            const bool in = base + j < n;
+            lab = in ? labels[anchor] : ignore_index;
+            sc = score != nullptr && in ? static_cast<O>(score[anchor]) : O(1);
+          }
         }
         live[j] = lab != ignore_index;
         pos[j] = lab == c;
@@ -190,6 +220,8 @@ void launch(const ClsArgs& a, T* out, T* grad, T* sum_out, const double* divisor
   f.score = INDEX && a.score.defined() ? a.score.const_data_ptr<T>() : nullptr;
   f.classes = a.classes;
   f.ignore_index = a.ignore_index;
+  f.class_major = a.class_major;
+  f.inner = a.inner;
   f.weight = a.weight.typed<T>();
   f.pos_weight = a.pos_weight.typed<T>();
   f.label = a.label.typed<uint8_t>();
@@ -258,7 +290,7 @@ at::Tensor cls_forward_cuda(const ClsArgs& a) {
   const c10::cuda::CUDAGuard guard(a.input.device());
   const bool reduce = a.reduction != Reduction::kNone;
   at::Tensor out = reduce ? at::empty({}, a.input.options())
-                          : at::empty(a.input.sizes(), a.input.options());
+                          : cls_like_input(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "detloss_cls_forward_cuda", [&] {
     scalar_t* p = out.mutable_data_ptr<scalar_t>();
@@ -271,8 +303,8 @@ std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cuda(const ClsArgs& a, bool 
   const c10::cuda::CUDAGuard guard(a.input.device());
   const bool reduce = a.reduction != Reduction::kNone;
   at::Tensor out;
-  if (with_loss) out = reduce ? at::empty({}, a.input.options()) : at::empty(a.input.sizes(), a.input.options());
-  at::Tensor grad = at::empty(a.input.sizes(), a.input.options());
+  if (with_loss) out = reduce ? at::empty({}, a.input.options()) : cls_like_input(a);
+  at::Tensor grad = cls_like_input(a);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.input.scalar_type(),
                                   "detloss_cls_forward_grad_cuda", [&] {
     scalar_t* p = with_loss ? out.mutable_data_ptr<scalar_t>() : nullptr;

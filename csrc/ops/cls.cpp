@@ -3,6 +3,8 @@
 
 #include <ATen/ExpandUtils.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 #include <torch/autograd.h>
@@ -109,7 +111,16 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
   a.alpha = alpha;
   a.gamma = a.kind == math::ClsKind::kBCE ? 0.0 : gamma;
 
-  a.input = input.contiguous();
+  const bool operands = (weight.has_value() && weight->defined()) ||
+                        (pos_weight.has_value() && pos_weight->defined());
+  if (a.index && !operands && input.dim() >= 2 && !input.is_contiguous() &&
+      input.transpose(-1, -2).is_contiguous()) {
+    a.class_major = true;  // read in place: element order in memory is [..., C, A]
+    a.inner = input.size(-2);
+    a.input = input;
+  } else {
+    a.input = input.contiguous();
+  }
   const auto shape = input.sizes();
   const auto dtype = input.scalar_type();
   if (weight.has_value() && weight->defined()) {
@@ -132,6 +143,11 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
   a.pos_weight = describe_operand(pos_weight, shape, dtype, "pos_weight", kOp);
   a.label = describe_operand(label, shape, at::kBool, "label", kOp);
   return a;
+}
+
+at::Tensor cls_like_input(const ClsArgs& a) {
+  return a.class_major ? at::empty_strided(a.input.sizes(), a.input.strides(), a.input.options())
+                       : at::empty(a.input.sizes(), a.input.options());
 }
 
 void check_cls_grad(const at::Tensor& grad, const ClsArgs& a) {

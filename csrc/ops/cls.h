@@ -22,7 +22,7 @@
 namespace detloss {
 
 struct ClsArgs {
-  at::Tensor input;   // contiguous
+  at::Tensor input;   // contiguous (or class-major, see below)
   at::Tensor target;  // dense: contiguous, input's dtype; index: undefined
   OperandDesc weight, pos_weight, label;
   math::ClsKind kind = math::ClsKind::kBCE;
@@ -38,6 +38,11 @@ struct ClsArgs {
   at::Tensor score;   // input's dtype, contiguous, like labels; or undefined (score 1)
   int64_t classes = 1;
   int64_t ignore_index = -100;
+  // class-major logits (index form, no weight/pos_weight): input is a [..., A, C] view of a
+  // contiguous [..., C, A] tensor (a detection head's layout, permuted), read in place: the
+  // loss and the gradient take the same layout, so neither direction copies. inner = A.
+  bool class_major = false;
+  int64_t inner = 1;
   // 'mean' of the index form divides by C x (non-ignored anchors): counted on the host
   // for CPU tensors (mean_count), on the device for CUDA ones (see cls_kernel.cu)
   int64_t mean_count = -1;
@@ -61,6 +66,9 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
                     double gamma, std::string_view reduction,
                     const std::optional<at::Tensor>& score, double smoothing,
                     int64_t ignore_index);
+
+// A tensor for per-element results (the 'none' loss, the gradient) in input's layout.
+at::Tensor cls_like_input(const ClsArgs& a);
 
 // Device kernels. forward: the loss, shaped like input for 'none', 0-dim otherwise.
 // forward_grad: the loss (undefined when `with_loss` is false) and d(loss)/d(input) for an

@@ -29,7 +29,7 @@ at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduc
     if (!in_place || !plain) return g.mul(u);
     if (g.device().is_cpu()) return up.item<double>() == 1.0 ? g : g.mul_(u);
     if (g.device().is_cuda() && cuda_scale_in_place != nullptr && u.device() == g.device() &&
-        u.dim() == 0 && g.is_contiguous()) {
+        u.dim() == 0 && g.is_non_overlapping_and_dense()) {
       cuda_scale_in_place(g, u);
       return g;
     }
