@@ -43,6 +43,7 @@ TalResult run(const TalArgs& a) {
 
   math::TalView<S, TS> v;
   v.scores = a.scores.const_data_ptr<TS>();
+  for (int d = 0; d < 3; ++d) v.score_stride[d] = a.scores.stride(d);
   v.pred = a.pred.const_data_ptr<S>();
   v.anchor_x = ax.data();
   v.anchor_y = ay.data();

@@ -199,6 +199,7 @@ TalResult run(const TalArgs& a) {
 
   View<S, TS> v;
   v.scores = a.scores.const_data_ptr<TS>();
+  for (int d = 0; d < 3; ++d) v.score_stride[d] = a.scores.stride(d);
   v.pred = a.pred.const_data_ptr<S>();
   v.anchor_x = ax.const_data_ptr<S>();
   v.anchor_y = ay.const_data_ptr<S>();

@@ -160,7 +160,8 @@ struct TalTopk {
 // S: the arithmetic type (the boxes' and anchors' dtype: float or double); TS: the scores'.
 template <class S, class TS>
 struct TalView {
-  const TS* scores;        // [B, A, C]: probabilities, or logits when `logits`
+  const TS* scores;        // [B, A, C] at strides score_stride: probabilities, or logits
+  int64_t score_stride[3];  // (a head's [B, C, A] output, permuted, is read in place)
   const S* pred;           // [B, A, 4] xyxy
   const S* anchor_x;       // [A]
   const S* anchor_y;       // [A]
@@ -180,7 +181,8 @@ struct TalView {
 template <class S, class TS>
 DETLOSS_HD S tal_score(const TalView<S, TS>& v, int64_t b, int64_t a, int64_t c) {
   if (c < 0 || c >= v.C) return S(0);  // (a label outside [0, C): see csrc/ops/assign.cpp)
-  const S x = static_cast<S>(v.scores[(b * v.A + a) * v.C + c]);
+  const S x = static_cast<S>(
+      v.scores[b * v.score_stride[0] + a * v.score_stride[1] + c * v.score_stride[2]]);
   if (!v.logits) return x;
   return static_cast<S>(static_cast<TS>(S(1) / (S(1) + dl_exp(-x))));
 }

@@ -99,7 +99,7 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
   const auto as = [&](const at::Tensor& t) {
     return (t.scalar_type() == a.dtype ? t : t.to(a.dtype)).contiguous();
   };
-  a.scores = pd_scores.contiguous();
+  a.scores = pd_scores;  // read where a box's class is, at its strides: never copied
   a.pred = as(pd_bboxes);
   a.anchors = as(anc_points);
   a.gt = as(gt_bboxes);

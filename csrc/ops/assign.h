@@ -12,7 +12,7 @@
 namespace detloss {
 
 struct TalArgs {
-  at::Tensor scores;    // [B, A, C] contiguous, any floating dtype (read in place)
+  at::Tensor scores;    // [B, A, C], any floating dtype and strides (read in place)
   at::Tensor pred;      // [B, A, 4] contiguous, in `dtype`
   at::Tensor anchors;   // [A, 2] contiguous, in `dtype`
   at::Tensor gt;        // [B, M, 4] contiguous, in `dtype`

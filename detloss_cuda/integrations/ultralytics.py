@@ -94,7 +94,9 @@ def _wrap_assigned(orig, tal_cls, make_anchors):
         # classification loss on class indices: no [B, A, C] tensor
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
         pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()
-        pred_scores = preds["scores"].permute(0, 2, 1).contiguous()
+        # the head's [B, C, A] scores as a [B, A, C] view: the assigner and the class-major
+        # BCE read them in place (ultralytics copies them to [B, A, C] first)
+        pred_scores = preds["scores"].permute(0, 2, 1)
         anchor_points, stride_tensor = make_anchors(preds["feats"], self.stride, 0.5)
         dtype = pred_scores.dtype
         batch_size = pred_scores.shape[0]
