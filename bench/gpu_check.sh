@@ -62,9 +62,10 @@ $PY -m detloss_cuda info >> "$SUMMARY" 2>&1
 want kernels && step kernels 60 $PY bench/kernel_report.py --markdown "$OUT/kernel-report.md" > /dev/null 2>> "$SUMMARY"
 want kernels && head -1 "$OUT/kernel-report.md" >> "$SUMMARY" 2>/dev/null
 
-# 3. the CUDA tests (the CPU ones run in CI)
+# 3. the CUDA tests: every cuda-marked case, the device-parametrised ones included (the CPU
+#    ones run in CI)
 if want tests; then
-  step tests ${TESTS_LIMIT:-120} $PY -m pytest -q -p no:cacheprovider --maxfail=25 -m cuda \
+  step tests ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider --maxfail=25 -m cuda \
     ${TESTS_K:+-k "$TESTS_K"} tests > "$OUT/tests.txt" 2>&1
   tail -15 "$OUT/tests.txt"
   grep -E "passed|failed|error" "$OUT/tests.txt" | tail -1 >> "$SUMMARY"

@@ -36,7 +36,9 @@ class OpSpy:
 
 
 def devices():
-    return ["cpu"] + (["cuda"] if HAS_CUDA else [])
+    """The devices a test runs on: the CPU always; CUDA where a GPU is, marked `cuda` so that
+    `pytest -m cuda` (bench/gpu_check.sh) runs every device-parametrised CUDA case too."""
+    return ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if HAS_CUDA else [])
 
 
 def pytest_collection_modifyitems(config, items):
