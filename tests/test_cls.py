@@ -250,6 +250,22 @@ def test_fp32_sum_keeps_small_terms(kind, device):
     assert abs(got - want) <= 4 * torch.finfo(torch.float32).eps * want, (got, want)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["focal", "bce"])
+def test_cuda_fp32_sum_of_1e8_keeps_small_terms(kind):
+    """1e8 elements: each CUDA thread adds ~400 units (a float running sum there dropped the
+    easy negatives' terms); compensated per thread, double across threads and blocks: within
+    the CPU's tolerance of the float64 sum of the same per-element values."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(100_000_000, generator=g, device="cuda") - 4.6
+    t = torch.zeros_like(x)
+    t[::100] = 1
+    f = DF.sigmoid_focal_loss if kind == "focal" else DF.binary_cross_entropy_with_logits
+    want = f(x, t, reduction="none").double().sum()  # the same values, summed in float64
+    got = f(x, t, reduction="sum").double()
+    assert abs(got - want) <= 4 * torch.finfo(torch.float32).eps * want, (got, want)
+
+
 @pytest.mark.parametrize("device", devices())
 def test_fp32_bce_is_accurate_to_a_few_ulp(device):
     """Over a dense sweep of logits, the fp32 loss (and, for hard targets, its gradient) is

@@ -249,7 +249,8 @@ constexpr int kLongTpr = 32, kLongStep = 4 * kLongTpr;
 template <typename T, bool INTEGRAL, bool GRAD = false>
 struct DflForwardLong {
   using O = at::opmath_type<T>;
-  static constexpr int kMinBlocks = 0;
+  // fp64 with the gradient's second walk spilled at ptxas's default target
+  static constexpr int kMinBlocks = GRAD ? dfl_min_blocks<T>() : 0;
   DflParams<T> p;
 
   __device__ __forceinline__ O operator()(int64_t u) const {

@@ -5,7 +5,8 @@
 // Determinism: the grid size depends only on the number of units (never on the GPU), each
 // block reduces in a fixed shuffle pattern into partials[blockIdx.x], and one block adds
 // the partials in a fixed order. No float atomics: the same inputs give the same bits run to
-// run, and on any GPU.
+// run, and on any GPU. Each thread's sum is compensated, the block and grid sums are double
+// for float (sum_type).
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -64,17 +65,30 @@ __device__ __forceinline__ acc_t block_sum(acc_t v) {
   return v;
 }
 
+// What sums accumulate in across threads: double for float (the CPU's rule: a float running
+// sum over the ~400 units a thread adds at 1e8 elements drops the small terms of easy
+// negatives beside O(1) positives), the type itself for double. Each thread's own sum is
+// compensated (map_reduce_kernel).
+template <typename acc_t>
+using sum_type = std::conditional_t<std::is_same_v<acc_t, float>, double, acc_t>;
+
 // f(u) handles unit u and returns its contribution to the sum (ignored without partials).
 template <typename acc_t, typename F, int MIN_BLOCKS>
 __global__ void __launch_bounds__(kBlock, MIN_BLOCKS)
-    map_reduce_kernel(int64_t units, const F f, acc_t* __restrict__ partials) {
-  acc_t acc(0);
+    map_reduce_kernel(int64_t units, const F f, sum_type<acc_t>* __restrict__ partials) {
+  // the thread's sum, compensated (Neumaier): s + c carries what a float sum would drop;
+  // two float registers where a double needed an aligned pair (and spilled a unit)
+  acc_t s(0), c(0);  // (one loop for maps and sums: two would inline f twice)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units;
-       u += stride)
-    acc += f(u);
+       u += stride) {
+    const acc_t v = f(u);
+    const acc_t t = s + v;
+    c += (s >= v || s <= -v) ? (s - t) + v : (v - t) + s;  // |s| >= |v|, NaN-safe enough
+    s = t;
+  }
   if (partials != nullptr) {
-    acc = block_sum(acc);
+    const sum_type<acc_t> acc = block_sum(static_cast<sum_type<acc_t>>(s) + static_cast<sum_type<acc_t>>(c));
     if (threadIdx.x == 0) partials[blockIdx.x] = acc;
   }
 }
@@ -105,20 +119,23 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
   const int grid = grid_for(units);
   if (sum_out == nullptr) {
     if (units == 0) return;
-    map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(units, f, nullptr);
+    map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(
+        units, f, static_cast<sum_type<acc_t>*>(nullptr));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
+  using sum_t = sum_type<acc_t>;
   const at::Tensor partials = at::empty(
-      {grid}, at::TensorOptions().device(device).dtype(c10::CppTypeToScalarType<acc_t>::value));
-  acc_t* p = partials.mutable_data_ptr<acc_t>();
+      {grid}, at::TensorOptions().device(device).dtype(c10::CppTypeToScalarType<sum_t>::value));
+  sum_t* p = partials.mutable_data_ptr<sum_t>();
   int n_partials = 0;
   if (units > 0) {
     map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(units, f, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     n_partials = grid;
   }
-  finalize_sum_kernel<acc_t, out_t><<<1, kBlock, 0, stream>>>(p, n_partials, scale, divisor,
+  finalize_sum_kernel<sum_t, out_t><<<1, kBlock, 0, stream>>>(p, n_partials,
+                                                               static_cast<sum_t>(scale), divisor,
                                                                sum_out);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
