@@ -84,7 +84,8 @@ __global__ void __launch_bounds__(kBlock, MIN_BLOCKS)
        u += stride) {
     const acc_t v = f(u);
     const acc_t t = s + v;
-    c += (s >= v || s <= -v) ? (s - t) + v : (v - t) + s;  // |s| >= |v|, NaN-safe enough
+    const acc_t as = s < acc_t(0) ? -s : s, av = v < acc_t(0) ? -v : v;
+    c += as >= av ? (s - t) + v : (v - t) + s;
     s = t;
   }
   if (partials != nullptr) {
