@@ -256,7 +256,7 @@ def test_errors_name_the_argument():
         DF.distribution_focal_loss(z, torch.rand(5))
     with pytest.raises(TypeError, match="pred must be a floating tensor of bin logits"):
         DF.distribution_focal_loss(z.long(), torch.rand(4))
-    with pytest.raises(ValueError, match="at most 1024 bins"):
+    with pytest.raises(ValueError, match="pred.s last dim holds the bins, at most 1024"):
         DF.distribution_integral(torch.randn(2, 2000))
     with pytest.raises(RuntimeError, match="target requires grad"):
         DF.distribution_focal_loss(z.requires_grad_(), torch.rand(4, requires_grad=True))
