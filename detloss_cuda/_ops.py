@@ -15,12 +15,13 @@ from . import _C  # noqa: F401  (registers the schemas and the CPU/CUDA kernels)
 ops = torch.ops.detloss
 
 
-def _devices(values):
-    for v in values:
-        if isinstance(v, torch.Tensor):
-            yield v.device
-        elif isinstance(v, (list, tuple)):
-            yield from _devices(v)
+def _tensors(name, value):
+    """(argument name, tensor) for a tensor argument, or each tensor of a list of them."""
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _tensors(f"{name}[{i}]", v)
 
 
 def _register_fake(name):
@@ -28,12 +29,19 @@ def _register_fake(name):
     the Meta dispatch key, which a call reaches when any operand is on the meta device; a CPU
     input with a meta operand would otherwise get a CPU tensor of uninitialised memory back."""
     def deco(fn):
+        ns, op = name.split("::")
+        arg_names = [a.name for a in getattr(torch.ops, ns).__getattr__(op).default._schema.arguments]
+
         @functools.wraps(fn)
         def checked(*args, **kwargs):
-            devs = list(dict.fromkeys(_devices(list(args) + list(kwargs.values()))))
-            if len(devs) > 1:
-                raise ValueError(f"{name.replace('::', '.')}: all tensors must be on one device, "
-                                 f"got {', '.join(str(d) for d in devs)}")
+            named = list(zip(arg_names, args)) + list(kwargs.items())
+            tensors = [nt for n, v in named for nt in _tensors(n, v)]
+            for arg, t in tensors[1:]:
+                ref_arg, ref = tensors[0]
+                if t.device != ref.device:
+                    raise ValueError(f"{name.replace('::', '.')}: {arg} is on {t.device} but "
+                                     f"{ref_arg} is on {ref.device}; all tensors must be on "
+                                     "one device")
             return fn(*args, **kwargs)
         torch.library.register_fake(name)(checked)
         return fn

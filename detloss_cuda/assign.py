@@ -62,6 +62,11 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
             raise TypeError(f"task_aligned_assign: {name} must be an int, got {type(v).__name__}")
     if topk2 is not None and (isinstance(topk2, bool) or not isinstance(topk2, int)):
         raise TypeError(f"task_aligned_assign: topk2 must be an int or None, got {type(topk2).__name__}")
+    if not 1 <= num_classes < 2**31:
+        raise ValueError(f"task_aligned_assign: num_classes must be in [1, 2^31), got {num_classes}")
+    for name, v in (("alpha", alpha), ("beta", beta), ("stride_val", stride_val), ("eps", eps)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"task_aligned_assign: {name} must be a number, got {type(v).__name__}")
     topk2 = topk2 or topk
     if gt_bboxes.dim() == 3 and gt_bboxes.shape[1] == 0 and pd_scores.dim() == 3:
         # ultralytics' early return, dtypes included (float labels and indices)

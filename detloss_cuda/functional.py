@@ -85,6 +85,15 @@ def _cls_loss(input, target, kind, *, weight=None, pos_weight=None, label=None, 
     elif not isinstance(alpha, (int, float)):
         raise TypeError(f"alpha must be a number or None, got {type(alpha).__name__}")
     if label is not None and label.dtype != torch.bool:
+        if label.is_complex() or not isinstance(input, torch.Tensor):
+            raise TypeError(f"label must be a bool or real tensor, got {label.dtype}")
+        try:  # checked before label != 0 allocates the broadcast (an expanded label is cheap)
+            shape = torch.broadcast_shapes(label.shape, input.shape)
+        except RuntimeError:
+            shape = None
+        if shape != input.shape:
+            raise ValueError(f"label of shape {tuple(label.shape)} must broadcast to input's "
+                             f"shape {tuple(input.shape)}")
         label = label != 0  # one-hot 0/1 labels, as ultralytics passes them
     return _ops.ops.cls_loss(input, target, weight, pos_weight, label, kind, float(alpha), gamma,
                              reduction, score, float(label_smoothing), ignore_index)
@@ -183,13 +192,31 @@ def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="m
     return _ops.ops.box_loss(pred, target, weight, kind, box_format, _check_eps(eps), reduction)
 
 
+def _check_box_pair(n1, b1, n2, b2):
+    """The checks the op makes, worded with a wrapper's own argument names."""
+    _check_tensor(n1, b1)
+    _check_tensor(n2, b2)
+    for n, b, integer_ok in ((n1, b1, False), (n2, b2, True)):
+        if b.dim() == 0 or b.shape[-1] != 4:
+            raise ValueError(f"{n} must have shape [..., 4], got {list(b.shape)}")
+        if not (b.is_floating_point() or (integer_ok and not b.is_complex()
+                                           and b.dtype != torch.bool)):
+            raise TypeError(f"{n} must be a floating tensor of boxes"
+                            f"{' (or integer)' if integer_ok else ''}, got {b.dtype}")
+    if b1.device != b2.device:
+        raise ValueError(f"{n2} is on {b2.device} but {n1} is on {b1.device}; all tensors must "
+                         "be on one device")
+
+
 def generalized_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
     """``torchvision.ops.generalized_box_iou_loss``: ``1 - GIoU`` of xyxy box pairs."""
+    _check_box_pair("boxes1", boxes1, "boxes2", boxes2)
     return iou_loss(boxes1, boxes2, "giou", "xyxy", eps, reduction)
 
 
 def distance_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
     """``torchvision.ops.distance_box_iou_loss``: ``1 - DIoU`` of xyxy box pairs."""
+    _check_box_pair("boxes1", boxes1, "boxes2", boxes2)
     return iou_loss(boxes1, boxes2, "diou", "xyxy", eps, reduction)
 
 
@@ -199,6 +226,7 @@ def complete_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
     (torchvision takes ``atan(w / h)``; this takes ``atan(w / (h + eps))``, which differs by
     O(eps) and stays finite for zero-height boxes.)
     """
+    _check_box_pair("boxes1", boxes1, "boxes2", boxes2)
     return iou_loss(boxes1, boxes2, "ciou", "xyxy", eps, reduction)
 
 
@@ -207,8 +235,7 @@ def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7
     theirs (broadcast leading dims, last dim 1), differentiable with respect to both boxes.
     CIoU takes precedence over DIoU over GIoU, as there."""
     kind = "ciou" if CIoU else "diou" if DIoU else "giou" if GIoU else "iou"
-    _check_tensor("box1", box1)
-    _check_tensor("box2", box2)
+    _check_box_pair("box1", box1, "box2", box2)
     fmt = "xywh" if xywh else "xyxy"
     dtype = box1.dtype
     if dtype in (torch.float16, torch.bfloat16):

@@ -27,9 +27,8 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
   const int64_t bins = pred.size(-1);
   TORCH_CHECK_VALUE(bins >= 2, op, ": DFL needs at least 2 bins, got pred of shape ",
                     pred.sizes());
-  TORCH_CHECK_VALUE(bins <= math::kDflMaxBins, op, ": at most ", math::kDflMaxBins,
-                    " bins are supported, got ",
-                    bins);
+  TORCH_CHECK_VALUE(bins <= math::kDflMaxBins, op, ": pred's last dim holds the bins, at most ",
+                    math::kDflMaxBins, " are supported, got pred of shape ", pred.sizes());
   a.bins = static_cast<int32_t>(bins);
   a.shape.assign(pred.sizes().begin(), pred.sizes().end() - 1);
   a.rows = pred.numel() / bins;
@@ -63,7 +62,7 @@ void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const
   std::vector<int64_t> want(a.shape);
   if (per_row > 1) want.push_back(per_row);
   TORCH_CHECK_VALUE(stats.scalar_type() == tt && stats.sizes() == at::IntArrayRef(want), op,
-                    ": the saved statistics must be ", tt, " of shape ", at::IntArrayRef(want),
+                    ": stats (the saved statistics) must be ", tt, " of shape ", at::IntArrayRef(want),
                     " (what the forward returned), got ", stats.scalar_type(), " ",
                     stats.sizes());
   check_same_device(stats, a.pred, "stats", "pred", op);
