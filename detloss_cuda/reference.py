@@ -92,18 +92,21 @@ def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None
 def sigmoid_focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="none", weight=None,
                        *, pos_weight=None, score=None, ignore_index=-100, label_smoothing=0.0):
     t, keep, _ = _dense(input, target, score, ignore_index)
-    p = torch.sigmoid(input)
-    p_t = p * t + (1 - p) * (1 - t)
-    loss = _ce(input, _smooth(t, label_smoothing), pos_weight) * _alpha_t(t, alpha) * (1 - p_t) ** gamma
+    # 1 - p_t = p·(1 - t) + q·t with q = 1 - p = sigmoid(-x) taken directly: 1 - sigmoid(x)
+    # is 0 in float64 from x = 37 on, where the loss is ~1e-17·e^-x, not 0
+    p, q = torch.sigmoid(input), torch.sigmoid(-input)
+    loss = (_ce(input, _smooth(t, label_smoothing), pos_weight) * _alpha_t(t, alpha)
+            * (p * (1 - t) + q * t) ** gamma)
     return _reduce(loss, weight, reduction, keep)
 
 
 def quality_focal_loss(input, target, gamma=2.0, alpha=None, reduction="mean", weight=None,
                        *, pos_weight=None, score=None, ignore_index=-100, label_smoothing=0.0):
     t, keep, _ = _dense(input, target, score, ignore_index)
-    p = torch.sigmoid(input)
+    # t - p = t·q - (1 - t)·p, q = sigmoid(-x) (as in sigmoid_focal_loss)
+    p, q = torch.sigmoid(input), torch.sigmoid(-input)
     loss = (_ce(input, _smooth(t, label_smoothing), pos_weight) * _alpha_t(t, alpha)
-            * (t - p).abs() ** gamma)
+            * (t * q - (1 - t) * p).abs() ** gamma)
     return _reduce(loss, weight, reduction, keep)
 
 
