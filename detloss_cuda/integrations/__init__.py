@@ -9,6 +9,29 @@
 Neither library is a dependency of detloss_cuda (extras: ``pip install .[ultralytics]``,
 ``.[torchvision]``); each module imports its library when ``patch()`` is called and says
 how to install it when it is missing. ``unpatch()`` puts back the very objects it replaced.
-"""
 
-__all__ = ["ultralytics", "torchvision"]
+Processes started later (``torch.distributed.run`` workers, ultralytics' multi-GPU
+re-launch) do not inherit a ``patch()``; they inherit the environment: ``patch()`` names the
+library in ``DETLOSS_PATCH`` (e.g. ``DETLOSS_PATCH=ultralytics,torchvision``), and
+``import detloss_cuda`` patches the libraries it names. Set it yourself to patch workers you
+launch (their script must import detloss_cuda); ultralytics' own re-launch script is made to
+import it by the ultralytics patch.
+"""
+import importlib
+import os
+
+__all__ = ["ultralytics", "torchvision", "patch_from_env"]
+
+LIBRARIES = ("ultralytics", "torchvision")
+
+
+def patch_from_env():
+    """patch() each library DETLOSS_PATCH names (comma-separated); called by ``import
+    detloss_cuda``. An unknown name is a ValueError naming the variable."""
+    names = [n for n in os.environ.get("DETLOSS_PATCH", "").replace(" ", "").split(",") if n]
+    for name in names:
+        if name not in LIBRARIES:
+            raise ValueError(f"DETLOSS_PATCH={os.environ['DETLOSS_PATCH']!r}: unknown library "
+                             f"{name!r}; it takes a comma-separated list of {', '.join(LIBRARIES)}")
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}").patch()

@@ -1,6 +1,7 @@
 """Replace attributes of a library's modules and classes and put back the very same objects."""
 import contextlib
 import importlib
+import os
 
 import torch
 
@@ -66,8 +67,25 @@ class Patchset:
         self._saved.clear()
 
 
+ENV = "DETLOSS_PATCH"
+
+
+def _env_set(library, on):
+    """Add `library` to (or remove it from) DETLOSS_PATCH, the comma-separated list of
+    libraries that `import detloss_cuda` patches: processes started from this one inherit it,
+    so a worker re-launched by torch.distributed.run patches itself when it imports us."""
+    names = [n for n in os.environ.get(ENV, "").replace(" ", "").split(",") if n and n != library]
+    if on:
+        names.append(library)
+    if names:
+        os.environ[ENV] = ",".join(names)
+    else:
+        os.environ.pop(ENV, None)
+
+
 class Switch:
-    """patch() / unpatch() / patched() for one library; `apply(patchset)` makes the replacements."""
+    """patch() / unpatch() / patched() for one library; `apply(patchset)` makes the replacements.
+    patch() also names the library in DETLOSS_PATCH (for child processes); unpatch() removes it."""
 
     def __init__(self, library, load, apply):
         self._library, self._load, self._apply = library, load, apply
@@ -87,11 +105,13 @@ class Switch:
             ps.restore()  # all or nothing
             raise
         self._active = ps
+        _env_set(self._library, True)
 
     def unpatch(self):
         if self._active is not None:
             self._active.restore()
             self._active = None
+        _env_set(self._library, False)
 
     @contextlib.contextmanager
     def patched(self):

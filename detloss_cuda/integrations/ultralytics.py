@@ -31,6 +31,11 @@ original):
   and custom criteria use them): our VFL and focal kernels. VFL's ``label`` is read as a
   0/1 mask (ultralytics passes one-hot labels).
 
+* ``ultralytics.utils.dist.generate_ddp_file``: the script ultralytics writes to re-launch
+  multi-GPU training with ``torch.distributed.run`` gets one line that patches each worker
+  (a patch() does not cross a process boundary; ``DETLOSS_PATCH``, set by patch(), does
+  for workers that import detloss_cuda: ``detloss_cuda.integrations``).
+
 Numbers: the same loss items and gradients as unpatched ultralytics up to float32 rounding
 and two documented differences: in xyxy mode ultralytics adds ``eps`` (1e-7) to both heights
 inside ``bbox_iou``; the fused box kernels do not (a relative change of order eps/height; the
@@ -53,7 +58,35 @@ KNOWN = "ultralytics 8.3 and 8.4 (tested with 8.4.190)"
 
 
 def _load():
-    return load_library("ultralytics", ("ultralytics.utils.loss", "ultralytics.utils.tal"), KNOWN)
+    return load_library("ultralytics", ("ultralytics.utils.loss", "ultralytics.utils.tal",
+                                        "ultralytics.utils.dist"), KNOWN)
+
+
+_DDP_HOOK = ("import detloss_cuda.integrations.ultralytics as _detloss_cuda; "
+             "_detloss_cuda.patch()  # added by detloss_cuda's patch in the launching process")
+
+
+def _wrap_ddp_file(orig):
+    """ultralytics trains on several GPUs by writing a script and re-launching it with
+    torch.distributed.run: a patch() made here is not active in those workers. The script
+    gets one line that patches them (after its sys.path line, so that it imports what the
+    launcher imports)."""
+    @functools.wraps(orig)
+    def generate_ddp_file(trainer):
+        path = orig(trainer)
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines(keepends=True)
+        at = next((i + 1 for i, line in enumerate(lines) if line.lstrip().startswith("sys.path =")),
+                  None)
+        if at is None:
+            lines.insert(0, _DDP_HOOK + "\n")
+        else:
+            indent = lines[at - 1][: len(lines[at - 1]) - len(lines[at - 1].lstrip())]
+            lines.insert(at, indent + _DDP_HOOK + "\n")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(lines))
+        return path
+    return generate_ddp_file
 
 
 class FusedBCEWithLogits(torch.nn.Module):
@@ -235,6 +268,7 @@ def _apply(ps):
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
+        (ps.mods["ultralytics.utils.dist"], "generate_ddp_file", _wrap_ddp_file),
     ]
     ps.original(ps.original(L, "BboxLoss"), "forward")  # calls bbox_iou and DFLoss: must exist
     ps.original(tal_cls, "iou_calculation")
