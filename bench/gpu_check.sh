@@ -64,8 +64,13 @@ want kernels && head -1 "$OUT/kernel-report.md" >> "$SUMMARY" 2>/dev/null
 
 # 3. the CUDA tests: every cuda-marked case, the device-parametrised ones included (the CPU
 #    ones run in CI)
+#    (the whole suite, unfiltered unless TESTS_K is given: past-2^31 cases, CUDA graphs,
+#    streams, AMP, reduce-overhead compile included); parallel workers where pytest-xdist is
+#    carried (TESTS_WORKERS, default 4: one GPU has room for them)
+XDIST=""
+$PY -c 'import xdist' 2>/dev/null && XDIST="-n ${TESTS_WORKERS:-4}"
 if want tests; then
-  step tests ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider --maxfail=25 -m cuda \
+  step tests ${TESTS_LIMIT:-300} $PY -m pytest -q -p no:cacheprovider $XDIST -m cuda \
     ${TESTS_K:+-k "$TESTS_K"} tests > "$OUT/tests.txt" 2>&1
   tail -15 "$OUT/tests.txt"
   grep -E "passed|failed|error" "$OUT/tests.txt" | tail -1 >> "$SUMMARY"
@@ -78,7 +83,7 @@ if ! want san; then
   :
 elif [ -n "$SAN" ]; then
   for tool in memcheck racecheck; do
-    cases="${SAN_CASES-$QUICK}"; [ $tool = racecheck ] && cases="--quick"
+    cases="${SAN_CASES-$QUICK}"  # the full case set for both tools unless --quick
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "san-$tool" 70 \
       "$SAN" --tool $tool --error-exitcode 9 $PY bench/sanitize_cases.py $cases \
       >> "$OUT/sanitizer.txt" 2>&1
