@@ -6,8 +6,11 @@
     import detloss_cuda.integrations.torchvision as dl_torchvision
     dl_torchvision.patch()
 
-Neither library is a dependency of detloss_cuda (extras: ``pip install .[ultralytics]``,
-``.[torchvision]``); each module imports its library when ``patch()`` is called and says
+    import detloss_cuda.integrations.transformers as dl_transformers   # DETR family
+    dl_transformers.patch()
+
+None of the libraries is a dependency of detloss_cuda (extras: ``pip install .[ultralytics]``,
+``.[torchvision]``, ``.[transformers]``); each module imports its library when ``patch()`` is called and says
 how to install it when it is missing. ``unpatch()`` puts back the very objects it replaced.
 
 Processes started later (``torch.distributed.run`` workers, ultralytics' multi-GPU
@@ -20,9 +23,9 @@ import it by the ultralytics patch.
 import importlib
 import os
 
-__all__ = ["ultralytics", "torchvision", "patch_from_env"]
+__all__ = ["ultralytics", "torchvision", "transformers", "patch_from_env"]
 
-LIBRARIES = ("ultralytics", "torchvision")
+LIBRARIES = ("ultralytics", "torchvision", "transformers")
 
 
 def patch_from_env():

@@ -1,0 +1,215 @@
+"""Hugging Face transformers' DETR-family losses on detloss_cuda's fused kernels.
+
+    import detloss_cuda.integrations.transformers as dl
+    dl.patch()                  # DETR, Deformable DETR, RT-DETR, D-FINE, LW-DETR, RF-DETR, ...
+    dl.unpatch()                # the originals, the very same objects
+    with dl.patched(): ...
+
+What is routed (``transformers.loss.*``; wrapping the library's own functions and methods;
+calls the fused ops would treat differently go to the library's code):
+
+* ``sigmoid_focal_loss(inputs, targets, num_boxes, alpha, gamma)`` of
+  ``loss_for_object_detection`` (and the modules that import it: Deformable DETR, RT-DETR,
+  LW-DETR; Grounding DINO's own variant too): the fused focal loss, summed in the kernel
+  (``loss.mean(1).sum()`` is the sum over ``inputs.shape[1]``), no ``[B, Q, C]`` loss tensor;
+* ``generalized_box_iou(boxes1, boxes2)`` where no gradient is needed (the Hungarian
+  matchers' GIoU cost, under ``torch.no_grad``): ``box_iou_matrix(kind='giou')``, one
+  forward-only kernel for the ``N x M`` matrix;
+* ``loss_boxes`` of ``ImageLoss`` (DETR, Deformable DETR, Grounding DINO, ...),
+  ``RTDetrLoss`` (RT-DETR, D-FINE, DEIMv2) and ``LwDetrImageLoss`` (LW-DETR, RF-DETR): the
+  library takes ``1 - diag(generalized_box_iou(a, b))``, an ``N x N`` matrix for ``N``
+  matched pairs, differentiated; here the pairwise GIoU loss, O(N), with the same L1 term;
+* ``RTDetrLoss.loss_labels_vfl``: the matched queries' IoU (pairwise, not the diagonal of an
+  ``N x N`` matrix) and the fused BCE with class-index targets and ``score`` = IoU, weighted
+  as the library weights it (``alpha·sigmoid(x)^gamma`` on negatives, the IoU on positives,
+  detached): no one-hot, target or target-score ``[B, Q, C]`` tensor.
+
+The library's own formulas have no ``eps``: the fused ops run with ``eps=0`` (degenerate
+boxes give the same NaN/inf). fp16/bf16 boxes (AMP) go to the library's code, which mixes
+half-precision intersections with float32 areas. Values and gradients equal the library's up to float32
+rounding (``tests/test_integrations.py``: DETR, Deformable DETR and RT-DETR training steps).
+"""
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional as DF
+from ._patching import Switch, load_library, ours
+
+KNOWN = "transformers 5.x (tested with 5.24.0)"
+
+_MODULES = {
+    "od": "transformers.loss.loss_for_object_detection",
+    "rt_detr": "transformers.loss.loss_rt_detr",
+    "deformable_detr": "transformers.loss.loss_deformable_detr",
+    "lw_detr": "transformers.loss.loss_lw_detr",
+    "rf_detr": "transformers.loss.loss_rf_detr",
+    "grounding_dino": "transformers.loss.loss_grounding_dino",
+    "image_transforms": "transformers.image_transforms",
+}
+
+
+def _load():
+    ps = load_library("transformers", tuple(_MODULES.values()), KNOWN)
+    ps.mods = {short: ps.mods[full] for short, full in _MODULES.items()}
+    return ps
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _focal_ok(inputs, targets, alpha, gamma):
+    return (isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor)
+            and ours(inputs, targets) and inputs.dtype == targets.dtype
+            and inputs.shape == targets.shape and inputs.dim() >= 2 and not targets.requires_grad
+            and _number(alpha) and alpha <= 1 and _number(gamma) and gamma >= 0)
+
+
+def _wrap_focal_mean1(orig):
+    """transformers' ``sigmoid_focal_loss``: ``loss.mean(1).sum() / num_boxes``."""
+    @functools.wraps(orig)
+    def sigmoid_focal_loss(inputs, targets, num_boxes, alpha=0.25, gamma=2):
+        if not _focal_ok(inputs, targets, alpha, gamma):
+            return orig(inputs, targets, num_boxes, alpha, gamma)
+        total = DF.sigmoid_focal_loss(inputs, targets, alpha=alpha if alpha >= 0 else None,
+                                      gamma=gamma, reduction="sum")
+        return total / inputs.shape[1] / num_boxes
+    return sigmoid_focal_loss
+
+
+def _wrap_focal_sum(orig):
+    """Grounding DINO's ``sigmoid_focal_loss``: ``loss.sum() / num_boxes``."""
+    @functools.wraps(orig)
+    def sigmoid_focal_loss(inputs, targets, num_boxes, alpha=0.25, gamma=2):
+        if not _focal_ok(inputs, targets, alpha, gamma):
+            return orig(inputs, targets, num_boxes, alpha, gamma)
+        return DF.sigmoid_focal_loss(inputs, targets, alpha=alpha if alpha >= 0 else None,
+                                     gamma=gamma, reduction="sum") / num_boxes
+    return sigmoid_focal_loss
+
+
+def _boxes_ok(a, b):
+    """Boxes the fused path reproduces: float32/float64 [N, 4]. (fp16/bf16 boxes go to the
+    library: it forms their intersections and enclosing boxes in half precision and their
+    areas in float32, a mix a float32 kernel does not round like.)"""
+    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and ours(a, b)
+            and a.dtype == b.dtype and a.dtype in (torch.float32, torch.float64)
+            and a.dim() == 2 and b.dim() == 2 and a.shape[1] == 4 and b.shape[1] == 4)
+
+
+def _check_corners(a, b):
+    """generalized_box_iou's own check and message (a host synchronisation, as there)."""
+    if not (a[:, 2:] >= a[:, :2]).all():
+        raise ValueError(f"boxes1 must be in [x0, y0, x1, y1] (corner) format, but got {a}")
+    if not (b[:, 2:] >= b[:, :2]).all():
+        raise ValueError(f"boxes2 must be in [x0, y0, x1, y1] (corner) format, but got {b}")
+
+
+def _wrap_giou_matrix(orig):
+    @functools.wraps(orig)
+    def generalized_box_iou(boxes1, boxes2):
+        if not _boxes_ok(boxes1, boxes2) or (
+                torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad)):
+            return orig(boxes1, boxes2)  # differentiated: the library's (loss_boxes is ours)
+        _check_corners(boxes1, boxes2)
+        return DF.box_iou_matrix(boxes1, boxes2, "giou", eps=0.0)
+    return generalized_box_iou
+
+
+def _matched(self, outputs, targets, indices):
+    idx = self._get_source_permutation_idx(indices)
+    src = outputs["pred_boxes"][idx]
+    tgt = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
+    return idx, src, tgt
+
+
+def _wrap_loss_boxes(orig, to_corners):
+    @functools.wraps(orig)
+    def loss_boxes(self, outputs, targets, indices, num_boxes):
+        if "pred_boxes" not in outputs:
+            return orig(self, outputs, targets, indices, num_boxes)  # its KeyError
+        _, src, tgt = _matched(self, outputs, targets, indices)
+        a, b = to_corners(src), to_corners(tgt)
+        if not _boxes_ok(a, b):
+            return orig(self, outputs, targets, indices, num_boxes)
+        losses = {"loss_bbox": F.l1_loss(src, tgt, reduction="none").sum() / num_boxes}
+        _check_corners(a, b)
+        # 1 - diag(GIoU matrix) summed: the pairwise GIoU loss of the matched pairs
+        giou = DF.generalized_box_iou_loss(a, b, reduction="sum", eps=0.0)
+        losses["loss_giou"] = giou / num_boxes
+        return losses
+    return loss_boxes
+
+
+def _wrap_loss_labels_vfl(orig, to_corners):
+    @functools.wraps(orig)
+    def loss_labels_vfl(self, outputs, targets, indices, num_boxes, log=True):
+        if "pred_boxes" not in outputs or "logits" not in outputs:
+            return orig(self, outputs, targets, indices, num_boxes, log)
+        idx, src_boxes, target_boxes = _matched(self, outputs, targets, indices)
+        src_logits = outputs["logits"]
+        a, b = to_corners(src_boxes.detach()), to_corners(target_boxes)
+        if (not _boxes_ok(a, b) or not ours(src_logits) or src_logits.dim() != 3
+                or not _number(self.alpha) or not _number(self.gamma)):
+            return orig(self, outputs, targets, indices, num_boxes, log)
+        dtype = src_logits.dtype
+        with torch.no_grad():  # the library's IoU of the matched pairs (no eps), detached
+            ious = 1 - DF.iou_loss(a, b, "iou", eps=0.0, reduction="none")
+        target_classes_original = torch.cat(
+            [t["class_labels"][i] for t, (_, i) in zip(targets, indices)])
+        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
+                                    device=src_logits.device)
+        target_classes[idx] = target_classes_original
+        score = torch.zeros(src_logits.shape[:2], dtype=dtype, device=src_logits.device)
+        score[idx] = ious.to(dtype)
+        # alpha·p^gamma on negatives, the IoU on each matched query's class (detached, as there)
+        weight = (self.alpha * torch.sigmoid(src_logits.detach()).pow(self.gamma)).to(dtype)
+        weight[idx + (target_classes_original,)] = ious.to(dtype)
+        loss = DF.binary_cross_entropy_with_logits(src_logits, target_classes, weight=weight,
+                                                   score=score, reduction="sum")
+        # the library: loss.mean(1).sum() * Q / num_boxes = the sum / num_boxes
+        return {"loss_vfl": loss / num_boxes}
+    return loss_labels_vfl
+
+
+def _apply(ps):
+    m = ps.mods
+    to_corners = ps.original(m["image_transforms"], "center_to_corners_format")
+    plan = []
+    focal = ps.original(m["od"], "sigmoid_focal_loss", "loss_for_object_detection.sigmoid_focal_loss")
+    for short in ("od", "rt_detr", "deformable_detr", "lw_detr"):
+        found = ps.original(m[short], "sigmoid_focal_loss")
+        if found is not focal:
+            raise RuntimeError(f"detloss_cuda.integrations.transformers: {m[short].__name__}."
+                               "sigmoid_focal_loss is not loss_for_object_detection's; "
+                               f"it knows {KNOWN}. Nothing was patched.")
+        plan.append((m[short], "sigmoid_focal_loss", _wrap_focal_mean1(found)))
+    plan.append((m["grounding_dino"], "sigmoid_focal_loss",
+                 _wrap_focal_sum(ps.original(m["grounding_dino"], "sigmoid_focal_loss"))))
+    for short in ("od", "rt_detr", "deformable_detr", "lw_detr", "rf_detr", "grounding_dino"):
+        plan.append((m[short], "generalized_box_iou",
+                     _wrap_giou_matrix(ps.original(m[short], "generalized_box_iou"))))
+    for short, cls in (("od", "ImageLoss"), ("rt_detr", "RTDetrLoss"), ("lw_detr", "LwDetrImageLoss")):
+        owner = ps.original(m[short], cls)
+        plan.append((owner, "loss_boxes", _wrap_loss_boxes(ps.original(owner, "loss_boxes"), to_corners)))
+    rt = ps.original(m["rt_detr"], "RTDetrLoss")
+    plan.append((rt, "loss_labels_vfl",
+                 _wrap_loss_labels_vfl(ps.original(rt, "loss_labels_vfl"), to_corners)))
+    for owner, name, new in plan:
+        ps.replace(owner, name, new)
+
+
+_switch = Switch("transformers", _load, _apply)
+patch = _switch.patch
+unpatch = _switch.unpatch
+patched = _switch.patched
+
+
+def is_patched():
+    return _switch.is_patched
+
+
+__all__ = ["patch", "unpatch", "patched", "is_patched"]
