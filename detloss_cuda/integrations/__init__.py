@@ -9,8 +9,11 @@
     import detloss_cuda.integrations.transformers as dl_transformers   # DETR family
     dl_transformers.patch()
 
+    import detloss_cuda.integrations.yolov5 as dl_yolov5               # pip yolov5
+    dl_yolov5.patch()
+
 None of the libraries is a dependency of detloss_cuda (extras: ``pip install .[ultralytics]``,
-``.[torchvision]``, ``.[transformers]``); each module imports its library when ``patch()`` is called and says
+``.[torchvision]``, ``.[transformers]``, ``.[yolov5]``); each module imports its library when ``patch()`` is called and says
 how to install it when it is missing. ``unpatch()`` puts back the very objects it replaced.
 
 Processes started later (``torch.distributed.run`` workers, ultralytics' multi-GPU
@@ -23,9 +26,9 @@ import it by the ultralytics patch.
 import importlib
 import os
 
-__all__ = ["ultralytics", "torchvision", "transformers", "patch_from_env"]
+__all__ = ["ultralytics", "torchvision", "transformers", "yolov5", "patch_from_env"]
 
-LIBRARIES = ("ultralytics", "torchvision", "transformers")
+LIBRARIES = ("ultralytics", "torchvision", "transformers", "yolov5")
 
 
 def patch_from_env():
