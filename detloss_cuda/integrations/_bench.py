@@ -8,6 +8,13 @@ detector (forward + backward of the loss only, the model's outputs fixed), patch
 * ``retinanet_loss``: torchvision ``RetinaNet.compute_loss`` (91 classes, GIoU box loss) at
   512 x 512 (49104 anchors per image), 8 boxes per image; size = images. Includes the
   anchor matching.
+* ``rtdetr_loss``: transformers ``RTDetrForObjectDetectionLoss`` with RT-DETR's default
+  config (80 classes, 300 queries, 6 decoder layers: the last layer's, 5 auxiliary and the
+  encoder's top-k losses: VFL + L1 + GIoU each, with a Hungarian matching each), 8 boxes per
+  image; size = images. Includes the matching.
+* ``yolov5_loss``: YOLOv5 ``ComputeLoss`` of a yolov5s head (80 classes, 3 anchors, 640 x
+  640: 25200 predictions per image), hyp.scratch-low, 8 boxes per image; size = images.
+  Includes its target building.
 """
 import importlib.util
 
@@ -122,6 +129,113 @@ def retinanet_fused(inp):
         return _retinanet_loss(inp)
 
 
+_RT = {}
+
+
+def _rtdetr_config():
+    if "config" not in _RT:
+        from transformers import RTDetrConfig
+
+        _RT["config"] = RTDetrConfig()  # 80 classes, 300 queries, 6 decoder layers
+    return _RT["config"]
+
+
+def rtdetr_inputs(size, dtype, device, gen):
+    b = max(1, int(size))
+    cfg = _rtdetr_config()
+    L, Q, C = cfg.decoder_layers, cfg.num_queries, cfg.num_labels
+    # every decoder layer's class logits and boxes (the last is the output), and the
+    # encoder's top-k queries: leaves, as the head's outputs are
+    logits = (torch.randn(b, L + 1, Q, C, generator=gen) - 3).to(device=device, dtype=dtype)
+    cxcy = torch.rand(b, L + 1, Q, 2, generator=gen) * 0.8 + 0.1
+    wh = torch.rand(b, L + 1, Q, 2, generator=gen) * 0.2 + 0.02
+    boxes = torch.cat([cxcy, wh], -1).to(device=device, dtype=dtype)
+    per = 8
+    labels = []
+    for _ in range(b):
+        xy, twh = _boxes(1, per, 640, gen)
+        labels.append({"class_labels": torch.randint(0, C, (per,), generator=gen).to(device),
+                       "boxes": torch.cat([xy, twh], 1).to(device=device, dtype=dtype)})
+    return {"x": logits, "boxes": boxes, "grad_leaves": [logits, boxes], "labels": labels,
+            "config": cfg, "device": device}
+
+
+def _rtdetr_loss(inp):
+    from transformers.loss.loss_rt_detr import RTDetrForObjectDetectionLoss
+
+    x, bx = inp["x"], inp["boxes"]
+    loss, _, _ = RTDetrForObjectDetectionLoss(
+        logits=x[:, -1], labels=inp["labels"], device=inp["device"], pred_boxes=bx[:, -1],
+        config=inp["config"], outputs_class=x[:, 1:], outputs_coord=bx[:, 1:],
+        enc_topk_logits=x[:, 0], enc_topk_bboxes=bx[:, 0])
+    return loss
+
+
+def rtdetr_fused(inp):
+    from . import transformers as dl
+
+    with dl.patched():
+        return _rtdetr_loss(inp)
+
+
+_Y5 = {}
+
+
+def _yolov5():
+    if "model" not in _Y5:
+        import os
+        import warnings
+
+        import yaml
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import yolov5
+            from yolov5.models.yolo import Model
+        root = os.path.dirname(yolov5.__file__)
+        with open(os.path.join(root, "data", "hyps", "hyp.scratch-low.yaml")) as f:
+            hyp = yaml.safe_load(f)
+        import logging
+        log = logging.getLogger("yolov5")
+        level = log.level
+        log.setLevel(logging.WARNING)  # its layer table
+        try:
+            m = Model(os.path.join(root, "models", "yolov5s.yaml"), ch=3, nc=80)
+        finally:
+            log.setLevel(level)
+        m.hyp = hyp
+        _Y5["model"] = m
+    return _Y5["model"]
+
+
+def yolov5_inputs(size, dtype, device, gen):
+    b = max(1, int(size))
+    model = _yolov5().to(device)
+    p = []
+    for s in (80, 40, 20):
+        t = torch.randn(b, 3, s, s, 85, generator=gen)
+        t[..., 4:] -= 4  # objectness and classes: mostly confident negatives
+        p.append(t.to(device=device, dtype=dtype))
+    per = 8
+    xy, wh = _boxes(b, per, 640, gen)
+    targets = torch.cat([torch.arange(b).repeat_interleave(per)[:, None].float(),
+                         torch.randint(0, 80, (b * per, 1), generator=gen).float(), xy, wh], 1)
+    return {"x": p[0], "p": p, "grad_leaves": p, "model": model, "targets": targets.to(device)}
+
+
+def _yolov5_loss(inp):
+    from yolov5.utils.loss import ComputeLoss
+
+    loss, _ = ComputeLoss(inp["model"])(inp["p"], inp["targets"])
+    return loss.sum()
+
+
+def yolov5_fused(inp):
+    from . import yolov5 as dl
+
+    with dl.patched():
+        return _yolov5_loss(inp)
+
+
 def _x_bytes(inp, mode):
     n = sum(t.numel() * t.element_size() for t in inp.get("grad_leaves", [inp["x"]]))
     return n if mode == "fwd" else 2 * n  # the head outputs read; their gradient written
@@ -141,4 +255,14 @@ def bench_ops(BenchOp):
             make=retinanet_inputs, fused=retinanet_fused, eager=_retinanet_loss,
             bytes_moved=_x_bytes, compilable=False,
             sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+    if _have("transformers") and _have("scipy"):
+        ops["rtdetr_loss"] = BenchOp(
+            name="rtdetr_loss", family="e2e", unit="images (RT-DETR, 300 queries, 80 classes)",
+            make=rtdetr_inputs, fused=rtdetr_fused, eager=_rtdetr_loss, bytes_moved=_x_bytes,
+            compilable=False, sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+    if _have("yolov5"):
+        ops["yolov5_loss"] = BenchOp(
+            name="yolov5_loss", family="e2e", unit="images (yolov5s, 640 px)",
+            make=yolov5_inputs, fused=yolov5_fused, eager=_yolov5_loss, bytes_moved=_x_bytes,
+            compilable=False, sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
     return ops
