@@ -530,8 +530,17 @@ def test_transformers_functions_match_and_hand_back():
 
 
 # ------------------------------------------------------------------------------- yolov5
+def _require_yolov5():
+    """yolov5 installs apart from the other test requirements (requirements-yolov5.txt says
+    why and how); CI stage 2 installs it and sets DETLOSS_REQUIRE_YOLOV5 (missing = failure)."""
+    if os.environ.get("DETLOSS_REQUIRE_YOLOV5"):
+        return importlib.import_module("yolov5")
+    return pytest.importorskip("yolov5", reason="yolov5 is not installed: pip install --no-deps "
+                               "yolov5==7.0.14 && pip install -r requirements-yolov5.txt")
+
+
 def _yolov5_model(hyp_over):
-    _require("yolov5")
+    _require_yolov5()
     import warnings
 
     import yaml
@@ -594,7 +603,7 @@ def test_yolov5_steps_match(hyp, monkeypatch):
 
 
 def test_yolov5_unpatch_restores_the_originals():
-    _require("yolov5")
+    _require_yolov5()
     import detloss_cuda.integrations.yolov5 as dl
     from yolov5.utils import loss as L
 
