@@ -318,3 +318,39 @@ def test_cuda_misaligned_rows_and_determinism():
     a = DF.distribution_focal_loss(z, y, reduction="sum")
     assert_close_dtype(a, ref, torch.float32)
     assert all(torch.equal(a, DF.distribution_focal_loss(z, y, reduction="sum")) for _ in range(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(2, 300, 4, 16), (3, 1000, 4, 8), (1, 7, 4, 17), (2, 1, 4, 16),
+                                   (5, 2, 32)])
+def test_integral_reads_the_bin_major_layout_in_place(dtype, shape):
+    """ultralytics' [B, 4·R, A] box output permuted to [B, A, 4·R] and viewed [B, A, 4, R]
+    (bins A apart, rows along A): the CPU integral reads it without a copy and writes its
+    gradient in that layout, so the head's gradient needs no transpose; values and gradients
+    bit for bit those of the contiguous copy."""
+    *lead, R = shape
+    leaf = torch.randn(lead[0], int(torch.tensor(lead[2:]).prod()) * R, lead[1]).to(dtype)
+    leaf.requires_grad_()
+    view = leaf.permute(0, 2, 1)
+    if len(shape) == 4:
+        view = view.view(shape)
+    assert not view.is_contiguous() or shape[1] == 1  # (one anchor: contiguous after all)
+    out = DF.distribution_integral(view)
+    copy = view.detach().contiguous().requires_grad_()
+    ref = DF.distribution_integral(copy)
+    assert torch.equal(out, ref)
+    up = torch.randn_like(out)
+    (g,) = torch.autograd.grad(out, leaf, up)
+    (gr,) = torch.autograd.grad(ref, copy, up)
+    assert g.is_contiguous()  # the head's own layout: the permute's backward is a view
+    assert torch.equal(g.permute(0, 2, 1).reshape(gr.shape), gr)
+
+
+def test_integral_other_strided_layouts_still_correct():
+    """Layouts the bin-major path does not take (a slice with gaps, more than 32 bins, bins
+    contiguous) give the contiguous copy's results."""
+    z = torch.randn(3, 48, 10, dtype=torch.float64)
+    for view in (z.permute(0, 2, 1)[:, ::2], z.permute(0, 2, 1), z[:, :40].permute(0, 2, 1)):
+        out = DF.distribution_integral(view)
+        torch.testing.assert_close(out, R.distribution_integral(view.contiguous()), rtol=1e-12,
+                                   atol=1e-12)

@@ -4,6 +4,7 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_strided.h>
 #include <torch/library.h>
 
 #include "../ops/dfl.h"
@@ -15,6 +16,7 @@ namespace {
 
 int64_t rows_per_chunk(int32_t bins) { return std::max<int64_t>(64, kChunk / bins); }
 
+
 template <typename T>
 DflLoopArgs<T> loop_args(const DflArgs& a, bool integral) {
   DflLoopArgs<T> la;
@@ -24,6 +26,104 @@ DflLoopArgs<T> loop_args(const DflArgs& a, bool integral) {
   la.bins = a.bins;
   la.integral = integral;
   return la;
+}
+
+// ---- the integral on a bin-major pred (csrc/ops/dfl.h, dfl_bin_major_dim): tiles of
+// kTile rows along the unit-stride dim, whose bins the vector loops read as columns (W rows
+// a vector, no transposition); results go to their rows, the gradient takes pred's strides.
+constexpr int64_t kTile = 256;
+
+struct BinMajor {
+  int64_t lanes = 0, lane_rows = 0, bin_stride = 0, outer = 0, tiles = 0;
+  std::vector<int64_t> sizes, pred_strides, row_strides;  // the other leading dims
+};
+
+BinMajor bin_major_plan(const at::Tensor& p) {
+  BinMajor m;
+  const int64_t d = dfl_bin_major_dim(p), n = p.dim() - 1;
+  std::vector<int64_t> rstride(n, 1);  // of the contiguous [leading dims] result
+  for (int64_t i = n - 2; i >= 0; --i) rstride[i] = rstride[i + 1] * p.size(i + 1);
+  m.lanes = p.size(d);
+  m.lane_rows = rstride[d];
+  m.bin_stride = p.stride(-1);
+  m.outer = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i == d) continue;
+    m.sizes.push_back(p.size(i));
+    m.pred_strides.push_back(p.stride(i));
+    m.row_strides.push_back(rstride[i]);
+    m.outer *= p.size(i);
+  }
+  m.tiles = (m.lanes + kTile - 1) / kTile;
+  return m;
+}
+
+// For every tile: f(pred offset of its first lane, result row of its first lane, lanes).
+template <typename F>
+void for_each_tile(const BinMajor& m, const F& f) {
+  at::parallel_for(0, m.outer * m.tiles, 1, [&](int64_t b, int64_t e) {
+    for (int64_t task = b; task < e; ++task) {
+      int64_t o = task / m.tiles, poff = 0, roff = 0;
+      const int64_t a0 = (task % m.tiles) * kTile;
+      for (int64_t i = static_cast<int64_t>(m.sizes.size()) - 1; i >= 0; --i) {
+        const int64_t idx = o % m.sizes[i];
+        o /= m.sizes[i];
+        poff += idx * m.pred_strides[i];
+        roff += idx * m.row_strides[i];
+      }
+      f(poff + a0, roff + a0 * m.lane_rows, std::min(kTile, m.lanes - a0));
+    }
+  });
+}
+
+template <typename T>
+void integral_bin_major_forward(const DflArgs& a, DflLoopArgs<T> la, T* out,
+                                at::opmath_type<T>* stats) {
+  using O = at::opmath_type<T>;
+  const BinMajor m = bin_major_plan(a.pred);
+  const T* base = a.pred.const_data_ptr<T>();
+  for_each_tile(m, [&](int64_t poff, int64_t row0, int64_t n) {
+    T o[kTile];
+    O st[2 * kTile];
+    DflLoopArgs<T> lt = la;
+    lt.pred = base + poff;  // the tile's rows 0..n, bins bin_stride apart
+    lt.bin_stride = m.bin_stride;
+    lt.out = o;
+    lt.stats_out = st;
+    DETLOSS_CPU_DISPATCH(dfl_forward_rows, lt, 0, n);
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t row = row0 + t * m.lane_rows;
+      out[row] = o[t];
+      stats[2 * row] = st[2 * t];
+      stats[2 * row + 1] = st[2 * t + 1];
+    }
+  });
+}
+
+template <typename T>
+void integral_bin_major_backward(const DflArgs& a, DflLoopArgs<T> la, T* gz) {
+  using O = at::opmath_type<T>;
+  const BinMajor m = bin_major_plan(a.pred);
+  const T* base = a.pred.const_data_ptr<T>();
+  const O* stats = a.stats.const_data_ptr<O>();
+  const Operand<T> up = la.grad;
+  for_each_tile(m, [&](int64_t poff, int64_t row0, int64_t n) {
+    T u[kTile];
+    O st[2 * kTile];
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t row = row0 + t * m.lane_rows;
+      u[t] = up.ptr[math::operand_index(up, row)];
+      st[2 * t] = stats[2 * row];
+      st[2 * t + 1] = stats[2 * row + 1];
+    }
+    DflLoopArgs<T> lt = la;
+    lt.pred = base + poff;
+    lt.out = gz + poff;  // gz has pred's strides
+    lt.bin_stride = m.bin_stride;
+    lt.grad = Operand<T>{u, 1, 1, OperandMode::kFull};
+    lt.stats = st;
+    DETLOSS_CPU_DISPATCH(dfl_backward_rows, lt, 0, n);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const DflArgs& a, bool integral,
@@ -46,6 +146,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const DflArgs& a, bool in
       la.grad_scale = reduction_scale<O>(a.reduction, a.rows);
     }
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    if (integral && !a.pred.is_contiguous()) {  // bin-major: kept only for the integral
+      integral_bin_major_forward<scalar_t>(a, la, o, la.stats_out);
+      return;
+    }
     la.out = reduce ? nullptr : o;
     forward_and_reduce<scalar_t, O>(a.rows, rows_per_chunk(a.bins), reduce,
                                     a.reduction == Reduction::kMean, o,
@@ -57,7 +161,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(const DflArgs& a, bool in
 }
 
 at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
-  at::Tensor gz = at::empty(a.pred.sizes(), a.pred.options());
+  // pred's own strides: a bin-major pred's gradient in its layout (contiguous otherwise)
+  at::Tensor gz = at::empty_strided(a.pred.sizes(), a.pred.strides(), a.pred.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(),
                                   "detloss_dfl_backward_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
@@ -65,6 +170,10 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
     la.grad = grad.typed<scalar_t>();
     la.grad_scale = integral ? O(1) : reduction_scale<O>(a.reduction, a.rows);
     la.stats = a.stats.const_data_ptr<O>();
+    if (integral && !a.pred.is_contiguous()) {
+      integral_bin_major_backward<scalar_t>(a, la, gz.mutable_data_ptr<scalar_t>());
+      return;
+    }
     la.out = gz.mutable_data_ptr<scalar_t>();
     chunked_for(a.rows, rows_per_chunk(a.bins), [&](int64_t b, int64_t e) {
       DETLOSS_CPU_DISPATCH(dfl_backward_rows, la, b, e);
@@ -100,7 +209,8 @@ TORCH_LIBRARY_IMPL(detloss, CPU, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cpu>);
   m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cpu>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cpu>);
-  m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cpu>);
+  // the integral keeps a bin-major pred as it is (no transposing copy)
+  m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cpu, true>);
   m.impl("dfl_integral_backward",
-         &detloss::dfl_integral_backward_entry<detloss::dfl_integral_backward_cpu>);
+         &detloss::dfl_integral_backward_entry<detloss::dfl_integral_backward_cpu, true>);
 }

@@ -30,6 +30,9 @@ struct DflLoopArgs {
   const opmath* stats = nullptr;   // backward: what the forward wrote there
   int32_t bins = 0;
   bool integral = false;           // the distribution integral instead of the loss
+  int64_t bin_stride = 0;          // integral only. 0: rows of contiguous bins; else the
+                                   // bin-major layout (csrc/ops/dfl.h): bin j of row t at
+                                   // pred[t + j·bin_stride], its gradient at out[t + j·bin_stride]
 };
 
 // forward: writes out[begin:end) if set and the rows' stats, returns the sum of the row

@@ -38,10 +38,17 @@ at::opmath_type<T> dfl_forward_columns(const DflLoopArgs<T>& a, int64_t begin, i
   const V ninf(-std::numeric_limits<O>::infinity());
   for (int64_t r0 = begin; r0 < end; r0 += W) {
     const int64_t n = std::min<int64_t>(W, end - r0);
-    const T* z = a.pred + r0 * R;
-    for (int64_t k = 0; k < n; ++k) {  // transpose the n rows into columns
-      const T* zr = z + k * R;
-      for (int32_t j = 0; j < R; ++j) col[j * W + k] = static_cast<O>(zr[j]);
+    if (a.bin_stride != 0) {  // bin-major: the columns are in memory already
+      for (int32_t j = 0; j < R; ++j) {
+        const T* zc = a.pred + r0 + j * a.bin_stride;
+        for (int64_t k = 0; k < n; ++k) col[j * W + k] = static_cast<O>(zc[k]);
+      }
+    } else {
+      const T* z = a.pred + r0 * R;
+      for (int64_t k = 0; k < n; ++k) {  // transpose the n rows into columns
+        const T* zr = z + k * R;
+        for (int32_t j = 0; j < R; ++j) col[j * W + k] = static_cast<O>(zr[j]);
+      }
     }
     for (int64_t k = n; k < W; ++k)
       for (int32_t j = 0; j < R; ++j) col[j * W + k] = O(0);
@@ -170,6 +177,25 @@ void dfl_backward_impl(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
   constexpr int64_t W = V::size();
   const int32_t R = a.bins;
   alignas(64) O e[math::kDflMaxBins + W];  // a row's probabilities
+  if (a.integral && a.bin_stride != 0) {
+    // bin-major: W rows a vector, one bin at a time, with the row version's arithmetic
+    alignas(64) O lse_l[W], d_l[W], g_l[W];
+    for (int64_t r0 = begin; r0 < end; r0 += W) {
+      const int64_t n = std::min<int64_t>(W, end - r0);
+      for (int64_t k = 0; k < W; ++k) {
+        const int64_t row = r0 + std::min<int64_t>(k, n - 1);
+        lse_l[k] = a.stats[2 * row];
+        d_l[k] = a.stats[2 * row + 1];
+        g_l[k] = math::operand_at(a.grad, row, O(1));
+      }
+      const V lse = V::loadu(lse_l), d = V::loadu(d_l), g = V::loadu(g_l);
+      for (int32_t j = 0; j < R; ++j) {
+        const int64_t off = r0 + j * a.bin_stride;
+        simd::store(a.out + off, g * (simd::load(a.pred + off, n) - lse).exp() * (V(O(j)) - d), n);
+      }
+    }
+    return;
+  }
   for (int64_t row = begin; row < end; ++row) {
     const T* z = a.pred + row * R;
     T* gz = a.out + row * R;

@@ -15,7 +15,7 @@ namespace detloss {
 
 DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& target,
                     const std::optional<at::Tensor>& weight, std::string_view reduction,
-                    const char* op) {
+                    const char* op, bool keep_bin_major) {
   DflArgs a;
   a.reduction = parse_reduction(reduction, op);
   const auto s = pred.scalar_type();
@@ -53,7 +53,7 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
   a.weight = describe_operand(weight, a.shape, s, "weight", op);
   // last: every argument checked before pred is copied (an expanded pred of 2^31 rows with a
   // wrong target would otherwise allocate 137 GB before the shape error)
-  a.pred = pred.contiguous();
+  a.pred = keep_bin_major && dfl_bin_major_dim(pred) >= 0 ? pred : pred.contiguous();
   return a;
 }
 

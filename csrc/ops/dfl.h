@@ -14,7 +14,7 @@
 namespace detloss {
 
 struct DflArgs {
-  at::Tensor pred;    // [rows, R] contiguous
+  at::Tensor pred;    // [rows, R] contiguous, or bin-major (dfl_bin_major) where kept
   at::Tensor target;  // [rows] contiguous, opmath dtype (loss only)
   at::Tensor stats;   // backward: what the forward saved per row, opmath, contiguous
                       // [rows, 2]: the loss' (max z, sum exp(z - max)); the integral's
@@ -28,7 +28,25 @@ struct DflArgs {
 
 DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& target,
                     const std::optional<at::Tensor>& weight, std::string_view reduction,
-                    const char* op);
+                    const char* op, bool keep_bin_major = false);
+
+// The bin-major layout: pred [..., R] whose bins are strided and whose rows run along a
+// unit-stride leading dim, densely packed: ultralytics' [B, 4·R, A] box output, permuted to
+// [B, A, 4·R] and viewed as [B, A, 4, R]. The CPU integral reads it in place (in tiles
+// transposed in cache) and writes its gradient in the same layout, where a copy to rows
+// would transpose the whole tensor twice (forward and gradient). Up to kDflBinMajorMaxBins
+// bins (the tiles live on the stack). The dim of unit stride, or -1.
+constexpr int64_t kDflBinMajorMaxBins = 32;
+inline int64_t dfl_bin_major_dim(const at::Tensor& p) {
+  if (p.dim() < 2 || p.stride(-1) == 1 || p.size(-1) > kDflBinMajorMaxBins ||
+      !p.is_non_overlapping_and_dense()) {
+    return -1;
+  }
+  for (int64_t d = 0; d + 1 < p.dim(); ++d) {
+    if (p.stride(d) == 1 && p.size(d) > 1) return d;
+  }
+  return -1;
+}
 OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op);
 
 // Forwards return (result, stats): the loss per row ('none', shaped a.shape) or reduced, and
@@ -85,16 +103,17 @@ at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
   return scale_by_upstream(F(a, OperandDesc()), grad, a.reduction, true, true);
 }
 
-template <DflPair (*F)(const DflArgs&)>
+template <DflPair (*F)(const DflArgs&), bool KeepBinMajor = false>
 DflPair dfl_integral_entry(const at::Tensor& pred) {
-  return F(prepare_dfl(pred, std::nullopt, std::nullopt, "none", "detloss.dfl_integral"));
+  return F(prepare_dfl(pred, std::nullopt, std::nullopt, "none", "detloss.dfl_integral",
+                       KeepBinMajor));
 }
 
-template <at::Tensor (*F)(const DflArgs&, const OperandDesc&)>
+template <at::Tensor (*F)(const DflArgs&, const OperandDesc&), bool KeepBinMajor = false>
 at::Tensor dfl_integral_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
                                        const at::Tensor& stats) {
   constexpr const char* op = "detloss.dfl_integral_backward";
-  DflArgs a = prepare_dfl(pred, std::nullopt, std::nullopt, "none", op);
+  DflArgs a = prepare_dfl(pred, std::nullopt, std::nullopt, "none", op, KeepBinMajor);
   check_dfl_stats(stats, a, 2, op);
   return F(a, prepare_dfl_grad(grad, a, op));
 }
