@@ -126,7 +126,10 @@ def _wrap_assigned(orig, tal_cls, make_anchors):
         # ultralytics' own steps (targets, decode, box losses), with the assignment and the
         # classification loss on class indices: no [B, A, C] tensor
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
-        pred_distri = preds["boxes"].permute(0, 2, 1).contiguous()
+        # the head's [B, 4·R, A] box bins as a [B, A, 4·R] view (ultralytics copies them): the
+        # CPU integral reads this layout in place and writes its gradient in the head's own
+        # layout, sparing a transpose of the whole tensor each way (csrc/ops/dfl.h)
+        pred_distri = preds["boxes"].permute(0, 2, 1)
         # the head's [B, C, A] scores as a [B, A, C] view: the assigner and the class-major
         # BCE read them in place (ultralytics copies them to [B, A, C] first)
         pred_scores = preds["scores"].permute(0, 2, 1)
