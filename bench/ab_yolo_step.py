@@ -3,21 +3,40 @@
 shared machine whose speed drifts within a run, interleaving keeps both sides under the same
 load (the benchmark times one side, then the other).
 
-    python bench/ab_yolo_step.py
+    python bench/ab_yolo_step.py [images]
 """
-import statistics, time, torch
+import statistics
+import sys
+import time
+
+import torch
+
 from detloss_cuda.integrations import _bench as B
-g = torch.Generator().manual_seed(0)
-inp = B.yolo_inputs(16, torch.float32, "cpu", g)
-def run(f):
-    for l in inp["grad_leaves"]:
-        l.requires_grad_(True); l.grad = None
-    f(inp).backward()
-for f in (B.yolo_fused, B._yolo_loss):
-    run(f)
-t = {"fused": [], "eager": []}
-for _ in range(12):
-    for name, f in (("fused", B.yolo_fused), ("eager", B._yolo_loss)):
-        t0 = time.perf_counter(); run(f); t[name].append(time.perf_counter() - t0)
-mf, me = statistics.median(t["fused"]) * 1e3, statistics.median(t["eager"]) * 1e3
-print(f"fused {mf:.1f} ms  ultralytics {me:.1f} ms  x{me / mf:.2f}  (12 interleaved pairs, medians)")
+
+
+def main(images=16, pairs=12):
+    inp = B.yolo_inputs(images, torch.float32, "cpu", torch.Generator().manual_seed(0))
+
+    def step(f):
+        for leaf in inp["grad_leaves"]:
+            leaf.requires_grad_(True)
+            leaf.grad = None
+        f(inp).backward()
+
+    sides = {"patched": B.yolo_fused, "ultralytics": B._yolo_loss}
+    for f in sides.values():  # warm up
+        step(f)
+    times = {name: [] for name in sides}
+    for _ in range(pairs):
+        for name, f in sides.items():
+            t0 = time.perf_counter()
+            step(f)
+            times[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    print(f"YOLOv8n loss step, {images} images: patched {med['patched']:.1f} ms, ultralytics "
+          f"{med['ultralytics']:.1f} ms, x{med['ultralytics'] / med['patched']:.2f} "
+          f"({pairs} interleaved pairs, medians)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 16)
