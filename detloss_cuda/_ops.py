@@ -157,8 +157,27 @@ def _dfl_integral_fake(pred):
             pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype)))
 
 
+def _bin_major(pred):
+    """csrc/ops/dfl.h's dfl_bin_major_dim, on the CPU where the kernel keeps that layout:
+    bins strided (at most 32), rows along a unit-stride leading dim, densely packed."""
+    if (pred.device.type != "cpu" or pred.dim() < 2 or pred.numel() == 0 or pred.stride(-1) == 1
+            or pred.shape[-1] > 32):
+        return False
+    expected = 1  # densely packed: sorted by stride, each dim's stride the product below it
+    for stride, size in sorted((pred.stride(d), pred.shape[d]) for d in range(pred.dim())
+                               if pred.shape[d] != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return any(pred.stride(d) == 1 and pred.shape[d] > 1 for d in range(pred.dim() - 1))
+
+
 @_register_fake("detloss::dfl_integral_backward")
 def _dfl_integral_backward_fake(grad, pred, stats):
+    # the kernel's layout: pred's own strides for a bin-major pred on the CPU, else contiguous
+    # (torch.compile plans the buffers it hands on from these strides)
+    if _bin_major(pred):
+        return torch.empty_strided(pred.shape, pred.stride(), dtype=pred.dtype, device=pred.device)
     return pred.new_empty(pred.shape)
 
 

@@ -354,3 +354,21 @@ def test_integral_other_strided_layouts_still_correct():
         out = DF.distribution_integral(view)
         torch.testing.assert_close(out, R.distribution_integral(view.contiguous()), rtol=1e-12,
                                    atol=1e-12)
+
+
+def test_integral_bin_major_opcheck_and_compile():
+    """The fake kernel gives the gradient the strides the CPU kernel gives it (pred's, for a
+    bin-major pred): opcheck compares them, and torch.compile plans buffers from them."""
+    leaf = torch.randn(2, 64, 30, dtype=torch.float64, requires_grad=True)
+    view = leaf.permute(0, 2, 1).view(2, 30, 4, 16)
+    out, stats = torch.ops.detloss.dfl_integral(view)
+    torch.library.opcheck(torch.ops.detloss.dfl_integral_backward,
+                          (torch.randn_like(out), view.detach(), stats),
+                          test_utils=("test_schema", "test_faketensor"))
+
+    def step(x):
+        return DF.distribution_integral(x.permute(0, 2, 1).view(2, 30, 4, 16)).square().sum()
+
+    (want,) = torch.autograd.grad(step(leaf), leaf)
+    (got,) = torch.autograd.grad(torch.compile(step, fullgraph=True)(leaf), leaf)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -38,7 +38,7 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
 // bins (the tiles live on the stack). The dim of unit stride, or -1.
 constexpr int64_t kDflBinMajorMaxBins = 32;
 inline int64_t dfl_bin_major_dim(const at::Tensor& p) {
-  if (p.dim() < 2 || p.stride(-1) == 1 || p.size(-1) > kDflBinMajorMaxBins ||
+  if (p.dim() < 2 || p.numel() == 0 || p.stride(-1) == 1 || p.size(-1) > kDflBinMajorMaxBins ||
       !p.is_non_overlapping_and_dense()) {
     return -1;
   }
