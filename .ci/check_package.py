@@ -16,6 +16,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import shutil
 import tempfile
 import time
 import zipfile
@@ -127,7 +128,10 @@ def main():
     if want_cuda and "CUDA kernels compiled: yes" not in info:
         fail("FORCE_CUDA=1 but the installed wheel has no CUDA kernels")
     run([os.path.join(venv, "bin", "detloss"), "verify"], cwd=out, env=env)
-    print(f"package check passed in {time.time() - t0:.0f}s ({out})", flush=True)
+    # passed: the folder (sdist, wheel and a venv with torch: ~5.5 GB) goes; a failure keeps
+    # it for a look (fail() exits before this line)
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"package check passed in {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
