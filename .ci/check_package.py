@@ -13,10 +13,10 @@ Exit code 0 when all hold; every step prints what it checked.
 import glob
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
-import shutil
 import tempfile
 import time
 import zipfile
