@@ -1,6 +1,8 @@
 """Replace attributes of a library's modules and classes and put back the very same objects."""
 import contextlib
+import functools
 import importlib
+import math
 import os
 
 import torch
@@ -17,6 +19,26 @@ def ours(*tensors):
         if t.device.type not in ("cpu", "cuda") or t.dtype not in _DTYPES:
             return False
     return True
+
+
+def is_number(v):
+    """A finite int or float (not a bool): what the fused ops take for a scalar argument."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def wrap_bbox_iou(orig, fused):
+    """ultralytics' / YOLOv5's ``bbox_iou`` (the same signature and ``[..., 1]`` result) on
+    ``fused`` (``functional.bbox_iou``, looked up by the integration at call time); boxes the
+    kernels do not take go to ``orig``."""
+    @functools.wraps(orig)
+    def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7):  # noqa: N803
+        if not ours(box1, box2) or box1.shape[-1:] != (4,) or box2.shape[-1:] != (4,):
+            return orig(box1, box2, xywh, GIoU, DIoU, CIoU, eps)
+        if box1.dtype != box2.dtype:  # mixed under AMP: promote as torch would
+            dt = torch.promote_types(box1.dtype, box2.dtype)
+            box1, box2 = box1.to(dt), box2.to(dt)
+        return fused(box1, box2, xywh=xywh, GIoU=GIoU, DIoU=DIoU, CIoU=CIoU, eps=eps)
+    return bbox_iou
 
 
 def load_library(library, modules, known):

@@ -29,12 +29,11 @@ bit there; ours is the stable formula (within 2e-7 of float64), which can exceed
 by torch's own rounding, relative to |x| (1e-5 of the loss at x = -4, t = 0).
 """
 import functools
-import math
 
 import torch
 
 from .. import functional as DF
-from ._patching import Switch, load_library, ours
+from ._patching import Switch, is_number, load_library, ours
 
 KNOWN = "torchvision 0.17 to 0.29 (tested with 0.29.1)"
 
@@ -68,10 +67,6 @@ def _scriptable_as(wrapper, orig):
     return wrapper
 
 
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _wrap_focal(orig):
     @functools.wraps(orig)
     def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
@@ -81,8 +76,8 @@ def _wrap_focal(orig):
         # dtypes or shapes (its BCE's errors), MPS, targets that require grad
         if (not ours(inputs, targets) or targets.requires_grad or inputs.dtype != targets.dtype
                 or inputs.shape != targets.shape or reduction not in _REDUCTIONS
-                or not _is_number(alpha) or not (0 <= alpha <= 1 or alpha == -1)
-                or not _is_number(gamma) or gamma < 0
+                or not is_number(alpha) or not (0 <= alpha <= 1 or alpha == -1)
+                or not is_number(gamma) or gamma < 0
                 or (reduction == "mean" and inputs.numel() == 0)):
             return orig(inputs, targets, alpha, gamma, reduction)
         # torchvision applies alpha_t when alpha >= 0 (alpha = -1: none); ours takes None
@@ -95,7 +90,7 @@ def _wrap_box(orig, ours_fn, any_eps=True):
     @functools.wraps(orig)
     def box_loss(boxes1, boxes2, reduction="none", eps=1e-7):
         if (not isinstance(boxes1, torch.Tensor) or not isinstance(boxes2, torch.Tensor)
-                or reduction not in _REDUCTIONS or not _is_number(eps) or eps < 0
+                or reduction not in _REDUCTIONS or not is_number(eps) or eps < 0
                 or (not any_eps and eps != 1e-7)):
             return orig(boxes1, boxes2, reduction, eps)
         # torchvision computes in float32 at least (_upcast_non_float: fp16, bf16 and integer

@@ -30,13 +30,12 @@ half-precision intersections with float32 areas. Values and gradients equal the 
 rounding (``tests/test_integrations.py``: DETR, Deformable DETR and RT-DETR training steps).
 """
 import functools
-import math
 
 import torch
 import torch.nn.functional as F
 
 from .. import functional as DF
-from ._patching import Switch, load_library, ours
+from ._patching import Switch, is_number, load_library, ours
 
 KNOWN = "transformers 5.x (tested with 5.24.0)"
 
@@ -57,15 +56,11 @@ def _load():
     return ps
 
 
-def _number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _focal_ok(inputs, targets, alpha, gamma):
     return (isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor)
             and ours(inputs, targets) and inputs.dtype == targets.dtype
             and inputs.shape == targets.shape and inputs.dim() >= 2 and not targets.requires_grad
-            and _number(alpha) and alpha <= 1 and _number(gamma) and gamma >= 0)
+            and is_number(alpha) and alpha <= 1 and is_number(gamma) and gamma >= 0)
 
 
 def _wrap_focal_mean1(orig):
@@ -153,7 +148,7 @@ def _wrap_loss_labels_vfl(orig, to_corners):
         src_logits = outputs["logits"]
         a, b = to_corners(src_boxes.detach()), to_corners(target_boxes)
         if (not _boxes_ok(a, b) or not ours(src_logits) or src_logits.dim() != 3
-                or not _number(self.alpha) or not _number(self.gamma)):
+                or not is_number(self.alpha) or not is_number(self.gamma)):
             return orig(self, outputs, targets, indices, num_boxes, log)
         dtype = src_logits.dtype
         with torch.no_grad():  # the library's IoU of the matched pairs (no eps), detached

@@ -52,7 +52,7 @@ import torch
 
 from .. import functional as DF
 from ..assign import task_aligned_assign
-from ._patching import Switch, load_library, ours
+from ._patching import Switch, load_library, ours, wrap_bbox_iou
 
 KNOWN = "ultralytics 8.3 and 8.4 (tested with 8.4.190)"
 
@@ -203,18 +203,6 @@ def _wrap_bbox_decode(orig, dist2bbox):
     return bbox_decode
 
 
-def _wrap_bbox_iou(orig):
-    @functools.wraps(orig)
-    def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7):  # noqa: N803
-        if not ours(box1, box2):
-            return orig(box1, box2, xywh, GIoU, DIoU, CIoU, eps)
-        if box1.dtype != box2.dtype:  # ultralytics mixes them under AMP; promote as torch would
-            dt = torch.promote_types(box1.dtype, box2.dtype)
-            box1, box2 = box1.to(dt), box2.to(dt)
-        return DF.bbox_iou(box1, box2, xywh=xywh, GIoU=GIoU, DIoU=DIoU, CIoU=CIoU, eps=eps)
-    return bbox_iou
-
-
 def _wrap_dfl_call(orig):
     @functools.wraps(orig)
     def __call__(self, pred_dist, target):
@@ -255,6 +243,10 @@ def _wrap_focal_forward(orig):
     return forward
 
 
+def _fused_bbox_iou(*args, **kwargs):
+    return DF.bbox_iou(*args, **kwargs)  # DF read at call time (tests spy on it)
+
+
 def _apply(ps):
     L, T = ps.mods["ultralytics.utils.loss"], ps.mods["ultralytics.utils.tal"]
     det = ps.original(L, "v8DetectionLoss")
@@ -266,8 +258,8 @@ def _apply(ps):
         (det, "get_assigned_targets_and_loss", lambda o: _wrap_assigned(o, tal_cls, make_anchors)),
         (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls)),
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
-        (L, "bbox_iou", _wrap_bbox_iou),
-        (T, "bbox_iou", _wrap_bbox_iou),
+        (L, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
+        (T, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),

@@ -32,7 +32,7 @@ import functools
 import torch
 
 from .. import functional as DF
-from ._patching import Switch, load_library, ours
+from ._patching import Switch, load_library, ours, wrap_bbox_iou
 
 KNOWN = "yolov5 7.x (the pip package; tested with 7.0.14)"
 
@@ -93,24 +93,16 @@ def _wrap_focal(orig, kind):
     return forward
 
 
-def _wrap_bbox_iou(orig):
-    @functools.wraps(orig)
-    def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7):  # noqa: N803
-        if not ours(box1, box2) or box1.shape[-1:] != (4,) or box2.shape[-1:] != (4,):
-            return orig(box1, box2, xywh, GIoU, DIoU, CIoU, eps)
-        if box1.dtype != box2.dtype:  # mixed under AMP: promote as torch would
-            dt = torch.promote_types(box1.dtype, box2.dtype)
-            box1, box2 = box1.to(dt), box2.to(dt)
-        return DF.bbox_iou(box1, box2, xywh=xywh, GIoU=GIoU, DIoU=DIoU, CIoU=CIoU, eps=eps)
-    return bbox_iou
+def _fused_bbox_iou(*args, **kwargs):
+    return DF.bbox_iou(*args, **kwargs)  # DF read at call time (tests spy on it)
 
 
 def _apply(ps):
     L, M = ps.mods["yolov5.utils.loss"], ps.mods["yolov5.utils.metrics"]
     compute = ps.original(L, "ComputeLoss")
     plan = [(compute, "__call__", _wrap_compute_loss_call(ps.original(compute, "__call__"))),
-            (L, "bbox_iou", _wrap_bbox_iou(ps.original(L, "bbox_iou"))),
-            (M, "bbox_iou", _wrap_bbox_iou(ps.original(M, "bbox_iou")))]
+            (L, "bbox_iou", wrap_bbox_iou(ps.original(L, "bbox_iou"), _fused_bbox_iou)),
+            (M, "bbox_iou", wrap_bbox_iou(ps.original(M, "bbox_iou"), _fused_bbox_iou))]
     for cls, kind in (("FocalLoss", "focal"), ("QFocalLoss", "qfl")):
         owner = ps.original(L, cls)
         plan.append((owner, "forward", _wrap_focal(ps.original(owner, "forward"), kind)))
