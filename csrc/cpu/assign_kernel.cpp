@@ -163,6 +163,6 @@ TalResult tal_assign_cpu(const TalArgs& a) {
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cpu>);
 }

@@ -116,7 +116,7 @@ at::Tensor box_matrix_cpu(const BoxMatrixArgs& a) { return cpu::box_matrix(a); }
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("box_loss", &detloss::box_loss_entry<detloss::box_forward_cpu>);
   m.impl("box_loss_with_grad", &detloss::box_loss_with_grad_entry<detloss::box_forward_grad_cpu>);
   m.impl("box_backward", &detloss::box_backward_entry<detloss::box_forward_grad_cpu>);

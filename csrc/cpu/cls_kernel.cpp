@@ -120,7 +120,7 @@ std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cpu(const ClsArgs& a, bool w
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("cls_loss", &detloss::cls_loss_entry<detloss::cls_forward_cpu>);
   m.impl("cls_loss_with_grad", &detloss::cls_loss_with_grad_entry<detloss::cls_forward_grad_cpu>);
   m.impl("cls_backward", &detloss::cls_backward_entry<detloss::cls_forward_grad_cpu>);

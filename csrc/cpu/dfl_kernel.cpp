@@ -205,7 +205,7 @@ at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& g) {
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cpu>);
   m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cpu>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cpu>);

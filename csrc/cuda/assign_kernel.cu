@@ -285,6 +285,6 @@ TalResult tal_assign_cuda(const TalArgs& a) {
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cuda>);
 }

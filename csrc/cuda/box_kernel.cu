@@ -173,10 +173,9 @@ void launch_matrix(const BoxMatrixArgs& a, at::Tensor& out) {
   const dim3 grid(static_cast<unsigned>(ceil_div(M, kTile)), static_cast<unsigned>(ceil_div(N, kTile)),
                   static_cast<unsigned>(B));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.boxes1.device().index()).stream();
-  box_matrix_kernel<T, K><<<grid, kBlock, 0, stream>>>(
-      a.boxes1.const_data_ptr<T>(), a.boxes2.const_data_ptr<T>(), out.mutable_data_ptr<T>(), N, M,
-      static_cast<at::opmath_type<T>>(a.eps), a.xywh);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<box_matrix_kernel<T, K>>(
+      grid, kBlock, stream, a.boxes1.const_data_ptr<T>(), a.boxes2.const_data_ptr<T>(),
+      out.mutable_data_ptr<T>(), N, M, static_cast<at::opmath_type<T>>(a.eps), a.xywh);
 }
 
 }  // namespace
@@ -235,7 +234,7 @@ at::Tensor box_matrix_cuda(const BoxMatrixArgs& a) {
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("box_loss", &detloss::box_loss_entry<detloss::box_forward_cuda>);
   m.impl("box_loss_with_grad", &detloss::box_loss_with_grad_entry<detloss::box_forward_grad_cuda>);
   m.impl("box_backward", &detloss::box_backward_entry<detloss::box_forward_grad_cuda>);

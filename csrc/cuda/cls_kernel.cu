@@ -329,7 +329,7 @@ void scale_in_place_cuda(at::Tensor& g, const at::Tensor& up) {
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("cls_loss", &detloss::cls_loss_entry<detloss::cls_forward_cuda>);
   m.impl("cls_loss_with_grad", &detloss::cls_loss_with_grad_entry<detloss::cls_forward_grad_cuda>);
   m.impl("cls_backward", &detloss::cls_backward_entry<detloss::cls_forward_grad_cuda>);

@@ -442,7 +442,7 @@ at::Tensor dfl_integral_backward_cuda(const DflArgs& a, const OperandDesc& g) {
 
 }  // namespace detloss
 
-TORCH_LIBRARY_IMPL(detloss, CUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cuda>);
   m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cuda>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cuda>);

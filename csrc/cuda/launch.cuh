@@ -19,8 +19,21 @@
 #include <cstdint>
 #include <type_traits>
 
+// How a kernel is launched; the SIMT emulator (csrc/emu/simt.h) defines its own, which runs
+// the kernel's blocks on the CPU.
+#ifndef DETLOSS_LAUNCH
+#define DETLOSS_LAUNCH(kernel, grid, block, stream) kernel<<<grid, block, 0, stream>>>
+#endif
+
 namespace detloss {
 namespace cuda {
+
+// Every launch goes through here: one place to check it, and one the emulator replaces.
+template <auto Kernel, typename... Args>
+void launch_kernel(dim3 grid, dim3 block, cudaStream_t stream, const Args&... args) {
+  DETLOSS_LAUNCH(Kernel, grid, block, stream)(args...);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
 
 constexpr int kBlock = 256;
 constexpr int kMaxBlocks = 1024;  // 1024 x 256 threads keep an H200 (132 SMs) full
@@ -120,9 +133,8 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
   const int grid = grid_for(units);
   if (sum_out == nullptr) {
     if (units == 0) return;
-    map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(
-        units, f, static_cast<sum_type<acc_t>*>(nullptr));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel<map_reduce_kernel<acc_t, F, min_blocks_of<F>::value>>(
+        grid, kBlock, stream, units, f, static_cast<sum_type<acc_t>*>(nullptr));
     return;
   }
   using sum_t = sum_type<acc_t>;
@@ -131,14 +143,12 @@ void launch_map_reduce(int64_t units, const F& f, out_t* sum_out, acc_t scale,
   sum_t* p = partials.mutable_data_ptr<sum_t>();
   int n_partials = 0;
   if (units > 0) {
-    map_reduce_kernel<acc_t, F, min_blocks_of<F>::value><<<grid, kBlock, 0, stream>>>(units, f, p);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_kernel<map_reduce_kernel<acc_t, F, min_blocks_of<F>::value>>(grid, kBlock, stream,
+                                                                        units, f, p);
     n_partials = grid;
   }
-  finalize_sum_kernel<sum_t, out_t><<<1, kBlock, 0, stream>>>(p, n_partials,
-                                                               static_cast<sum_t>(scale), divisor,
-                                                               sum_out);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_kernel<finalize_sum_kernel<sum_t, out_t>>(1, kBlock, stream, p, n_partials,
+                                                   static_cast<sum_t>(scale), divisor, sum_out);
 }
 
 // g *= *up, in place, for the backward of a reduced loss whose gradient the forward computed

@@ -123,7 +123,7 @@ TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_
                               double stride_val, double eps, bool scores_are_logits) {
   at::AutoDispatchBelowADInplaceOrView below;
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("detloss::tal_assign", "")
+                             .findSchemaOrThrow(DETLOSS_OP("tal_assign"), "")
                              .typed<decltype(tal_assign_entry<tal_assign_cpu>)>();
   return op.call(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
                  alpha, beta, stride_val, eps, scores_are_logits);
@@ -132,7 +132,7 @@ TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_
 }  // namespace
 }  // namespace detloss
 
-TORCH_LIBRARY_FRAGMENT(detloss, m) {
+TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
       "tal_assign(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
@@ -141,6 +141,6 @@ TORCH_LIBRARY_FRAGMENT(detloss, m) {
       "Tensor target_bboxes, Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");
 }
 
-TORCH_LIBRARY_IMPL(detloss, Autograd, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("tal_assign", &detloss::tal_assign_autograd);
 }

@@ -163,14 +163,14 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
 at::Tensor call_box_loss(const at::Tensor& pred, const at::Tensor& target,
                          const std::optional<at::Tensor>& weight, c10::string_view kind,
                          c10::string_view fmt, double eps, c10::string_view reduction) {
-  static const auto op = find_op<BoxLossSig>("detloss::box_loss");
+  static const auto op = find_op<BoxLossSig>(DETLOSS_OP("box_loss"));
   return op.call(pred, target, weight, kind, fmt, eps, reduction);
 }
 
 at::Tensor call_box_matrix(const at::Tensor& b1, const at::Tensor& b2, c10::string_view kind,
                            c10::string_view fmt, double eps) {
   static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("detloss::box_iou_matrix", "")
+                             .findSchemaOrThrow(DETLOSS_OP("box_iou_matrix"), "")
                              .typed<decltype(box_matrix_entry<box_matrix_cpu>)>();
   return op.call(b1, b2, kind, fmt, eps);
 }
@@ -184,7 +184,7 @@ class BoxBackwardFunction : public torch::autograd::Function<BoxBackwardFunction
                                c10::string_view kind, c10::string_view fmt, double eps,
                                c10::string_view reduction, std::array<bool, 2> mask) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<BoxBackwardSig>("detloss::box_backward");
+    static const auto op = find_op<BoxBackwardSig>(DETLOSS_OP("box_backward"));
     auto [gp, gt] = op.call(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
     variable_list out;
     if (mask[0]) out.push_back(gp);
@@ -224,7 +224,7 @@ class BoxLossFunction : public torch::autograd::Function<BoxLossFunction> {
     at::AutoDispatchBelowADInplaceOrView below;
     at::Tensor out;
     if (need_pred || need_target) {
-      static const auto op = find_op<BoxLossGradSig>("detloss::box_loss_with_grad");
+      static const auto op = find_op<BoxLossGradSig>(DETLOSS_OP("box_loss_with_grad"));
       at::Tensor gp, gt;
       std::tie(out, gp, gt) =
           op.call(pred, target, weight, kind, fmt, eps, reduction, {need_pred, need_target});
@@ -333,7 +333,7 @@ at::Tensor box_loss_autocast(const at::Tensor& pred, const at::Tensor& target,
 }  // namespace
 }  // namespace detloss
 
-TORCH_LIBRARY_FRAGMENT(detloss, m) {
+TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
       "box_loss(Tensor pred, Tensor target, Tensor? weight, str kind, str box_format, "
@@ -351,18 +351,18 @@ TORCH_LIBRARY_FRAGMENT(detloss, m) {
       "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(detloss, Autograd, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("box_loss", &detloss::box_loss_autograd);
   m.impl("box_backward", &detloss::box_backward_autograd);
   m.impl("box_iou_matrix", &detloss::box_matrix_autograd);
 }
 
-TORCH_LIBRARY_IMPL(detloss, AutocastCUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCUDA, m) {
   m.impl("box_loss",
          &detloss::box_loss_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
 }
 
-TORCH_LIBRARY_IMPL(detloss, AutocastCPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCPU, m) {
   m.impl("box_loss",
          &detloss::box_loss_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
 }

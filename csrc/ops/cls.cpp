@@ -197,7 +197,7 @@ c10::TypedOperatorHandle<Sig> find_op(const char* name) {
 }
 
 at::Tensor call_cls_loss(DETLOSS_CLS_PARAMS) {
-  static const auto op = find_op<LossSig>("detloss::cls_loss");
+  static const auto op = find_op<LossSig>(DETLOSS_OP("cls_loss"));
   return op.call(DETLOSS_CLS_ARGS);
 }
 
@@ -212,7 +212,7 @@ class ClsBackwardFunction : public torch::autograd::Function<ClsBackwardFunction
  public:
   static at::Tensor forward(AutogradContext*, const at::Tensor& grad, DETLOSS_CLS_PARAMS) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<BackwardSig>("detloss::cls_backward");
+    static const auto op = find_op<BackwardSig>(DETLOSS_OP("cls_backward"));
     return op.call(grad, DETLOSS_CLS_ARGS);
   }
   static variable_list backward(AutogradContext*, variable_list) {
@@ -227,7 +227,7 @@ class ClsLossFunction : public torch::autograd::Function<ClsLossFunction> {
     at::AutoDispatchBelowADInplaceOrView below;
     at::Tensor out;
     if (with_grad) {
-      static const auto op = find_op<LossGradSig>("detloss::cls_loss_with_grad");
+      static const auto op = find_op<LossGradSig>(DETLOSS_OP("cls_loss_with_grad"));
       at::Tensor g;
       std::tie(out, g) = op.call(DETLOSS_CLS_ARGS);
       ctx->saved_data["grad"] = g;  // not save_for_backward: it is scaled in place
@@ -304,7 +304,7 @@ at::Tensor cls_loss_autocast(DETLOSS_CLS_PARAMS) {
 }  // namespace
 }  // namespace detloss
 
-TORCH_LIBRARY_FRAGMENT(detloss, m) {
+TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   // Fake (meta) kernels are registered from Python, in this module.
   m.set_python_module("detloss_cuda._ops");
   m.def(
@@ -322,17 +322,17 @@ TORCH_LIBRARY_FRAGMENT(detloss, m) {
       "str reduction, Tensor? score=None, float smoothing=0.0, int ignore_index=-100) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(detloss, Autograd, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("cls_loss", &detloss::cls_loss_autograd);
   m.impl("cls_backward", &detloss::cls_backward_autograd);
 }
 
-TORCH_LIBRARY_IMPL(detloss, AutocastCUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCUDA, m) {
   m.impl("cls_loss",
          &detloss::cls_loss_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
 }
 
-TORCH_LIBRARY_IMPL(detloss, AutocastCPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCPU, m) {
   m.impl("cls_loss",
          &detloss::cls_loss_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
 }

@@ -27,12 +27,12 @@ at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduc
   at::Tensor u = up.scalar_type() == g.scalar_type() ? up : up.to(g.scalar_type());
   if (reduction != Reduction::kNone) {
     if (!in_place || !plain) return g.mul(u);
-    if (g.device().is_cpu()) return up.item<double>() == 1.0 ? g : g.mul_(u);
-    if (g.device().is_cuda() && cuda_scale_in_place != nullptr && u.device() == g.device() &&
-        u.dim() == 0 && g.is_non_overlapping_and_dense()) {
+    if (g.device().type() == c10::DeviceType::DETLOSS_CUDA_KEY && cuda_scale_in_place != nullptr &&
+        u.device() == g.device() && u.dim() == 0 && g.is_non_overlapping_and_dense()) {
       cuda_scale_in_place(g, u);
       return g;
     }
+    if (g.device().is_cpu()) return up.item<double>() == 1.0 ? g : g.mul_(u);
     return g.mul_(u);
   }
   if (rows) u = u.unsqueeze(-1);

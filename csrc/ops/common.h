@@ -9,6 +9,7 @@
 #include <optional>
 #include <string_view>
 
+#include "library.h"
 #include "operand.h"
 
 namespace detloss {
@@ -38,7 +39,7 @@ at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduc
                              bool in_place);
 
 // Set by the CUDA kernels at load time: g *= *up (0-dim, on the device), skipped in-kernel
-// when *up == 1.
+// when *up == 1. It serves tensors of the CUDA drivers' device: CUDA (CPU under the emulator).
 using ScaleInPlaceFn = void (*)(at::Tensor& g, const at::Tensor& up);
 void set_cuda_scale_in_place(ScaleInPlaceFn fn);
 

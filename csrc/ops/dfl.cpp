@@ -104,7 +104,7 @@ using LossGradSig = Triple(const at::Tensor&, const at::Tensor&, const std::opti
 
 Pair call_dfl_loss(const at::Tensor& p, const at::Tensor& t, const std::optional<at::Tensor>& w,
                    c10::string_view r) {
-  static const auto op = find_op<LossSig>("detloss::dfl_loss");
+  static const auto op = find_op<LossSig>(DETLOSS_OP("dfl_loss"));
   return op.call(p, t, w, r);
 }
 
@@ -123,7 +123,7 @@ class DflBackwardFunction : public torch::autograd::Function<DflBackwardFunction
                             const at::Tensor& t, const at::Tensor& lse,
                             const std::optional<at::Tensor>& w, c10::string_view r) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<LossBwdSig>("detloss::dfl_backward");
+    static const auto op = find_op<LossBwdSig>(DETLOSS_OP("dfl_backward"));
     return op.call(g, p, t, lse, w, r);
   }
   static variable_list backward(AutogradContext*, variable_list) {
@@ -146,7 +146,7 @@ class DflLossFunction : public torch::autograd::Function<DflLossFunction> {
     at::AutoDispatchBelowADInplaceOrView below;
     at::Tensor out, lse;
     if (with_grad) {
-      static const auto op = find_op<LossGradSig>("detloss::dfl_loss_with_grad");
+      static const auto op = find_op<LossGradSig>(DETLOSS_OP("dfl_loss_with_grad"));
       at::Tensor grad;
       std::tie(out, lse, grad) = op.call(p, t, w, r);
       ctx->saved_data["grad"] = grad;  // not save_for_backward: it is scaled in place
@@ -182,7 +182,7 @@ class IntegralBackwardFunction : public torch::autograd::Function<IntegralBackwa
   static at::Tensor forward(AutogradContext*, const at::Tensor& g, const at::Tensor& p,
                             const at::Tensor& stats) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<IntegralBwdSig>("detloss::dfl_integral_backward");
+    static const auto op = find_op<IntegralBwdSig>(DETLOSS_OP("dfl_integral_backward"));
     return op.call(g, p, stats);
   }
   static variable_list backward(AutogradContext*, variable_list) {
@@ -194,7 +194,7 @@ class IntegralFunction : public torch::autograd::Function<IntegralFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const at::Tensor& p) {
     at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<IntegralSig>("detloss::dfl_integral");
+    static const auto op = find_op<IntegralSig>(DETLOSS_OP("dfl_integral"));
     auto [out, stats] = op.call(p);
     ctx->save_for_backward({p, stats});
     ctx->mark_non_differentiable({stats});
@@ -243,14 +243,14 @@ Pair dfl_loss_autocast(const at::Tensor& p, const at::Tensor& t,
 template <c10::DispatchKey key, c10::DeviceType device>
 Pair dfl_integral_autocast(const at::Tensor& p) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
-  static const auto op = find_op<IntegralSig>("detloss::dfl_integral");
+  static const auto op = find_op<IntegralSig>(DETLOSS_OP("dfl_integral"));
   return op.call(at::autocast::cached_cast(at::kFloat, p, device));
 }
 
 }  // namespace
 }  // namespace detloss
 
-TORCH_LIBRARY_FRAGMENT(detloss, m) {
+TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   // The forwards also return per-row statistics (opmath) that make the backward one pass.
   m.def(
@@ -266,21 +266,21 @@ TORCH_LIBRARY_FRAGMENT(detloss, m) {
   m.def("dfl_integral_backward(Tensor grad, Tensor pred, Tensor stats) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(detloss, Autograd, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("dfl_loss", &detloss::dfl_loss_autograd);
   m.impl("dfl_backward", &detloss::dfl_backward_autograd);
   m.impl("dfl_integral", &detloss::dfl_integral_autograd);
   m.impl("dfl_integral_backward", &detloss::dfl_integral_backward_autograd);
 }
 
-TORCH_LIBRARY_IMPL(detloss, AutocastCUDA, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCUDA, m) {
   m.impl("dfl_loss",
          &detloss::dfl_loss_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
   m.impl("dfl_integral",
          &detloss::dfl_integral_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
 }
 
-TORCH_LIBRARY_IMPL(detloss, AutocastCPU, m) {
+TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCPU, m) {
   m.impl("dfl_loss",
          &detloss::dfl_loss_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
   m.impl("dfl_integral",
