@@ -1,0 +1,4 @@
+// csrc/cuda/box_kernel.cu, compiled by the host compiler for the SIMT emulator (simt.h).
+#include "simt.h"
+
+#include "../cuda/box_kernel.cu"
