@@ -1,0 +1,68 @@
+"""Scenes for the task-aligned assigner's tests (tests/test_assign.py against ultralytics,
+tests/test_cuda_emulated.py the CUDA kernels against the CPU's): images with boxes, padded as
+ultralytics pads them, predictions near the boxes, and adversarial layouts."""
+import torch
+
+
+def anchors(size, strides=(8, 16, 32), dtype=torch.float32):
+    """ultralytics' make_anchors(feats, stride, 0.5) * stride: cell centres in pixels."""
+    pts = []
+    for s in strides:
+        n = size // s
+        y, x = torch.meshgrid(torch.arange(n, dtype=dtype) + 0.5, torch.arange(n, dtype=dtype) + 0.5,
+                              indexing="ij")
+        pts.append(torch.stack([x, y], -1).view(-1, 2) * s)
+    return torch.cat(pts)
+
+
+def scene(B=3, M=7, size=160, C=5, dtype=torch.float32, seed=0, pad=2, big=False):
+    """Images with M boxes each, the last `pad` padded (zeros, as ultralytics pads); predicted
+    boxes near the gt boxes (positive CIoU) plus noise; class probabilities."""
+    g = torch.Generator().manual_seed(seed)
+    anc = anchors(size, dtype=dtype)
+    A = anc.shape[0]
+    xy = torch.rand(B, M, 2, generator=g, dtype=torch.float64) * size * 0.8 + size * 0.1
+    lo, hi = (0.25, 0.6) if big else (0.02, 0.4)
+    wh = (torch.rand(B, M, 2, generator=g, dtype=torch.float64) * (hi - lo) + lo) * size
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1).clamp(0, size)
+    labels = torch.randint(0, C, (B, M, 1), generator=g).to(dtype)
+    mask = torch.ones(B, M, 1)
+    if pad:
+        gt[:, M - pad:] = 0
+        labels[:, M - pad:] = 0
+        mask[:, M - pad:] = 0
+    # predictions: an anchor-centred box of random size, sometimes good
+    pwh = torch.rand(B, A, 2, generator=g, dtype=torch.float64) * size * 0.5 + 4
+    pc = anc.double().unsqueeze(0) + torch.randn(B, A, 2, generator=g, dtype=torch.float64) * 4
+    pd = torch.cat([pc - pwh / 2, pc + pwh / 2], -1)
+    scores = torch.rand(B, A, C, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    return (scores.to(dtype), pd.to(dtype), anc, labels, gt.to(dtype), mask.to(dtype))
+
+
+def adversarial(kind, dtype=torch.float64):
+    s, p, a, lab, gt, m = scene(B=2, M=6, dtype=dtype, seed=11, pad=1)
+    if kind == "overlapping":
+        gt[:, 1] = gt[:, 0] + 3
+        gt[:, 2] = gt[:, 0] - 5
+    elif kind == "nested":
+        c = (gt[:, 0, :2] + gt[:, 0, 2:]) / 2
+        for j, r in enumerate((60, 40, 20, 10), start=1):
+            gt[:, j] = torch.cat([c - r, c + r], -1)
+    elif kind == "duplicates":  # identical boxes: equal overlaps, first box wins
+        gt[:, 1] = gt[:, 0]
+        gt[:, 2] = gt[:, 0]
+        lab[:, 1] = lab[:, 0]
+    elif kind == "tiny":  # below the stride: enlarged to stride_val
+        gt[:, :3] = torch.tensor([50.0, 50.0, 52.0, 51.0], dtype=dtype)
+        gt[:, 3] = torch.tensor([10.0, 100.0, 10.5, 100.2], dtype=dtype)
+    elif kind == "cover_all":
+        gt[:, 0] = torch.tensor([0.0, 0.0, 160.0, 160.0], dtype=dtype)
+    elif kind == "outside":
+        gt[:, 0] = torch.tensor([200.0, 200.0, 260.0, 250.0], dtype=dtype)
+        gt[:, 1] = torch.tensor([-80.0, -60.0, -10.0, -5.0], dtype=dtype)
+    elif kind == "no_boxes_in_one_image":
+        m[1] = 0
+        gt[1] = 0
+    elif kind == "bad_predictions":  # every CIoU <= 0: all metrics 0, ties everywhere
+        p[:] = torch.tensor([1000.0, 1000.0, 1001.0, 1001.0], dtype=dtype)
+    return (s, p, a, lab, gt, m)

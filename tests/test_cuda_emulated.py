@@ -1,0 +1,432 @@
+"""The CUDA kernels, run: csrc/cuda's .cu files under the SIMT emulator (tests/emulated_cuda.py,
+csrc/emu/simt.h), against the CPU kernels, through the public functions.
+
+Every op and backward op, every family, kind and dtype, every reduction, dense / class-index /
+class-major targets, ignore_index, score, label smoothing, broadcast operands, bin-major DFL
+input, unaligned storage (the scalar tail), empty inputs, upstream gradients of 1 and not 1, a
+retained graph's second backward, and sizes past kMaxBlocks x kBlock units (the grid-stride
+loop wraps); the assigner on test_assign's scenes. The last test proves every __global__
+instantiation compiled from csrc/cuda was launched.
+
+What must agree how:
+- values and gradients: within the dtype's tolerance (detloss_cuda.verify.TOL: both sides are
+  within it of the float64 truth). Not bit for bit: the CPU kernels' SIMD exp/log (Sleef) and
+  the host libm that the emulated kernels call round differently, by an ulp or so;
+- bit for bit: the assigner's five outputs (the same scalar code and libm on both sides, no
+  fused multiply-add), integer outputs and shapes and strides; every emulated reduction under
+  every schedule (seeded block, warp and lane order) and from run to run; a retained graph's
+  second backward and its first.
+"""
+import pytest
+import torch
+
+import detloss_cuda.functional as DF
+import detloss_cuda.nn as DN
+from assign_scenes import adversarial, scene
+from conftest import DTYPES
+from detloss_cuda.verify import tolerance
+from emulated_cuda import emu_ops, emulated, kernels
+
+REDUCTIONS = ["none", "mean", "sum"]
+RAN = set()  # the tests of this file that ran (the coverage test needs all of them)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emu():
+    return emu_ops()
+
+
+@pytest.fixture(autouse=True)
+def _record(request):
+    yield
+    RAN.add(request.node.originalname)
+
+
+def both(fn):
+    """fn() on the CPU kernels, then on the emulated CUDA kernels."""
+    cpu = fn()
+    with emulated():
+        cuda = fn()
+    return cpu, cuda
+
+
+def close(cpu, cuda, dtype, what, strides=True):
+    assert len(cpu) == len(cuda), what
+    for i, (a, b) in enumerate(zip(cpu, cuda)):
+        w = f"{what} [output {i}]"
+        assert a.dtype == b.dtype and a.shape == b.shape, (w, a.dtype, b.dtype, a.shape, b.shape)
+        if strides:
+            assert a.stride() == b.stride(), (w, a.stride(), b.stride())
+        if a.dtype in (torch.bool, torch.int64, torch.int32):
+            assert torch.equal(a, b), w
+            continue
+        ad, bd = a.detach().double(), b.detach().double()
+        rtol, atol = tolerance(ad, dtype)
+        torch.testing.assert_close(bd, ad, rtol=rtol, atol=atol, equal_nan=True,
+                                   msg=lambda m: f"{w}\n{m}")
+
+
+def upstreams(out, reduction):
+    """Upstream gradients: 1 (loss.backward()) and one that is not 1."""
+    if reduction == "none":
+        g = torch.Generator().manual_seed(1)
+        return [torch.ones_like(out),
+                (torch.rand(out.shape, generator=g) + 0.5).to(out.dtype)]
+    return [torch.ones((), dtype=out.dtype), torch.tensor(0.37, dtype=out.dtype)]
+
+
+def loss_and_grads(f, inputs, reduction, up_index, retain=False):
+    """The loss and the gradients of `inputs` for upstream gradient number `up_index`; with
+    `retain`, also a second backward of the same graph, which must give the same bits."""
+    out = f()
+    diff = [t for t in inputs if t.requires_grad]
+    if not diff:
+        return (out,)
+    up = upstreams(out, reduction)[up_index]
+    grads = torch.autograd.grad(out, diff, up, retain_graph=retain)
+    if retain:
+        again = torch.autograd.grad(out, diff, up)
+        for a, b in zip(grads, again):
+            assert torch.equal(a, b), "a retained graph's second backward changed the bits"
+    return (out.detach(), *grads)
+
+
+# ------------------------------------------------------------------------ classification
+def cls_fn(kind, x, t, reduction, gamma=2.0, **kw):
+    if kind == "bce":
+        return DF.binary_cross_entropy_with_logits(x, t, reduction=reduction, **kw)
+    if kind == "focal":
+        return DF.sigmoid_focal_loss(x, t, gamma=gamma, reduction=reduction, **kw)
+    if kind == "qfl":
+        return DF.quality_focal_loss(x, t, gamma=gamma, reduction=reduction, **kw)
+    return DF.varifocal_loss(x, t, gamma=gamma, reduction=reduction, **kw)
+
+
+def cls_variants(kind, dtype, g):
+    """(name, make() -> (x, target, kwargs)): each target form and operand layout."""
+    A, C = 37, 5
+
+    def logits(*shape, offset=0):
+        base = (torch.randn(int(torch.tensor(shape).prod()) + offset, generator=g) * 3).to(dtype)
+        return base[offset:].view(*shape)
+
+    def labels(*shape, dtype_=torch.int64):
+        # classes, background (-1, C, C + 2) and ignored (-100) anchors
+        lab = torch.randint(0, C, shape, generator=g)
+        r = torch.rand(shape, generator=g)
+        lab[r < 0.3] = -1
+        lab[(r >= 0.3) & (r < 0.4)] = C
+        lab[(r >= 0.4) & (r < 0.45)] = C + 2
+        lab[(r >= 0.45) & (r < 0.55)] = -100
+        return lab.to(dtype_)
+
+    dense_t = lambda *s: torch.rand(*s, generator=g).to(dtype)  # noqa: E731
+    out = [
+        ("dense", lambda: (logits(3, A, C), dense_t(3, A, C), {})),
+        ("dense-unaligned", lambda: (logits(3, A, C, offset=1), dense_t(3, A, C), {})),
+        ("dense-smoothing", lambda: (logits(3, A, C), dense_t(3, A, C), {"label_smoothing": 0.1})),
+        ("index", lambda: (logits(3, A, C), labels(3, A), {})),
+        ("index-int32-score", lambda: (logits(3, A, C), labels(3, A, dtype_=torch.int32),
+                                       {"score": torch.rand(3, A, generator=g).to(dtype)})),
+        ("index-ignore-7", lambda: (logits(3, A, C), labels(3, A).clamp(max=7), {"ignore_index": 7})),
+        ("class-major", lambda: (logits(3, C, A).transpose(1, 2), labels(3, A),
+                                 {"score": torch.rand(3, A, generator=g).to(dtype),
+                                  "label_smoothing": 0.05})),
+        ("class-major-unaligned", lambda: (logits(3, C, A, offset=3).transpose(1, 2), labels(3, A), {})),
+        ("empty", lambda: (logits(0, C), dense_t(0, C), {})),
+        ("empty-index", lambda: (logits(0, C), labels(0), {})),
+    ]
+    if kind == "bce":
+        out.append(("dense-weights", lambda: (logits(3, A, C), dense_t(3, A, C),
+                                              {"weight": dense_t(3, A, 1), "pos_weight": dense_t(C) + 0.5})))
+        out.append(("dense-full-weight", lambda: (logits(3, A, C), dense_t(3, A, C),
+                                                  {"weight": dense_t(3, A, C)})))
+    else:
+        out.append(("dense-weight", lambda: (logits(3, A, C), dense_t(3, A, C), {"weight": dense_t(C)})))
+    if kind == "vfl":
+        out.append(("dense-label", lambda: (logits(3, A, C), dense_t(3, A, C),
+                                            {"label": torch.rand(3, A, C, generator=g) < 0.3})))
+        out.append(("dense-label-unaligned", lambda: (
+            logits(3, A, C), dense_t(3, A, C),
+            {"label": (torch.rand(3 * A * C + 3, generator=g) < 0.3)[3:].view(3, A, C)})))
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["bce", "focal", "qfl", "vfl"])
+def test_cls(kind, dtype):
+    g = torch.Generator().manual_seed(0)
+    gammas = [2.0] if kind == "bce" else [2.0, 1.5, 0.0, 1.0]  # fp32 gamma = 2: its own kernels
+    for name, make in cls_variants(kind, dtype, g):
+        x0, t, kw = make()
+        for gamma in gammas:
+            for requires_grad in (False, True):
+                for reduction in REDUCTIONS:
+                    for up in ((0, 1) if requires_grad else (0,)):
+                        x = x0.detach().clone() if x0.is_contiguous() else x0.detach()
+                        x.requires_grad_(requires_grad)
+                        cpu, cuda = both(lambda: loss_and_grads(
+                            lambda: cls_fn(kind, x, t, reduction, gamma, **kw), [x], reduction, up,
+                            retain=requires_grad and up == 1))
+                        close(cpu, cuda, dtype, f"{kind} {name} gamma={gamma} grad={requires_grad} "
+                                                f"{reduction} upstream#{up}")
+
+
+def test_cls_backward_ops_directly():
+    """The recomputing backward op (what a second backward runs), called as autograd would,
+    for the index and the dense form."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 9, 6, generator=g)
+    lab = torch.randint(-1, 6, (4, 9), generator=g)
+    t = torch.rand(4, 9, 6, generator=g)
+    for target in (lab, t):
+        for red, up in (("none", torch.rand(4, 9, 6, generator=g)), ("mean", torch.tensor(2.5))):
+            args = (x, target, None, None, None, "focal", 0.25, 2.0, red, None, 0.0, -100)
+            cpu = torch.ops.detloss.cls_backward(up, *args)
+            cuda = emu_ops().cls_backward(up, *args)
+            close((cpu,), (cuda,), torch.float32, f"cls_backward {red}")
+
+
+@pytest.mark.slow
+def test_cls_grid_stride_wraps():
+    """Past kMaxBlocks x kBlock units (1024 x 256 = 262144): each thread takes several units.
+    fp32 (4 elements a unit) and fp16 (8) focal, dense and class-major with class indices, at
+    ultralytics' shapes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8400, 80, generator=g)  # 336000 units of 4
+    t = torch.rand(2, 8400, 80, generator=g)
+    xg = x.clone().requires_grad_()
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.sigmoid_focal_loss(xg, t, reduction="mean"),
+                                            [xg], "mean", 1))
+    close(cpu, cuda, torch.float32, "focal fp32 dense 1.3M")
+    xh = torch.randn(4, 80, 8400, generator=g).half().transpose(1, 2).requires_grad_()  # 336000 units of 8
+    lab = torch.randint(-1, 80, (4, 8400), generator=g)
+    cpu, cuda = both(lambda: loss_and_grads(
+        lambda: DF.binary_cross_entropy_with_logits(xh, lab, reduction="sum"), [xh], "sum", 1))
+    close(cpu, cuda, torch.float16, "bce fp16 class-major 2.7M")
+
+
+# ---------------------------------------------------------------------------------- boxes
+def boxes(shape, dtype, g, offset=0):
+    n = int(torch.tensor(shape).prod()) if shape else 1
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 40
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 20 + 1
+    t = torch.cat([xy, xy + wh], -1)
+    p = t + torch.randn(n, 4, generator=g, dtype=torch.float64) * 4
+    if offset:
+        base = torch.zeros(4 * n + offset, dtype=torch.float64)
+        base[offset:] = p.reshape(-1)
+        p = base[offset:].view(n, 4)
+    return p.to(dtype).view(*shape, 4), t.to(dtype).view(*shape, 4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])
+def test_box_loss(kind, dtype):
+    g = torch.Generator().manual_seed(0)
+    variants = []
+    p, t = boxes((5, 8), dtype, g)
+    variants.append(("plain", p, t, None))
+    p, t = boxes((5, 8), dtype, g, offset=1)
+    variants.append(("unaligned", p, t, None))
+    p, t = boxes((5, 8), dtype, g)
+    variants.append(("broadcast-weight", p[:, :1].contiguous(), t,
+                     torch.rand(5, 8, generator=g).to(dtype)))
+    p, t = boxes((0,), dtype, g)
+    variants.append(("empty", p, t, None))
+    for name, p0, t0, w in variants:
+        for fmt in ("xyxy", "xywh"):
+            for need in ((), ("pred",), ("pred", "target")):
+                for reduction in REDUCTIONS:
+                    for up in ((0, 1) if need else (0,)):
+                        p = p0.detach().clone().requires_grad_("pred" in need)
+                        t = t0.detach().clone().requires_grad_("target" in need)
+                        cpu, cuda = both(lambda: loss_and_grads(
+                            lambda: DF.iou_loss(p, t, kind, fmt, reduction=reduction, weight=w),
+                            [p, t], reduction, up, retain=bool(need) and up == 1))
+                        close(cpu, cuda, dtype, f"{kind} {name} {fmt} {need} {reduction} #{up}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])
+def test_box_matrix(kind, dtype):
+    g = torch.Generator().manual_seed(0)
+    for fmt in ("xyxy", "xywh"):
+        a, _ = boxes((37,), dtype, g)
+        _, b = boxes((45,), dtype, g)
+        cpu, cuda = both(lambda: (DF.box_iou_matrix(a, b, kind, fmt),))
+        close(cpu, cuda, dtype, f"matrix {kind} {fmt}")
+        a, _ = boxes((2, 70), dtype, g)  # batched; tiles cut at 32 both ways
+        _, b = boxes((2, 33), dtype, g)
+        cpu, cuda = both(lambda: (DF.box_iou_matrix(a, b, kind, fmt),))
+        close(cpu, cuda, dtype, f"batched matrix {kind} {fmt}")
+        cpu, cuda = both(lambda: (DF.box_iou_matrix(a[:, :0], b, kind, fmt),))
+        close(cpu, cuda, dtype, f"empty matrix {kind} {fmt}")
+
+
+# ---------------------------------------------------------------------------- distribution
+BINS = [2, 7, 16, 17, 32, 33, 100, 128, 200, 256, 300, 1024]  # every (VPT, TPR) and the long walk
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bins", BINS)
+def test_dfl(bins, dtype):
+    g = torch.Generator().manual_seed(bins)
+    rows = 37
+    base = (torch.randn(rows * bins + 1, generator=g) * 2).to(dtype)
+    layouts = [("contiguous", base[:-1].view(rows, bins)), ("unaligned", base[1:].view(rows, bins))]
+    target = torch.rand(rows, generator=g) * (bins - 1)
+    target[0], target[1] = 0.0, bins - 1.0  # both ends: the target's two bins at the edges
+    weight = torch.rand(rows, generator=g).to(dtype)
+    for name, z0 in layouts:
+        for w in (None, weight):
+            for requires_grad in (False, True):
+                for reduction in REDUCTIONS:
+                    for up in ((0, 1) if requires_grad else (0,)):
+                        z = z0.detach().clone().requires_grad_(requires_grad)
+                        cpu, cuda = both(lambda: loss_and_grads(
+                            lambda: DF.distribution_focal_loss(z, target, reduction, weight=w), [z],
+                            reduction, up, retain=requires_grad and up == 1))
+                        close(cpu, cuda, dtype, f"dfl {bins} {name} w={w is not None} "
+                                                f"grad={requires_grad} {reduction} #{up}")
+        for retain in (False, True):
+            z = z0.detach().clone().requires_grad_()
+            cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_integral(z), [z], "none",
+                                                    1, retain=retain))
+            close(cpu, cuda, dtype, f"integral {bins} {name}")
+    empty = torch.zeros(0, bins, dtype=dtype, requires_grad=True)
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_focal_loss(
+        empty, torch.zeros(0), reduction="mean"), [empty], "mean", 1))
+    close(cpu, cuda, dtype, f"dfl {bins} empty")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dfl_bin_major(dtype):
+    """ultralytics' [B, 4R, A] box bins, permuted: the CPU reads them in place and writes the
+    gradient in their strides; CUDA makes them rows (a copy) and returns contiguous gradients,
+    as the fake kernel says (detloss_cuda/_ops.py)."""
+    g = torch.Generator().manual_seed(0)
+    head = (torch.randn(2, 64, 50, generator=g) * 2).to(dtype)
+    z = head.permute(0, 2, 1).view(2, 50, 4, 16).detach().requires_grad_()
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_integral(z), [z], "none", 1))
+    close(cpu, cuda, dtype, "integral bin-major", strides=False)
+    assert cuda[1].is_contiguous() and cpu[1].stride() == z.stride()
+    y = torch.rand(2, 50, 4, generator=g) * 15
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_focal_loss(z, y), [z], "mean", 1))
+    close(cpu, cuda, dtype, "dfl bin-major")
+
+
+@pytest.mark.slow
+def test_dfl_grid_stride_wraps():
+    """70000 rows of 16 bins: 280000 units of a 4-lane group (> 262144)."""
+    g = torch.Generator().manual_seed(0)
+    z = (torch.randn(70000, 16, generator=g) * 2).requires_grad_()
+    y = torch.rand(70000, generator=g) * 15
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_focal_loss(z, y), [z], "mean", 1))
+    close(cpu, cuda, torch.float32, "dfl 70000 x 16")
+
+
+# ------------------------------------------------------------------------------- assigner
+def assign_both(inputs, **kw):
+    cpu = DN.TaskAlignedAssigner(**kw)(*inputs)
+    with emulated():
+        cuda = DN.TaskAlignedAssigner(**kw)(*inputs)
+    for i, (a, b) in enumerate(zip(cpu, cuda)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        assert torch.equal(a, b), f"output {i}: {int((a != b).sum())} values differ ({kw})"
+
+
+KW = [dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.0),
+      dict(topk=7, topk2=1, alpha=0.5, beta=6.0), dict(topk=10, topk2=3, alpha=0.5, beta=6.0)]
+
+
+@pytest.mark.parametrize("score_dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("box_dtype", [torch.float32, torch.float64], ids=str)
+def test_assigner_random_scenes_bit_equal(box_dtype, score_dtype):
+    for seed in range(3):
+        s, p, a, lab, gt, m = scene(B=3, M=7, dtype=box_dtype, seed=seed, big=seed % 2 == 0)
+        for kw in KW:
+            assign_both((s.to(score_dtype), p, a, lab, gt, m), num_classes=5, **kw)
+
+
+@pytest.mark.parametrize("kind", ["overlapping", "nested", "duplicates", "tiny", "cover_all",
+                                  "outside", "no_boxes_in_one_image", "bad_predictions"])
+def test_assigner_adversarial_scenes_bit_equal(kind):
+    inputs = adversarial(kind)
+    for kw in KW:
+        assign_both(inputs, num_classes=5, **kw)
+
+
+def test_assigner_logits_index_form_and_class_major_scores():
+    s, p, a, lab, gt, m = scene(B=2, M=6, seed=5, big=True)
+    logits = torch.logit(s)
+    cm = logits.transpose(1, 2).contiguous().transpose(1, 2)  # a head's [B, C, A], permuted
+    for scores in (logits, cm):
+        cpu = DF_assign(scores, p, a, lab, gt, m)
+        with emulated():
+            cuda = DF_assign(scores, p, a, lab, gt, m)
+        for x, y in zip(cpu, cuda):
+            assert torch.equal(x, y)
+
+
+def DF_assign(*inputs):
+    from detloss_cuda.assign import task_aligned_assign
+
+    r = task_aligned_assign(*inputs, topk=10, num_classes=5, alpha=0.5, scores_are_logits=True,
+                            index=True)
+    return (r.labels, r.scores, r.target_bboxes, r.fg_mask, r.target_gt_idx)
+
+
+@pytest.mark.slow
+def test_assigner_grid_stride_wraps():
+    """32 images of 8400 anchors: 268800 per-anchor units (> 262144)."""
+    s, p, a, lab, gt, m = scene(B=32, M=8, size=640, seed=1, pad=1)
+    assign_both((s, p, a, lab, gt, m), num_classes=5, topk=10, topk2=4, alpha=0.5, beta=6.0)
+
+
+# --------------------------------------------------------------------------- determinism
+def test_reductions_same_bits_under_every_schedule():
+    """The same bits from every block, warp and lane order, and from run to run: the grid size
+    depends on the problem only, the partials are added in a fixed order."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300000, 5, generator=g).requires_grad_()  # 375000 units: 1024 blocks
+    t = torch.rand(300000, 5, generator=g)
+    lab = torch.randint(-100, 5, (300000,), generator=g)
+    z = torch.randn(5000, 16, generator=g).requires_grad_()
+    y = torch.rand(5000, generator=g) * 15
+    p, tb = boxes((20000,), torch.float32, g)
+    p.requires_grad_()
+
+    def run():
+        outs = []
+        for f, inp in ((lambda: DF.sigmoid_focal_loss(x, t, reduction="mean"), x),
+                       (lambda: DF.binary_cross_entropy_with_logits(x, lab, reduction="mean"), x),
+                       (lambda: DF.distribution_focal_loss(z, y, reduction="sum"), z),
+                       (lambda: DF.iou_loss(p, tb, "ciou", reduction="mean"), p)):
+            out = f()
+            outs += [out.detach(), *torch.autograd.grad(out, [inp], torch.tensor(0.37))]
+        return outs
+
+    ops = emu_ops()
+    with emulated():
+        results = []
+        for seed in (0, 1, 2, 0):
+            ops.emu_set_seed(seed)
+            results.append(run())
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------ coverage
+def test_zz_every_kernel_instantiation_was_launched():
+    """Last in this file: every __global__ instantiation compiled from csrc/cuda (the emulator
+    registers each one at load, from the launch sites that instantiate it) was launched by the
+    tests above. The same list as the CUDA build's, which tests/test_kernels.py checks."""
+    missing_tests = {n for n in globals() if n.startswith("test_") and n != __name__} - RAN
+    missing_tests.discard("test_zz_every_kernel_instantiation_was_launched")
+    assert not missing_tests, f"run the whole file: coverage needs {sorted(missing_tests)}"
+    ks = [k for k in kernels() if "::selftest::" not in k[1]]
+    assert len(ks) > 250
+    never = [name for _, name, launches in ks if launches == 0]
+    assert not never, f"{len(never)} of {len(ks)} kernels never launched:\n" + "\n".join(never)
