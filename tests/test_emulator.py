@@ -103,6 +103,14 @@ def test_collectives_that_can_never_complete_are_errors(ops, x):
         selftest(ops, "barrier_in_shuffle", x)
 
 
+def test_an_invalid_access_is_an_error_not_a_crash(ops, x):
+    with pytest.raises(RuntimeError, match=r"invalid memory access \(SIGSEGV at address 0x[0-9a-f]+\) "
+                                           r"by thread \(3, 0, 0\) \(kernel detloss::cuda::selftest::"
+                                           r"out_of_bounds_kernel"):
+        selftest(ops, "out_of_bounds", x)
+    assert torch.equal(selftest(ops, "block_sum", x), x.view(64, 256).sum(1))
+
+
 def test_shared_memory_is_poisoned(ops, x):
     assert ops.emu_shared_bytes() > 0, "the linker script (csrc/emu/shared.ld) was not applied"
     got = selftest(ops, "poison", x)

@@ -121,6 +121,12 @@ __global__ void barrier_in_shuffle_kernel(const float* x, float* out) {
   out[threadIdx.x] = v;
 }
 
+// Thread 3 reads 2^40 elements past x: unmapped memory.
+__global__ void out_of_bounds_kernel(const float* x, float* out) {
+  const int64_t far = threadIdx.x == 3 ? int64_t(1) << 40 : 0;
+  out[threadIdx.x] = x[threadIdx.x + far];
+}
+
 // A read of shared memory no thread wrote yet: the poison's bits. (The write that no thread
 // reaches keeps the host compiler from folding a never-written static to its zero.)
 __global__ void poison_kernel(float* out) {
@@ -186,6 +192,8 @@ at::Tensor run_selftest(c10::string_view name_sv, const at::Tensor& x0) {
     launch_kernel<exited_lane_kernel>(1, 32, s, xp, out.mutable_data_ptr<float>());
   } else if (name == "poison") {
     launch_kernel<poison_kernel>(1, 256, s, out.mutable_data_ptr<float>());
+  } else if (name == "out_of_bounds") {
+    launch_kernel<out_of_bounds_kernel>(1, 32, s, xp, out.mutable_data_ptr<float>());
   } else if (name == "mismatch") {
     launch_kernel<mismatch_kernel>(1, 32, s, xp, out.mutable_data_ptr<float>());
   } else if (name == "barrier_in_shuffle") {

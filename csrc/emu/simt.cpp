@@ -5,7 +5,10 @@
 
 #include <c10/util/Exception.h>
 #include <cxxabi.h>
+#include <pthread.h>
 #include <sys/mman.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <cstdio>
@@ -160,6 +163,13 @@ struct Emulator {
   int kernel = -1;
   std::vector<Fiber*> th;  // the block's threads
   std::string fiber_error;  // an error found on a fiber's stack, raised by the scheduler
+  // a kernel thread's invalid memory access, caught by on_fault
+  pthread_t launcher{};
+  bool faulted = false;
+  int fault_signal = 0;
+  void* fault_address = nullptr;
+  uint3 fault_thread{0, 0, 0};
+  struct sigaction old_segv {}, old_bus {};
   uint64_t seed = 0;
   Counters counters;
 };
@@ -204,6 +214,14 @@ void resume(Emulator& e, int tid) {
   swapcontext(&e.sched_ctx, &f->ctx);
 #endif
   e.current = nullptr;
+  if (e.faulted) {
+    e.faulted = false;
+    char where[64];
+    std::snprintf(where, sizeof(where), "%p", e.fault_address);
+    fail(e, std::string("invalid memory access (") + (e.fault_signal == SIGBUS ? "SIGBUS" : "SIGSEGV") +
+                " at address " + where + ") by thread (" + std::to_string(e.fault_thread.x) + ", " +
+                std::to_string(e.fault_thread.y) + ", " + std::to_string(e.fault_thread.z) + ")");
+  }
   if (!e.fiber_error.empty()) {
     std::string what = std::move(e.fiber_error);
     e.fiber_error.clear();
@@ -227,6 +245,64 @@ void fiber_entry(Fiber* f) {
     yield(e, f);
   }
 }
+
+// SIGSEGV / SIGBUS in a kernel thread (an access that leaves mapped memory, or a fiber's
+// stack overflowing into its guard page): recorded, and the fiber abandoned for the scheduler,
+// which raises it as an error naming the kernel, block and thread. Any other fault goes to the
+// handler that was there before. (An access that stays inside mapped memory is not seen: the
+// GPU's compute-sanitizer run covers those.)
+void on_fault(int sig, siginfo_t* info, void* uctx) {
+  Emulator& e = emu();
+  Fiber* f = e.current;
+  if (f == nullptr || !pthread_equal(pthread_self(), e.launcher)) {
+    const struct sigaction& old = sig == SIGBUS ? e.old_bus : e.old_segv;
+    if ((old.sa_flags & SA_SIGINFO) != 0 && old.sa_sigaction != nullptr) {
+      old.sa_sigaction(sig, info, uctx);
+    } else if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN) {
+      old.sa_handler(sig);
+    } else {
+      signal(sig, SIG_DFL);
+      raise(sig);
+    }
+    return;
+  }
+  e.faulted = true;
+  e.fault_signal = sig;
+  e.fault_address = info->si_addr;
+  e.fault_thread = g_thread_idx;
+  f->state = State::kExited;
+  yield(e, f);  // never resumed: the failed launch restarts its fibers
+}
+
+// For the duration of a launch: on_fault, on an alternate stack of this thread.
+class FaultGuard {
+ public:
+  explicit FaultGuard(Emulator& e) : e_(e) {
+    e.launcher = pthread_self();
+    stack_t ss{};
+    ss.ss_sp = alt_;
+    ss.ss_size = sizeof(alt_);
+    sigaltstack(&ss, &old_stack_);
+    struct sigaction sa {};
+    sa.sa_sigaction = &on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;  // (left by a switch, not a return)
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &e.old_segv);
+    sigaction(SIGBUS, &sa, &e.old_bus);
+  }
+  ~FaultGuard() {
+    sigaction(SIGSEGV, &e_.old_segv, nullptr);
+    sigaction(SIGBUS, &e_.old_bus, nullptr);
+    sigaltstack(&old_stack_, nullptr);
+  }
+  FaultGuard(const FaultGuard&) = delete;
+  FaultGuard& operator=(const FaultGuard&) = delete;
+
+ private:
+  Emulator& e_;
+  stack_t old_stack_{};
+  alignas(16) static inline char alt_[64 * 1024];
+};
 
 std::string hex(unsigned v) {
   char buf[16];
@@ -479,6 +555,7 @@ void run_grid(int kernel, dim3 grid, dim3 block, Thunk thunk, const void* closur
   std::vector<uint32_t> order(blocks);
   std::iota(order.begin(), order.end(), 0u);
   std::shuffle(order.begin(), order.end(), rng);
+  const FaultGuard guard(e);
   try {
     for (const uint32_t b : order) {
       g_block_idx = {b % grid.x, b / grid.x % grid.y, b / (grid.x * grid.y)};

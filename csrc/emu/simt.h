@@ -16,10 +16,11 @@
 //   two places, a shuffle reading a lane outside its mask or one that has exited, a mask not
 //   naming its caller or naming a lane that does not exist, a width that is not a power of 2,
 //   collectives that can never complete (lanes that disagree on kind, mask or width, or wait at
-//   a barrier): a deadlock.
+//   a barrier): a deadlock; an access outside mapped memory (SIGSEGV in a kernel thread).
 //
-// What it cannot show: races between threads in real time (its schedule is one of many), the
-// rounding of device intrinsics (the host's libm runs here), speed, register and memory limits.
+// What it cannot show: an out-of-bounds access that stays inside mapped host memory, races
+// between threads in real time (its schedule is one of many), the rounding of device
+// intrinsics (the host's libm runs here), speed, register and memory limits.
 // Only what the kernels use is provided; a kernel using anything else fails to compile here.
 #pragma once
 
