@@ -336,8 +336,10 @@ def assign_both(inputs, **kw):
         assert torch.equal(a, b), f"output {i}: {int((a != b).sum())} values differ ({kw})"
 
 
+# ultralytics' settings, topk2, and lists longer than a warp (merged over several rounds)
 KW = [dict(topk=10, alpha=0.5, beta=6.0), dict(topk=13, alpha=1.0, beta=6.0),
-      dict(topk=7, topk2=1, alpha=0.5, beta=6.0), dict(topk=10, topk2=3, alpha=0.5, beta=6.0)]
+      dict(topk=7, topk2=1, alpha=0.5, beta=6.0), dict(topk=10, topk2=3, alpha=0.5, beta=6.0),
+      dict(topk=64, topk2=40, alpha=0.5, beta=6.0)]
 
 
 @pytest.mark.parametrize("score_dtype", DTYPES, ids=str)

@@ -1,6 +1,7 @@
-// CUDA driver of the task-aligned assigner: the phases of csrc/math/assign.h, one thread per
-// box or per anchor, on the current stream, with no host synchronisation. Memory: O(B·A +
-// B·M·topk), never (B, M, A). Deterministic: the only atomics count integers and take maxima.
+// CUDA driver of the task-aligned assigner: the phases of csrc/math/assign.h, a warp per box
+// for the selections (each box scans its anchors, the long part), a thread per anchor for the
+// rest, on the current stream, with no host synchronisation. Memory: O(B·A + B·M·topk), never
+// (B, M, A). Deterministic: the only atomics count integers and take maxima.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -22,18 +23,107 @@ namespace {
 template <class S, class TS>
 using View = math::TalView<S, TS>;
 
-// 1. each box's positives: sel[(b·M + m)·k + j]
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ int warp_sum(int v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+
+// The warp's merge of its lanes' top-k lists (each best first): `rounds` rounds, each handing
+// every lane the best head left among the 32 (a butterfly under tal_before's total order:
+// larger metric, then lower anchor index; anchors are distinct, so the winner is one lane's)
+// into merged[r]. The same order as one list fed every anchor: the same selection, bit for bit.
+template <class S>
+__device__ __forceinline__ void warp_merge(const math::TalTopk<S>& mine, int rounds,
+                                           int64_t* merged) {
+  int head = 0;
+  for (int r = 0; r < rounds; ++r) {
+    const bool has = head < mine.size;
+    S m = has ? mine.metric[head] : S(0);
+    int64_t a = has ? mine.anchor[head] : int64_t(-1);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const S om = __shfl_xor_sync(kFull, m, o);
+      const int64_t oa = __shfl_xor_sync(kFull, a, o);
+      if (oa >= 0 && (a < 0 || math::tal_before(om, oa, m, a))) {
+        m = om;
+        a = oa;
+      }
+    }
+    merged[r] = a;
+    if (has && mine.anchor[head] == a) ++head;
+  }
+}
+
+// 1. each box's positives, sel[(b·M + m)·k + j] (-1 after the last): math::tal_select_box
+// spread over a warp. Unit u is lane u % 32 of box u / 32 (the grid-stride loop keeps a warp
+// on one box). Each lane scans every 32nd anchor of the box's x-range into a top-k list of its
+// own; the warp merges them and counts the candidates with a positive metric; with fewer than
+// k of those, the mu = 0 candidates that take the free slots are found 32 at a time, their
+// slots given in scan order by a ballot. sel comes out as the serial function writes it.
 template <class S, class TS>
 struct SelectUnit {
   View<S, TS> v;
   int64_t* sel;
-  __device__ __forceinline__ float operator()(int64_t bm) const {
-    math::tal_select_box(v, bm / v.M, bm % v.M, sel + bm * v.k);
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int lane = static_cast<int>(u & 31);
+    const int64_t bm = u >> 5, b = bm / v.M;
+    int64_t* out = sel + bm * v.k;
+    if (!v.valid[bm]) {  // (the same for every lane: one box a warp)
+      for (int j = lane; j < v.k; j += 32) out[j] = -1;
+      return 0.f;
+    }
+    const S* g = v.gt + 4 * bm;
+    const math::TalRegion<S> r = math::tal_region(g[0], g[1], g[2], g[3], true, v.stride_val);
+    const int64_t lo = math::tal_lower_bound(v.sorted_x, v.A, r.x1);
+    const int64_t hi = math::tal_scan_end(v.sorted_x, lo, v.A, r.x2);
+    math::TalTopk<S> top;
+    top.k = v.k;
+    int positive = 0;
+    for (int64_t i = lo + lane; i < hi; i += 32) {
+      const int64_t a = v.order[i];
+      if (!math::tal_inside(r, v.anchor_x[a], v.anchor_y[a])) continue;
+      S ov, mu;
+      math::tal_metric(v, b, bm, a, ov, mu);
+      if (mu > S(0)) {
+        top.offer(mu, a);
+        ++positive;
+      }
+    }
+    positive = warp_sum(positive);
+    const int listed = positive < v.k ? positive : v.k;
+    int64_t merged[math::kTalMaxTopk];
+    warp_merge(top, listed, merged);
+    for (int j = lane; j < listed; j += 32) out[j] = merged[j];
+    int n = listed;
+    if (positive < v.k) {
+      const int64_t free_slots = v.k - positive;
+      for (int64_t first = lo; first < hi; first += 32) {
+        const int64_t i = first + lane;
+        int64_t a = -1;
+        bool fill = false;
+        if (i < hi) {
+          a = v.order[i];
+          if (math::tal_inside(r, v.anchor_x[a], v.anchor_y[a])) {
+            S ov, mu;
+            math::tal_metric(v, b, bm, a, ov, mu);
+            fill = !(mu > S(0)) && a - math::tal_count_below(merged, listed, a) < free_slots;
+          }
+        }
+        const unsigned ballot = __ballot_sync(kFull, fill);
+        const int slot = n + __popc(ballot & ((1u << lane) - 1u));
+        if (fill && slot < v.k) out[slot] = a;  // (at most free_slots qualify: always)
+        n += __popc(ballot);
+      }
+    }
+    for (int j = (n < v.k ? n : v.k) + lane; j < v.k; j += 32) out[j] = -1;
     return 0.f;
   }
 };
 
-// 2a. count the boxes that selected each anchor; owner = the (last) one
+// 2a. count the boxes that selected each anchor; owner = the first to count it
 template <class S, class TS>
 struct ScatterUnit {
   View<S, TS> v;
@@ -45,8 +135,8 @@ struct ScatterUnit {
     const int64_t a = sel[u];
     if (a >= 0) {
       const int64_t i = (bm / v.M) * v.A + a;
-      atomicAdd(cnt + i, 1);
-      owner[i] = bm % v.M;  // read only where cnt == 1 (unique writer)
+      // the first box to count it writes; read only where cnt == 1 (then it is the only one)
+      if (atomicAdd(cnt + i, 1) == 0) owner[i] = bm % v.M;
     }
     return 0.f;
   }
@@ -95,20 +185,48 @@ struct FillUnit {
   }
 };
 
+// ... then each box keeps its best topk2: math::tal_keep_topk2 spread over a warp (unit u is
+// lane u % 32 of box u / 32), the lanes taking every 32nd anchor of the box's group; the
+// anchors it drops lose their owner.
 template <class S, class TS>
 struct KeepUnit {
   View<S, TS> v;
   const int64_t* end;
   const int64_t* count;
   const int64_t* list;
-  bool* keep;  // parallel to list
   int64_t* owner;
-  __device__ __forceinline__ float operator()(int64_t bm) const {
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int lane = static_cast<int>(u & 31);
+    const int64_t bm = u >> 5, b = bm / v.M, m = bm % v.M;
     const int64_t n = count[bm], first = end[bm] - n;
-    if (n == 0) return 0.f;
-    math::tal_keep_topk2(v, bm / v.M, bm % v.M, list + first, n, keep + first);
-    for (int64_t j = 0; j < n; ++j)
-      if (!keep[first + j]) owner[(bm / v.M) * v.A + list[first + j]] = -1;
+    if (n == 0) return 0.f;  // (the same for every lane)
+    math::TalTopk<S> top;
+    top.k = v.k2;
+    int positive = 0;
+    for (int64_t j = lane; j < n; j += 32) {
+      S ov, mu;
+      math::tal_pair(v, b, m, list[first + j], ov, mu);
+      if (mu > S(0)) {
+        top.offer(mu, list[first + j]);
+        ++positive;
+      }
+    }
+    positive = warp_sum(positive);
+    const int listed = positive < v.k2 ? positive : v.k2;
+    int64_t merged[math::kTalMaxTopk];
+    warp_merge(top, listed, merged);
+    for (int64_t j = lane; j < n; j += 32) {
+      const int64_t a = list[first + j];
+      S ov, mu;
+      math::tal_pair(v, b, m, a, ov, mu);
+      bool kept = false;
+      if (mu > S(0)) {
+        for (int t = 0; t < listed; ++t) kept = kept || merged[t] == a;
+      } else {
+        kept = positive < v.k2 && a - math::tal_count_below(merged, listed, a) < v.k2 - positive;
+      }
+      if (!kept) owner[b * v.A + a] = -1;
+    }
     return 0.f;
   }
 };
@@ -225,7 +343,7 @@ TalResult run(const TalArgs& a) {
   if (M > 0) {
     at::Tensor sel = at::empty({B * M * K}, i64);
     at::Tensor cnt = at::zeros({B * A}, opts.dtype(at::kInt));
-    run_units(B * M, SelectUnit<S, TS>{v, sel.mutable_data_ptr<int64_t>()}, dev);
+    run_units(B * M * 32, SelectUnit<S, TS>{v, sel.mutable_data_ptr<int64_t>()}, dev);
     run_units(B * M * K, ScatterUnit<S, TS>{v, sel.const_data_ptr<int64_t>(),
                                               cnt.mutable_data_ptr<int32_t>(), own}, dev);
     run_units(B * A, ResolveUnit<S, TS>{v, cnt.const_data_ptr<int32_t>(), own}, dev);
@@ -235,13 +353,12 @@ TalResult run(const TalArgs& a) {
       const at::Tensor end = at::cumsum(count, 0);
       at::Tensor cursor = at::zeros({B * M}, i64);
       at::Tensor list = at::empty({B * A}, i64);
-      at::Tensor keep = at::empty({B * A}, opts.dtype(at::kBool));
       run_units(B * A, FillUnit{own, A, M, end.const_data_ptr<int64_t>(),
                                 count.const_data_ptr<int64_t>(), cursor.mutable_data_ptr<int64_t>(),
                                 list.mutable_data_ptr<int64_t>()}, dev);
-      run_units(B * M, KeepUnit<S, TS>{v, end.const_data_ptr<int64_t>(),
-                                       count.const_data_ptr<int64_t>(), list.const_data_ptr<int64_t>(),
-                                       keep.mutable_data_ptr<bool>(), own}, dev);
+      run_units(B * M * 32, KeepUnit<S, TS>{v, end.const_data_ptr<int64_t>(),
+                                            count.const_data_ptr<int64_t>(),
+                                            list.const_data_ptr<int64_t>(), own}, dev);
     }
   } else {
     owner.fill_(-1);

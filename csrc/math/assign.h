@@ -129,6 +129,13 @@ DETLOSS_HD bool tal_before(S m1, int64_t a1, S m2, int64_t a2) {
   return m1 > m2 || (m1 == m2 && a1 < a2);
 }
 
+// How many of list[0, n) are below a.
+DETLOSS_HD int tal_count_below(const int64_t* list, int n, int64_t a) {
+  int c = 0;
+  for (int i = 0; i < n; ++i) c += list[i] < a;
+  return c;
+}
+
 // A bounded list of the best (metric, anchor) pairs, best first.
 template <class S>
 struct TalTopk {
@@ -149,11 +156,7 @@ struct TalTopk {
     anchor[i] = a;
   }
   // how many listed anchors have an index below a
-  DETLOSS_HD int count_below(int64_t a) const {
-    int c = 0;
-    for (int i = 0; i < size; ++i) c += anchor[i] < a;
-    return c;
-  }
+  DETLOSS_HD int count_below(int64_t a) const { return tal_count_below(anchor, size, a); }
 };
 
 // The inputs of one call, as plain pointers (contiguous): what every phase below reads.
@@ -220,6 +223,19 @@ DETLOSS_HD int64_t tal_lower_bound(const S* xs, int64_t n, S x) {
   while (lo < hi) {
     const int64_t mid = lo + (hi - lo) / 2;
     if (xs[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+// The end of a box's scan from `lo`: the first sorted position whose x is not <= x (binary
+// search; the serial scan's stopping point, for xs ascending with NaN last).
+template <class S>
+DETLOSS_HD int64_t tal_scan_end(const S* xs, int64_t lo, int64_t n, S x) {
+  int64_t hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (xs[mid] <= x) lo = mid + 1;
     else hi = mid;
   }
   return lo;
