@@ -1,4 +1,5 @@
 
+import contextlib
 import os
 import tempfile
 
@@ -39,6 +40,26 @@ def devices():
     """The devices a test runs on: the CPU always; CUDA where a GPU is, marked `cuda` so that
     `pytest -m cuda` (bench/gpu_check.sh) runs every device-parametrised CUDA case too."""
     return ["cpu"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if HAS_CUDA else [])
+
+
+def drivers():
+    """The kernels a test runs on: 'cpu'; 'emulated', the CUDA kernels on CPU tensors under the
+    SIMT emulator (tests/emulated_cuda.py); 'cuda' where a GPU is (marked `cuda`). A test
+    enters `on_driver(driver)` for its tensors' device and the ops' namespace."""
+    return ["cpu", "emulated"] + ([pytest.param("cuda", marks=pytest.mark.cuda)] if HAS_CUDA else [])
+
+
+@contextlib.contextmanager
+def on_driver(driver):
+    """(device, op namespace) of a driver; for 'emulated', detloss_cuda's functions run the
+    emulated CUDA kernels inside the block."""
+    if driver == "emulated":
+        from emulated_cuda import emulated
+
+        with emulated():
+            yield "cpu", "detloss_emu"
+    else:
+        yield driver, "detloss"
 
 
 def pytest_collection_modifyitems(config, items):

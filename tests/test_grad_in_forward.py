@@ -7,7 +7,7 @@ import torch
 
 import detloss_cuda.functional as DF
 import detloss_cuda.reference as R
-from conftest import DTYPES, OpSpy, assert_close_dtype, devices
+from conftest import DTYPES, OpSpy, assert_close_dtype, devices, drivers, on_driver
 
 
 def boxes(n, dtype, device, gen):
@@ -41,33 +41,55 @@ CASES = {"box": box_case, "box_both": lambda *a: box_case(*a, target_grad=True),
          "dfl": dfl_case, "dfl_long": lambda *a: dfl_case(*a, bins=300)}
 
 
-@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("driver", drivers())
 @pytest.mark.parametrize("case", list(CASES))
-def test_inference_computes_no_gradient(case, device):
-    name, f, inputs = CASES[case](torch.float32, device, "sum")
-    with torch.no_grad(), OpSpy() as spy:
-        f()
-    assert f"detloss::{name}" in spy.ops and f"detloss::{name}_with_grad" not in spy.ops, spy.ops
+def test_inference_computes_no_gradient(case, driver):
+    with on_driver(driver) as (device, ns):
+        name, f, inputs = CASES[case](torch.float32, device, "sum")
+        with torch.no_grad(), OpSpy() as spy:
+            f()
+    assert f"{ns}::{name}" in spy.ops and f"{ns}::{name}_with_grad" not in spy.ops, spy.ops
 
 
-@pytest.mark.parametrize("device", devices())
+def scale_launches():
+    """How often the emulated CUDA drivers' in-place scale kernel has run."""
+    from emulated_cuda import kernels
+
+    return sum(n for _, name, n in kernels() if "ScaleUnit" in name)
+
+
+@pytest.mark.parametrize("driver", drivers())
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("reduction", ["sum", "mean", "none"])
-def test_backward_only_scales(case, reduction, device):
-    name, f, inputs = CASES[case](torch.float32, device, reduction)
-    with OpSpy() as fwd:
-        out = f()
-    assert f"detloss::{name}_with_grad" in fwd.ops, fwd.ops
-    up = torch.full(out.shape, 2.0, device=device)
-    with OpSpy() as bwd:
-        torch.autograd.grad(out, inputs, up)
-    assert not any(o.startswith("detloss::") for o in bwd.ops), bwd.ops  # no kernel re-run
-    assert bwd.ops.count("aten::mul_") == len(inputs), bwd.ops  # one in-place scaling each
-    if device == "cpu" and reduction != "none":  # upstream exactly 1: no pass at all
-        out = f()
+def test_backward_only_scales(case, reduction, driver):
+    """The backward scales the forward's gradient in place: for an unreduced loss one mul_ per
+    input; for a reduced one, one mul_ on the CPU, the scale kernel on the CUDA drivers (no
+    aten op: the 0-dim upstream is read on the device). Upstream exactly 1: no pass at all on
+    the CPU; the kernel's threads stop at once on the CUDA drivers."""
+    with on_driver(driver) as (device, ns):
+        name, f, inputs = CASES[case](torch.float32, device, reduction)
+        once = torch.autograd.grad(f(), inputs, torch.ones(() if reduction != "none" else f().shape,
+                                                           device=device))
+        with OpSpy() as fwd:
+            out = f()
+        assert f"{ns}::{name}_with_grad" in fwd.ops, fwd.ops
+        up = torch.full(out.shape, 2.0, device=device)
+        launched = scale_launches() if driver == "emulated" else 0
         with OpSpy() as bwd:
-            torch.autograd.grad(out, inputs)
-        assert "aten::mul_" not in bwd.ops and "aten::mul" not in bwd.ops, bwd.ops
+            grads = torch.autograd.grad(out, inputs, up)
+        assert not any(o.startswith(f"{ns}::") for o in bwd.ops), bwd.ops  # no kernel re-run
+        kernel_scale = driver != "cpu" and reduction != "none"
+        assert bwd.ops.count("aten::mul_") == (0 if kernel_scale else len(inputs)), bwd.ops
+        assert "aten::mul" not in bwd.ops, bwd.ops
+        if driver == "emulated":
+            assert scale_launches() - launched == (len(inputs) if kernel_scale else 0)
+        for g, g1 in zip(grads, once):
+            assert torch.equal(g, 2 * g1)  # scaling by 2 is exact
+        if reduction != "none":
+            out = f()
+            with OpSpy() as bwd:
+                torch.autograd.grad(out, inputs)
+            assert "aten::mul_" not in bwd.ops and "aten::mul" not in bwd.ops, bwd.ops
 
 
 @pytest.mark.parametrize("device", devices())
