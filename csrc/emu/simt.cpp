@@ -358,48 +358,54 @@ int source_lane(Collective k, int lane, int operand, int width) {
 bool complete_collectives(Emulator& e, int w) {
   const int n = static_cast<int>(e.th.size());
   bool any = false;
+  unsigned seen = 0;  // lanes of collectives already looked at in this pass
   for (int l = 0; l < 32 && w * 32 + l < n; ++l) {
     Fiber& f = *e.th[w * 32 + l];
-    if (f.state != State::kWarp) continue;
+    if (f.state != State::kWarp || (seen >> l & 1u)) continue;
     const unsigned mask = f.mask;
     if (!(mask >> l & 1u))
       fail(e, "lane " + std::to_string(l) + " of warp " + std::to_string(w) + " calls " +
                   describe(f) + " with a mask (" + hex(mask) + ") that does not name it");
     bool ready = true;
-    for (int j = 0; j < 32 && ready; ++j) {
-      if (!(mask >> j & 1u)) continue;
+    for (unsigned bits = mask; bits != 0; bits &= bits - 1) {
+      const int j = __builtin_ctz(bits);
       if (w * 32 + j >= n)
         fail(e, describe(f) + " names lane " + std::to_string(j) + " of warp " +
                     std::to_string(w) + ", which does not exist (mask " + hex(mask) + ")");
       const Fiber& g = *e.th[w * 32 + j];
-      ready = g.state == State::kExited ||
-              (g.state == State::kWarp && g.kind == f.kind && g.mask == mask && g.width == f.width);
+      if (g.state == State::kWarp && g.kind == f.kind && g.mask == mask && g.width == f.width)
+        seen |= 1u << j;  // the same collective: the same answer
+      else if (g.state != State::kExited)
+        ready = false;
     }
     if (!ready) continue;
     uint64_t ballot = 0;
-    for (int j = 0; j < 32; ++j) {
-      const Fiber& g = *e.th[w * 32 + (j & 31)];
-      if ((mask >> j & 1u) && g.state == State::kWarp && g.value != 0) ballot |= uint64_t(1) << j;
+    for (unsigned bits = mask; bits != 0; bits &= bits - 1) {
+      const int j = __builtin_ctz(bits);
+      const Fiber& g = *e.th[w * 32 + j];
+      if (g.state == State::kWarp && g.value != 0) ballot |= uint64_t(1) << j;
     }
-    for (int j = 0; j < 32; ++j) {
-      if (!(mask >> j & 1u) || e.th[w * 32 + j]->state != State::kWarp) continue;
+    for (unsigned bits = mask; bits != 0; bits &= bits - 1) {
+      const int j = __builtin_ctz(bits);
+      if (e.th[w * 32 + j]->state != State::kWarp) continue;
       Fiber& g = *e.th[w * 32 + j];
       if (f.kind == Collective::kBallot) {
         g.result = ballot;
       } else if (f.kind != Collective::kSyncWarp) {
         const int src = source_lane(f.kind, j, g.operand, f.width);
-        const std::string reader = "lane " + std::to_string(j) + " of warp " + std::to_string(w) +
-                                   " reads lane " + std::to_string(src) + " in " + describe(g);
-        if (!(mask >> src & 1u))
-          fail(e, reader + ", outside the mask " + hex(mask) + " (undefined on a GPU)");
-        if (e.th[w * 32 + src]->state != State::kWarp)
-          fail(e, reader + ", which has exited (undefined on a GPU)");
+        const bool outside = !(mask >> src & 1u);
+        if (outside || e.th[w * 32 + src]->state != State::kWarp)
+          fail(e, "lane " + std::to_string(j) + " of warp " + std::to_string(w) + " reads lane " +
+                      std::to_string(src) + " in " + describe(g) +
+                      (outside ? ", outside the mask " + hex(mask) : std::string(", which has exited")) +
+                      " (undefined on a GPU)");
         g.result = e.th[w * 32 + src]->value;
       }
     }
-    for (int j = 0; j < 32; ++j)
-      if ((mask >> j & 1u) && e.th[w * 32 + j]->state == State::kWarp)
-        e.th[w * 32 + j]->state = State::kReady;
+    for (unsigned bits = mask; bits != 0; bits &= bits - 1) {
+      Fiber& g = *e.th[w * 32 + __builtin_ctz(bits)];
+      if (g.state == State::kWarp) g.state = State::kReady;
+    }
     any = true;
   }
   return any;
