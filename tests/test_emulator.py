@@ -174,3 +174,26 @@ def test_the_poisoned_section_holds_shared_memory_only():
             statics.add(m.group(2))
     assert statics, "no __shared__ variable found in the emulated build"
     assert statics <= shared_declarations(), statics - shared_declarations()
+
+
+@pytest.mark.slow
+def test_sanitizer_cases_launch_every_kernel():
+    """bench/sanitize_cases.py, the compute-sanitizer workload of the GPU check, run here on the
+    emulated kernels: it runs, and it launches every kernel instantiation of csrc/cuda, so the
+    next sanitizer run covers them all."""
+    import importlib.util
+    import os
+
+    from emulated_cuda import ROOT, emulated
+
+    spec = importlib.util.spec_from_file_location(
+        "sanitize_cases", os.path.join(ROOT, "bench", "sanitize_cases.py"))
+    cases = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cases)
+    cases.DEVICE = "cpu"
+    before = {name: n for _, name, n in kernels()}
+    with emulated():
+        for run in (cases.cls_cases, cases.box_cases, cases.dfl_cases, cases.assign_cases):
+            run(False)
+    missed = [name for _, name, n in kernels() if n == before[name] and "::selftest::" not in name]
+    assert not missed, f"{len(missed)} kernels the sanitizer cases never launch:\n" + "\n".join(missed)
