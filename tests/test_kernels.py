@@ -59,6 +59,19 @@ def test_occupancy_is_sane(kernels):
     assert not low, low
 
 
+def test_the_emulator_holds_every_kernel_of_the_cuda_build(kernels):
+    """The SIMT emulator's registry (tests/test_cuda_emulated.py fails unless each of its
+    kernels was launched) lists the very kernels nvcc compiled: the same instantiations, by
+    name, neither more nor fewer. So coverage under the emulator is coverage of this build."""
+    from emulated_cuda import kernels as emulated_kernels
+
+    built = sorted(k.name for k in kernels)
+    emulated = sorted(KR.shorten(n) for _, n, _ in emulated_kernels() if "::selftest::" not in n)
+    assert len(built) == len(set(built)) and len(emulated) == len(set(emulated))
+    assert built == emulated, (f"only in the CUDA build: {sorted(set(built) - set(emulated))[:5]}; "
+                               f"only emulated: {sorted(set(emulated) - set(built))[:5]}")
+
+
 # ---------------------------------------------------------------- the parser itself
 
 RES = """
