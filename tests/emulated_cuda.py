@@ -38,13 +38,19 @@ FLAGS = [
     "-Wno-unknown-pragmas",  # #pragma unroll
 ]
 
+# DETLOSS_EMU_UCONTEXT=1: fibers switched by swapcontext, the path of architectures other than
+# x86-64, into a build folder of its own (a check of that path on x86-64)
+UCONTEXT = os.environ.get("DETLOSS_EMU_UCONTEXT") == "1"
+if UCONTEXT:
+    FLAGS = FLAGS + ["-DDETLOSS_EMU_UCONTEXT"]
+
 _lock = threading.Lock()
 _built = None
 
 
 def build_dir():
     tag = re.sub(r"[^\w.+-]", "_", f"{sys.implementation.cache_tag}-torch{torch.__version__}")
-    return os.path.join(ROOT, "build", f"emu-{tag}")
+    return os.path.join(ROOT, "build", f"emu-{'ucontext-' if UCONTEXT else ''}{tag}")
 
 
 def sources():

@@ -247,6 +247,18 @@ def test_box_loss(kind, dtype):
                         close(cpu, cuda, dtype, f"{kind} {name} {fmt} {need} {reduction} #{up}")
 
 
+@pytest.mark.slow
+def test_box_grid_stride_wraps():
+    """300000 pairs (> 262144), both gradients, a pair a unit."""
+    g = torch.Generator().manual_seed(0)
+    p, t = boxes((300000,), torch.float32, g)
+    p.requires_grad_()
+    t.requires_grad_()
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.iou_loss(p, t, "ciou", reduction="mean"),
+                                            [p, t], "mean", 1))
+    close(cpu, cuda, torch.float32, "ciou 300000 pairs")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("kind", ["iou", "giou", "diou", "ciou"])
 def test_box_matrix(kind, dtype):

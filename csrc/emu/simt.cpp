@@ -22,7 +22,11 @@
 
 #include "emu.h"
 
-#if !defined(__x86_64__)
+// Fibers switch by a few instructions of assembly on x86-64, by swapcontext elsewhere (or
+// where DETLOSS_EMU_UCONTEXT asks: tests/emulated_cuda.py's DETLOSS_EMU_UCONTEXT=1).
+#if defined(__x86_64__) && !defined(DETLOSS_EMU_UCONTEXT)
+#define DETLOSS_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -42,7 +46,7 @@ namespace {
 constexpr size_t kStack = 256 * 1024;
 constexpr size_t kGuard = 4096;  // below each stack: an overflow faults instead of corrupting
 
-#if defined(__x86_64__)
+#if defined(DETLOSS_EMU_ASM_SWITCH)
 // detloss_emu_switch(&save, next): pushes the callee-saved registers, saves the stack pointer
 // in *save, loads `next` and pops that context's registers; `ret` resumes it. A new fiber's
 // stack is laid out as if it had switched away just before detloss_emu_fiber_start, which
@@ -85,10 +89,16 @@ enum class State { kReady, kBarrier, kWarp, kExited };
 
 struct Fiber;
 void fiber_entry(Fiber* f);
+#if !defined(DETLOSS_EMU_ASM_SWITCH)
+void fiber_start_halves(unsigned hi, unsigned lo) {
+  const uint64_t p = (static_cast<uint64_t>(hi) << 32) | lo;
+  fiber_entry(reinterpret_cast<Fiber*>(static_cast<uintptr_t>(p)));
+}
+#endif
 
 struct Fiber {
   char* mem = nullptr;  // guard page, then the stack
-#if defined(__x86_64__)
+#if defined(DETLOSS_EMU_ASM_SWITCH)
   void* sp = nullptr;
 #else
   ucontext_t ctx;
@@ -119,7 +129,7 @@ struct Fiber {
   // A fresh start at fiber_entry; also how a fiber that a failed launch abandoned inside a
   // kernel is reclaimed (its frames are dropped: device code holds nothing to destroy).
   void restart() {
-#if defined(__x86_64__)
+#if defined(DETLOSS_EMU_ASM_SWITCH)
     uintptr_t* top = reinterpret_cast<uintptr_t*>(
         reinterpret_cast<uintptr_t>(mem + kGuard + kStack) & ~uintptr_t(15));
     *--top = 0;                                                       // (alignment)
@@ -136,7 +146,10 @@ struct Fiber {
     ctx.uc_stack.ss_sp = mem + kGuard;
     ctx.uc_stack.ss_size = kStack;
     ctx.uc_link = nullptr;
-    makecontext(&ctx, reinterpret_cast<void (*)()>(&fiber_entry), 1, this);
+    // (makecontext passes int arguments: the pointer goes in two halves)
+    const uint64_t p = reinterpret_cast<uintptr_t>(this);
+    makecontext(&ctx, reinterpret_cast<void (*)()>(&fiber_start_halves), 2,
+                static_cast<unsigned>(p >> 32), static_cast<unsigned>(p & 0xffffffffu));
 #endif
   }
 };
@@ -152,7 +165,7 @@ struct Emulator {
   std::mutex mu;  // one launch at a time: the fibers and everything below are shared
   std::vector<KernelRecord> kernels;
   std::vector<std::unique_ptr<Fiber>> fibers;
-#if defined(__x86_64__)
+#if defined(DETLOSS_EMU_ASM_SWITCH)
   void* sched_sp = nullptr;
 #else
   ucontext_t sched_ctx;
@@ -208,7 +221,7 @@ void resume(Emulator& e, int tid) {
                   t / (g_block_dim.x * g_block_dim.y)};
   e.current = f;
   ++e.counters.switches;
-#if defined(__x86_64__)
+#if defined(DETLOSS_EMU_ASM_SWITCH)
   detloss_emu_switch(&e.sched_sp, f->sp);
 #else
   swapcontext(&e.sched_ctx, &f->ctx);
@@ -230,7 +243,7 @@ void resume(Emulator& e, int tid) {
 }
 
 void yield(Emulator& e, Fiber* f) {
-#if defined(__x86_64__)
+#if defined(DETLOSS_EMU_ASM_SWITCH)
   detloss_emu_switch(&f->sp, e.sched_sp);
 #else
   swapcontext(&f->ctx, &e.sched_ctx);
