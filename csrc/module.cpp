@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "cpu/dispatch.h"
+#include "ops/layout.h"
 // DETLOSS_VERSION, DETLOSS_TORCH_VERSION, DETLOSS_CUDA_ARCHS, DETLOSS_BUILD_NOTE and
 // DETLOSS_WITH_CUDA: written by setup.py into its build folder (only this file reads them,
 // so a new version or arch list recompiles this file alone)
@@ -16,6 +17,7 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "detloss_cuda native ops (registered under torch.ops.detloss)";
+  m.attr("dfl_bin_major_max_bins") = detloss::kDflBinMajorMaxBins;  // detloss_cuda/_ops.py
   m.def(
       "build_info",
       []() {

@@ -82,6 +82,10 @@ def emu_ops(verbose=False):
                 extra_cflags=FLAGS,
                 extra_ldflags=["-Wl,-T," + os.path.join(CSRC, "emu", "shared.ld")],
                 is_python_module=False, verbose=verbose)
+            # the fake kernels, with the layouts of the CUDA drivers (they serve CPU tensors here)
+            from detloss_cuda import _ops
+
+            _ops.register_fakes("detloss_emu", driver=lambda t: "cuda")
             _built = torch.ops.detloss_emu
     return _built
 

@@ -10,6 +10,7 @@
 
 #include "../math/dfl.h"
 #include "common.h"
+#include "layout.h"
 
 namespace detloss {
 
@@ -35,8 +36,8 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
 // [B, A, 4·R] and viewed as [B, A, 4, R]. The CPU integral reads it in place (in tiles
 // transposed in cache) and writes its gradient in the same layout, where a copy to rows
 // would transpose the whole tensor twice (forward and gradient). Up to kDflBinMajorMaxBins
-// bins (the tiles live on the stack). The dim of unit stride, or -1.
-constexpr int64_t kDflBinMajorMaxBins = 32;
+// bins (the tiles live on the stack). The dim of unit stride, or -1. (detloss_cuda/_ops.py's
+// dfl_bin_major is this rule for the fake kernels.)
 inline int64_t dfl_bin_major_dim(const at::Tensor& p) {
   if (p.dim() < 2 || p.numel() == 0 || p.stride(-1) == 1 || p.size(-1) > kDflBinMajorMaxBins ||
       !p.is_non_overlapping_and_dense()) {
