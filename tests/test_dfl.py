@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
 import detloss_cuda.reference as R
-from conftest import DTYPES, assert_close_dtype as _assert_close_dtype, devices
+from conftest import DTYPES, OpSpy, assert_close_dtype as _assert_close_dtype, devices, drivers, on_driver
 
 _BINS_IN_CHECK = [16]
 
@@ -372,3 +372,27 @@ def test_integral_bin_major_opcheck_and_compile():
     (want,) = torch.autograd.grad(step(leaf), leaf)
     (got,) = torch.autograd.grad(torch.compile(step, fullgraph=True)(leaf), leaf)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("driver", drivers())
+def test_backward_op_reads_the_upstream_gradient_as_it_is(driver):
+    """dfl_backward scales by the upstream gradient in its own strides and dtype (one
+    multiply): checking it copies nothing (it was made contiguous, and cast, only to be
+    checked), and a bad one is still an error naming it."""
+    with on_driver(driver) as (device, ns):
+        ops = getattr(torch.ops, ns)
+        z = torch.randn(5, 10, 16, device=device)
+        y = torch.rand(5, 10, device=device) * 15
+        _, stats = ops.dfl_loss(z, y, None, "none")
+        up = torch.rand(10, 5, dtype=torch.float64, device=device).t()  # strided, another dtype
+        with OpSpy() as spy:
+            g = ops.dfl_backward(up, z, y, stats, None, "none")
+        assert "aten::clone" not in spy.ops and "aten::contiguous" not in spy.ops, spy.ops
+        assert spy.ops.count("aten::_to_copy") == 1, spy.ops  # the multiply's cast, once
+        ones = ops.dfl_backward(torch.ones(5, 10, device=device), z, y, stats, None, "none")
+        torch.testing.assert_close(g, ones * up.float().unsqueeze(-1), rtol=1e-6, atol=0)
+        with pytest.raises(ValueError, match=r"grad of shape \[5, 9\] is not broadcastable to "
+                                             r"the loss shape \[5, 10\]"):
+            ops.dfl_backward(torch.ones(5, 9, device=device), z, y, stats, None, "none")
+        with pytest.raises(ValueError, match="grad of a reduced loss must be 0-dim"):
+            ops.dfl_backward(torch.ones(5, 10, device=device), z, y, stats, None, "mean")

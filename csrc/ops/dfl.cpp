@@ -2,6 +2,7 @@
 // autocast.
 #include "dfl.h"
 
+#include <ATen/ExpandUtils.h>  // at::is_expandable_to
 #include <ATen/OpMathType.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -69,12 +70,21 @@ void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const
   a.stats = stats.contiguous();
 }
 
-OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op) {
+void check_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op) {
   check_floating(grad, "grad", op);
+  check_same_device(grad, a.pred, "grad", "pred", op);
   if (a.reduction != Reduction::kNone) {
     TORCH_CHECK_VALUE(grad.dim() == 0, op, ": grad of a reduced loss must be 0-dim, got shape ",
                       grad.sizes());
+  } else {
+    TORCH_CHECK_VALUE(at::is_expandable_to(grad.sizes(), a.shape), op, ": grad of shape ",
+                      grad.sizes(), " is not broadcastable to the loss shape ",
+                      at::IntArrayRef(a.shape));
   }
+}
+
+OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op) {
+  check_dfl_grad(grad, a, op);
   return describe_operand(grad, a.shape, a.pred.scalar_type(), "grad", op);
 }
 

@@ -48,6 +48,9 @@ inline int64_t dfl_bin_major_dim(const at::Tensor& p) {
   }
   return -1;
 }
+// An upstream gradient for the loss (checked only) or the integral (also described for the
+// kernel to read in place).
+void check_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op);
 OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const char* op);
 
 // Forwards return (result, stats): the loss per row ('none', shaped a.shape) or reduced, and
@@ -100,7 +103,7 @@ at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
   constexpr const char* op = "detloss.dfl_backward";
   DflArgs a = prepare_dfl(pred, target, weight, dfl_sv(reduction), op);
   check_dfl_stats(stats, a, 2, op);
-  prepare_dfl_grad(grad, a, op);  // checks it
+  check_dfl_grad(grad, a, op);  // (scale_by_upstream reads it as it is: no copy to check it)
   return scale_by_upstream(F(a, OperandDesc()), grad, a.reduction, true, true);
 }
 
