@@ -391,6 +391,39 @@ def DF_assign(*inputs):
     return (r.labels, r.scores, r.target_bboxes, r.fg_mask, r.target_gt_idx)
 
 
+def nan_scene():
+    """NaN anchor coordinates (in the middle of the x order and at its ends), a NaN predicted
+    box and a NaN score: the anchors are sorted by x with NaN last on both devices, a NaN is
+    never a candidate, a NaN metric counts as no metric."""
+    s, p, a, lab, gt, m = scene(B=2, M=6, seed=7, big=True)
+    a = a.clone()
+    a[5, 0] = float("nan")
+    a[200, 0] = float("nan")
+    a[300, 1] = float("nan")
+    a[-1, 0] = float("nan")
+    p = p.clone()
+    p[0, 40] = float("nan")
+    s = s.clone()
+    s[1, 77, :] = float("nan")
+    return s, p, a, lab, gt, m
+
+
+def test_assigner_nan_anchors_the_same_on_both_devices():
+    inputs = nan_scene()
+    for kw in KW:
+        cpu = DN.TaskAlignedAssigner(num_classes=5, **kw)(*inputs)
+        with emulated():
+            cuda = DN.TaskAlignedAssigner(num_classes=5, **kw)(*inputs)
+        for i, (x, y) in enumerate(zip(cpu, cuda)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m: f"output {i} ({kw}): {m}")
+        assert not cpu[3][:, [5, 200, 300, a_last(inputs)]].any()  # NaN anchors: never foreground
+
+
+def a_last(inputs):
+    return inputs[2].shape[0] - 1
+
+
 @pytest.mark.slow
 def test_assigner_grid_stride_wraps():
     """32 images of 8400 anchors: 268800 per-anchor units (> 262144)."""

@@ -29,7 +29,7 @@ TalResult run(const TalArgs& a) {
   at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
   at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
 
-  // anchors sorted by x (ties by index): a box visits only the anchors in its x-range
+  // anchors sorted by x, NaN last (ties by index): a box visits only the anchors in its x-range
   const S* anc = a.anchors.const_data_ptr<S>();
   std::vector<S> ax(A), ay(A), sx(A);
   std::vector<int64_t> order(A);
@@ -38,7 +38,8 @@ TalResult run(const TalArgs& a) {
     ay[i] = anc[2 * i + 1];
   }
   std::iota(order.begin(), order.end(), int64_t(0));
-  std::stable_sort(order.begin(), order.end(), [&](int64_t i, int64_t j) { return ax[i] < ax[j]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t i, int64_t j) { return math::tal_x_before(ax[i], ax[j]); });
   for (int64_t i = 0; i < A; ++i) sx[i] = ax[order[i]];
 
   math::TalView<S, TS> v;

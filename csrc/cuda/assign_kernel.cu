@@ -310,7 +310,8 @@ TalResult run(const TalArgs& a) {
   at::Tensor gt_idx = at::empty({B, A}, i64);
   if (B * A == 0) return {labels, boxes.to(a.gt_dtype), score.to(a.out_dtype), fg, gt_idx};
 
-  // anchors sorted by x, on the device (stable: ties keep index order)
+  // anchors sorted by x, on the device (stable: ties keep index order; NaN last, as
+  // math::tal_x_before orders them on the CPU)
   const at::Tensor ax = a.anchors.select(1, 0).contiguous();
   const at::Tensor ay = a.anchors.select(1, 1).contiguous();
   auto [sx, order] = at::sort(ax, /*stable=*/true, /*dim=*/0, /*descending=*/false);

@@ -216,6 +216,14 @@ DETLOSS_HD void tal_pair(const TalView<S, TS>& v, int64_t b, int64_t m, int64_t 
     tal_metric(v, b, bm, a, ov, mu);
 }
 
+// The anchors' order by x: ascending, NaN last (at::sort's order, which the CUDA driver
+// uses; a NaN is never a candidate, so it only has to stay out of the way), ties kept in
+// index order by a stable sort.
+template <class S>
+DETLOSS_HD bool tal_x_before(S x1, S x2) {
+  return x1 == x1 && (x2 != x2 || x1 < x2);
+}
+
 // First sorted position whose x is >= x (binary search).
 template <class S>
 DETLOSS_HD int64_t tal_lower_bound(const S* xs, int64_t n, S x) {
