@@ -287,7 +287,13 @@ def main():
         "#define DETLOSS_WITH_CUDA 1\n" if with_cuda else "",
     ]))
 
-    sources = ["csrc/module.cpp"] + listdir("ops", ".cpp") + listdir("cpu", ".cpp")
+    # Sources whose rounding must be torch's, operation by operation (the assigner replicates
+    # ultralytics' bits): compiled with contraction into fused multiply-adds off, explicitly
+    # (GCC contracts by default where the target has FMA: aarch64; x86-64 builds without -mfma)
+    exact_sources = [rel("cpu", "assign_kernel.cpp")]
+    exact_flags = ["-ffp-contract=off"]
+    sources = ["csrc/module.cpp"] + listdir("ops", ".cpp") + [
+        s for s in listdir("cpu", ".cpp") if s not in exact_sources]
     macros = [(f"DETLOSS_HAVE_{name}", "1") for name, _ in capabilities if name != "DEFAULT"]
     cxx = ["-O3", "-Wno-unknown-pragmas"]  # ATen's vec headers carry CUDA pragmas
     if not env_flag(env, "DETLOSS_DEBUG_INFO", False):
@@ -316,6 +322,8 @@ def main():
             ext.include_dirs.append(os.path.join(home, "include"))
     ext.capability_sources = [(rel("cpu", "capability", f"kernels_{name}.cpp"), name, flags)
                               for name, flags in capabilities]
+    ext.exact_sources = exact_sources
+    ext.exact_flags = exact_flags
 
     class Build(BuildExtension):
         """BuildExtension with a build folder that outlives the install (pip's editable
@@ -323,7 +331,7 @@ def main():
         knows every header each object read, decides what to recompile; it also compiles
         the per-capability CPU objects, each with its own -m flags and CPU_CAPABILITY, and
         links them after the portable objects (so the linker keeps the portable copy of any
-        inline function the two share)."""
+        inline function the two share); and the exact sources, with contraction off."""
 
         def run(self):
             self.build_temp = build_dir
@@ -341,6 +349,11 @@ def main():
                     [src], output_dir=os.path.join(self.build_temp, f"cap-{name}"),
                     macros=ext.define_macros, include_dirs=ext.include_dirs, debug=self.debug,
                     extra_postargs={"cxx": post, "nvcc": []}, depends=ext.depends)
+            objects += self.compiler.compile(
+                ext.exact_sources, output_dir=os.path.join(self.build_temp, "exact"),
+                macros=ext.define_macros, include_dirs=ext.include_dirs, debug=self.debug,
+                extra_postargs={"cxx": cxx_args + ext.exact_flags, "nvcc": []},
+                depends=ext.depends)
             ext.extra_objects = list(ext.extra_objects or []) + objects
             super().build_extension(ext)
 

@@ -195,3 +195,20 @@ def test_version_metadata_agrees_with_the_build():
     from importlib.metadata import version
 
     assert version("detloss_cuda") == detloss_cuda.__version__ == detloss_cuda.build_info()["version"]
+
+
+def test_the_assigner_is_compiled_without_contraction():
+    """The CPU assigner replicates ultralytics' rounding operation by operation: its driver is
+    compiled with -ffp-contract=off (setup.py's exact sources; GCC contracts a*b+c into one
+    rounding by default wherever the target has FMA, as aarch64 does), and only there."""
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tag = re.sub(r"[^\w.+-]", "_", f"{sys.implementation.cache_tag}-torch{torch.__version__}")
+    build = os.path.join(root, "build", tag)
+    with open(os.path.join(build, "exact", "build.ninja")) as f:
+        exact = f.read()
+    assert "-ffp-contract=off" in exact and "csrc/cpu/assign_kernel.cpp" in exact
+    with open(os.path.join(build, "build.ninja")) as f:
+        main = f.read()
+    assert "csrc/cpu/assign_kernel.cpp" not in main and "-ffp-contract=off" not in main

@@ -1,6 +1,6 @@
 // CPU driver of the task-aligned assigner: one image per task, the phases of
-// csrc/math/assign.h in order. Compiled without FMA instructions (this is not a capability
-// file), so the scalar formulas round as torch's separate operations do.
+// csrc/math/assign.h in order. Compiled with -ffp-contract=off (setup.py's exact sources,
+// CMakeLists.txt), so the scalar formulas round as torch's separate operations do.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

@@ -24,9 +24,10 @@
 // among them iff a - #(candidates with mu > 0 below a) < k - #(candidates with mu > 0).
 //
 // Exact replication: float32 boxes go through the same operations in the same order as
-// ultralytics' (no fused multiply-add: DETLOSS_ASSIGN_RN on CUDA; the CPU driver is built
-// without FMA instructions), so overlaps and metrics match torch's bits up to the last ulp of
-// atan and pow, whose implementations differ between torch (Sleef on the CPU) and libm.
+// ultralytics' (no fused multiply-add: tal_mul/add/sub round each operation on CUDA; the CPU
+// driver is compiled with -ffp-contract=off, setup.py's exact sources), so overlaps and
+// metrics match torch's bits up to the last ulp of atan and pow, whose implementations differ
+// between torch (Sleef on the CPU) and libm.
 #pragma once
 
 #include <cstdint>
