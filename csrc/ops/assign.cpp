@@ -77,8 +77,12 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                     math::kTalMaxTopk, "], got ", topk2);
   TORCH_CHECK_VALUE(a.A >= topk, kOp, ": topk = ", topk, " needs at least as many anchors, got ",
                     a.A, " (torch.topk raises here too)");
-  TORCH_CHECK_VALUE(std::isfinite(alpha) && std::isfinite(beta), kOp,
-                    ": alpha and beta must be finite, got ", alpha, " and ", beta);
+  // the metric score^alpha · overlap^beta: a negative exponent of a zero score or overlap is
+  // inf, and the normalised scores NaN
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0, kOp,
+                    ": alpha must be a finite number >= 0 (an exponent of the scores), got ", alpha);
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0, kOp,
+                    ": beta must be a finite number >= 0 (an exponent of the overlaps), got ", beta);
   TORCH_CHECK_VALUE(std::isfinite(stride_val) && stride_val >= 0, kOp,
                     ": stride_val must be a finite number >= 0, got ", stride_val);
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, kOp, ": eps must be a finite number >= 0, got ",
@@ -96,6 +100,10 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                                                          gt_bboxes.scalar_type()),
                                        anc_points.scalar_type());
   a.dtype = boxes == at::kDouble ? at::kDouble : at::kFloat;
+  check_representable(alpha, a.dtype, "alpha", kOp);
+  check_representable(beta, a.dtype, "beta", kOp);
+  check_representable(stride_val, a.dtype, "stride_val", kOp);
+  check_representable(eps, a.dtype, "eps", kOp);
   const auto as = [&](const at::Tensor& t) {
     return (t.scalar_type() == a.dtype ? t : t.to(a.dtype)).contiguous();
   };

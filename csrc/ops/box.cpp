@@ -83,6 +83,7 @@ BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
     a.shape[nd - k] = p == 1 ? t : p;
   }
   const auto dtype = pred.scalar_type();
+  check_representable(eps, dtype, "eps", op);
   a.options = pred.options();
   a.pred = describe_rows(pred, a.shape, 4, dtype, "pred", op);
   a.target = describe_rows(target, a.shape, 4, dtype, "target", op);
@@ -129,6 +130,7 @@ BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& box
   // integer boxes are computed in float32 (as torchvision.ops.box_iou does)
   auto dt = at::result_type(boxes1, boxes2);
   if (!at::isFloatingType(dt)) dt = at::kFloat;
+  check_representable(eps, dt, "eps", op);
   a.batched = boxes1.dim() == 3;
   a.boxes1 = (a.batched ? boxes1 : boxes1.unsqueeze(0)).to(dt).contiguous();
   a.boxes2 = (a.batched ? boxes2 : boxes2.unsqueeze(0)).to(dt).contiguous();

@@ -108,6 +108,8 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
                       "balance, got ", alpha);
     a.use_alpha = alpha >= 0.0;
   }
+  check_representable(alpha, input.scalar_type(), "alpha", kOp);
+  check_representable(gamma, input.scalar_type(), "gamma", kOp);
   a.alpha = alpha;
   a.gamma = a.kind == math::ClsKind::kBCE ? 0.0 : gamma;
 

@@ -3,6 +3,8 @@
 #include <ATen/TensorSubclassLikeUtils.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+#include <limits>
 #include <vector>
 
 namespace detloss {
@@ -37,6 +39,13 @@ at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduc
   }
   if (rows) u = u.unsqueeze(-1);
   return in_place && plain ? g.mul_(u) : g.mul(u);
+}
+
+void check_representable(double v, at::ScalarType input_dtype, const char* arg, const char* op) {
+  if (input_dtype == at::kDouble || !std::isfinite(v)) return;  // (non-finite: the caller's check)
+  TORCH_CHECK_VALUE(std::fabs(v) <= static_cast<double>(std::numeric_limits<float>::max()), op,
+                    ": ", arg, " = ", v, " is beyond float32's range (|", arg, "| <= 3.4e38), the "
+                    "arithmetic of ", input_dtype, " inputs");
 }
 
 void check_floating(const at::Tensor& t, const char* arg, const char* op) {

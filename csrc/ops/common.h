@@ -43,6 +43,12 @@ at::Tensor scale_by_upstream(at::Tensor g, const at::Tensor& up, Reduction reduc
 using ScaleInPlaceFn = void (*)(at::Tensor& g, const at::Tensor& up);
 void set_cuda_scale_in_place(ScaleInPlaceFn fn);
 
+// A number parameter (an eps, an exponent, a weight) is used in the arithmetic of the
+// inputs: float32 for float32/float16/bfloat16 ones, where a finite double beyond float32's
+// range is inf and its results NaN. ValueError naming the argument for such a value (float64
+// inputs take any finite one).
+void check_representable(double v, at::ScalarType input_dtype, const char* arg, const char* op);
+
 // A floating tensor (fp32, fp64, fp16, bf16); TypeError otherwise.
 void check_floating(const at::Tensor& t, const char* arg, const char* op);
 
