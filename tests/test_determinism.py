@@ -9,7 +9,7 @@ import torch
 
 import detloss_cuda.functional as DF
 from detloss_cuda.assign import task_aligned_assign
-from conftest import devices
+from conftest import devices, drivers, on_driver
 
 N = 3 * 2**19 + 77  # elements: several chunks, not a multiple of any of them
 
@@ -120,14 +120,21 @@ def _assign_inputs(dev):
     return [t.to(dev) for t in (s, pb, anc, lab, gb, mask)]
 
 
-@pytest.mark.parametrize("device", devices())
-def test_assigner_deterministic(device, deterministic):
-    args = _assign_inputs(device)
-    first = task_aligned_assign(*args)
-    was = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        second = task_aligned_assign(*args)
-    finally:
-        torch.set_num_threads(was)
+@pytest.mark.parametrize("driver", drivers())
+@pytest.mark.parametrize("topk2", [None, 3], ids=["topk2=topk", "topk2=3"])
+def test_assigner_deterministic(driver, topk2, deterministic):
+    """The same bits again: on the CPU with another thread count; on the CUDA drivers under
+    another schedule (emulated: another block, warp and lane order), where topk2's phase groups
+    each box's anchors in an order its atomic cursor decides, which must not matter."""
+    with on_driver(driver) as (device, ns):
+        args = _assign_inputs(device)
+        first = task_aligned_assign(*args, topk=10, topk2=topk2)
+        was = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            if driver == "emulated":
+                getattr(torch.ops, ns).emu_set_seed(12345)
+            second = task_aligned_assign(*args, topk=10, topk2=topk2)
+        finally:
+            torch.set_num_threads(was)
     assert all(_same_bits(a, b) for a, b in zip(first, second))
