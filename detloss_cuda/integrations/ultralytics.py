@@ -23,7 +23,9 @@ original):
   swapped for the fused one and ultralytics' code runs;
 * ``v8DetectionLoss.bbox_decode``: softmax over the bins · ``proj`` becomes
   ``distribution_integral`` (``proj`` must be ``arange(reg_max)``, as ultralytics builds it;
-  checked once per criterion);
+  checked once per criterion, when it is built (``__init__``), so that a compiled step reads
+  no tensor to decide; a criterion built before ``patch()`` is checked at its first eager
+  call, and takes ultralytics' decode inside a compiled graph until then);
 * ``bbox_iou`` as ``BboxLoss`` (CIoU of the foreground pairs) and ``TaskAlignedAssigner``
   (CIoU of every candidate pair) call it: our box kernels, same signature and shapes;
 * ``DFLoss``: ``distribution_focal_loss``, same clamp of the target and mean over sides;
@@ -46,7 +48,6 @@ the detection losses are unchanged; a segmentation loss counts such foreground a
 ``tests/test_integrations.py`` compares a YOLOv8n training step end to end.
 """
 import functools
-import weakref
 
 import torch
 
@@ -181,21 +182,39 @@ def _wrap_tal_forward(orig, tal_cls):
     return forward
 
 
-def _wrap_bbox_decode(orig, dist2bbox):
-    proj_ok = weakref.WeakKeyDictionary()  # criterion -> its proj is arange(reg_max)
+_PROJ_IS_ARANGE = "_detloss_proj_is_arange"  # set on a criterion: its proj is arange(n)
 
+
+def _proj_is_arange(crit):
+    """Whether crit.proj is arange(n), as ultralytics builds it: one host read a criterion."""
+    proj = getattr(crit, "proj", None)
+    return (isinstance(proj, torch.Tensor) and proj.dim() == 1 and
+            torch.equal(proj.detach().cpu().double(), torch.arange(proj.numel()).double()))
+
+
+def _wrap_det_init(orig):
+    """Reads proj when the criterion is built, so that a compiled step decides nothing from a
+    tensor's values (a graph break in every bbox_decode)."""
+    @functools.wraps(orig)
+    def __init__(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        setattr(self, _PROJ_IS_ARANGE, _proj_is_arange(self))
+    return __init__
+
+
+def _wrap_bbox_decode(orig, dist2bbox):
     @functools.wraps(orig)
     def bbox_decode(self, anchor_points, pred_dist):
         if not getattr(self, "use_dfl", False) or not ours(pred_dist) or pred_dist.dim() != 3:
             return orig(self, anchor_points, pred_dist)
         b, a, c = pred_dist.shape
-        ok = proj_ok.get(self)
-        if ok is None:  # one host read per criterion
-            proj = getattr(self, "proj", None)
-            ok = (isinstance(proj, torch.Tensor) and c % 4 == 0 and proj.numel() == c // 4 and
-                  torch.equal(proj.detach().cpu().double(), torch.arange(c // 4).double()))
-            proj_ok[self] = ok
-        if not ok:
+        ok = getattr(self, _PROJ_IS_ARANGE, None)
+        if ok is None:  # a criterion built before patch()
+            if torch.compiler.is_compiling():
+                return orig(self, anchor_points, pred_dist)  # no host read inside a graph
+            ok = _proj_is_arange(self)
+            setattr(self, _PROJ_IS_ARANGE, ok)
+        if not ok or c % 4 != 0 or self.proj.numel() != c // 4:
             return orig(self, anchor_points, pred_dist)
         # softmax over each side's bins · (0, 1, ..., R - 1): the expected distance
         dist = DF.distribution_integral(pred_dist.view(b, a, 4, c // 4))
@@ -257,6 +276,7 @@ def _apply(ps):
     names = [
         (det, "get_assigned_targets_and_loss", lambda o: _wrap_assigned(o, tal_cls, make_anchors)),
         (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls)),
+        (det, "__init__", _wrap_det_init),
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
         (L, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
         (T, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
