@@ -22,6 +22,7 @@ __all__ = [
     "box_iou_matrix",
     "distribution_focal_loss",
     "distribution_integral",
+    "task_aligned_assign",
 ]
 
 
@@ -221,3 +222,79 @@ def distribution_integral(pred):
     bins = pred.shape[-1]
     proj = torch.arange(bins, dtype=pred.dtype, device=pred.device)
     return torch.softmax(pred, dim=-1) @ proj
+
+
+# ----------------------------------------------------------------------------- assigner
+def _ultralytics_ciou(b1, b2, eps=1e-7):
+    """ultralytics' bbox_iou(b1, b2, xywh=False, CIoU=True): heights + eps, its order."""
+    x1, y1, x2, y2 = b1.unbind(-1)
+    u1, v1, u2, v2 = b2.unbind(-1)
+    w1, h1 = x2 - x1, y2 - y1 + eps
+    w2, h2 = u2 - u1, v2 - v1 + eps
+    inter = ((x2.minimum(u2) - x1.maximum(u1)).clamp(min=0) *
+             (y2.minimum(v2) - y1.maximum(v1)).clamp(min=0))
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = x2.maximum(u2) - x1.minimum(u1)
+    ch = y2.maximum(v2) - y1.minimum(v1)
+    c2 = cw.pow(2) + ch.pow(2) + eps
+    rho2 = ((u1 + u2 - x1 - x2).pow(2) + (v1 + v2 - y1 - y2).pow(2)) / 4
+    v = (4 / math.pi**2) * ((w2 / h2).atan() - (w1 / h1).atan()).pow(2)
+    a = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * a)
+
+
+def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                        topk=13, num_classes=80, alpha=1.0, beta=6.0, stride_val=16.0,
+                        eps=1e-9, topk2=None):
+    """ultralytics' TaskAlignedAssigner written out with dense (B, M, A) tensors: candidates,
+    CIoU overlaps, metric, top-k with ties to the lower anchor index (a stable sort: the
+    fused assigner's rule), conflicts to the box of largest overlap, topk2, normalisation.
+    Returns (target_labels, target_bboxes, target_scores [B, A, C], fg_mask, target_gt_idx).
+    Probabilities in (pd_scores, not logits); boxes xyxy."""
+    B, A, C = pd_scores.shape
+    M = gt_bboxes.shape[1]
+    topk2 = topk2 or topk
+    dt = torch.promote_types(pd_bboxes.dtype, gt_bboxes.dtype)
+    labels = gt_labels.long().view(B, M)
+    valid = (mask_gt.view(B, M) != 0)
+    gt = gt_bboxes.to(dt)
+    # candidates: the anchor strictly inside the box, its sides raised to stride_val
+    cxy, wh = (gt[..., :2] + gt[..., 2:]) / 2, gt[..., 2:] - gt[..., :2]
+    wh = torch.where(valid.unsqueeze(-1), wh.clamp(min=stride_val), wh)
+    lt, rb = cxy - wh / 2, cxy + wh / 2
+    a = anc_points.to(dt).view(1, 1, A, 2)
+    inside = torch.cat([a - lt.unsqueeze(2), rb.unsqueeze(2) - a], -1).amin(-1) > 1e-9
+    cand = inside & valid.unsqueeze(-1)
+    # overlaps and metric
+    ov = torch.zeros(B, M, A, dtype=dt, device=pd_scores.device)
+    pairs = cand.nonzero(as_tuple=True)
+    ov[pairs] = _ultralytics_ciou(gt[pairs[0], pairs[1]], pd_bboxes.to(dt)[pairs[0], pairs[2]]).clamp(min=0)
+    score = pd_scores.gather(2, labels.clamp(0, C - 1).unsqueeze(1).expand(B, A, M)).transpose(1, 2)
+    # (the score's power in the scores' dtype, as torch evaluates ultralytics' expression)
+    metric = torch.where(cand, (score ** alpha).to(dt) * ov ** beta, torch.zeros_like(ov))
+
+    def top(metric, k, allowed):
+        """Per box, its k best anchors over all anchors (ties: lower index), kept if allowed."""
+        order = torch.sort(metric, dim=-1, descending=True, stable=True).indices[..., :k]
+        sel = torch.zeros_like(allowed).scatter_(-1, order, True)
+        return sel & allowed
+
+    pos = top(metric, topk, cand)
+    count = pos.sum(1)  # boxes per anchor
+    best = ov.argmax(1)  # the first box of largest overlap
+    multi = count > 1
+    pos = torch.where(multi.unsqueeze(1),
+                      torch.nn.functional.one_hot(best, M).transpose(1, 2).bool(), pos)
+    if topk2 != topk:
+        pos = top(torch.where(pos, metric, torch.zeros_like(metric)), topk2, pos)
+    fg = pos.any(1)
+    gt_idx = pos.to(torch.uint8).argmax(1)
+    b = torch.arange(B, device=pd_scores.device).unsqueeze(-1)
+    t_labels = labels[b, gt_idx].clamp(min=0)
+    t_boxes = gt_bboxes[b, gt_idx]
+    metric = metric * pos
+    ovm = ov * pos
+    norm = (metric * ovm.amax(-1, keepdim=True) / (metric.amax(-1, keepdim=True) + eps)).amax(1)
+    t_scores = torch.nn.functional.one_hot(t_labels, num_classes) * (norm * fg).unsqueeze(-1)
+    return t_labels, t_boxes, t_scores, fg, gt_idx

@@ -62,6 +62,13 @@ def _cases():
         t = torch.where(u < 0.2, torch.rand(n, 80, dtype=torch.float64, generator=gen), 0 * u)
         return x, t
 
+    def index_inputs(n, gen):
+        """class indices over 80 classes: labelled, background (-1, 80) and ignored (-100)"""
+        x = torch.randn(n, 80, dtype=torch.float64, generator=gen) * 3
+        lab = torch.randint(-1, 81, (n,), generator=gen)
+        lab[torch.rand(n, generator=gen) < 0.1] = -100
+        return x, lab
+
     def dfl_inputs(n, gen):
         return (torch.randn(n, 16, dtype=torch.float64, generator=gen) * 3,
                 torch.rand(n, dtype=torch.float64, generator=gen) * 16)
@@ -72,6 +79,25 @@ def _cases():
         cases.append((name, 1, cls_inputs,
                       lambda x, t, fn=fn: getattr(DF, fn)(x, t, reduction="none"),
                       lambda x, t, fn=fn: getattr(R, fn)(x, t, reduction="none")))
+    # class-index targets with a per-anchor score, ignored anchors and label smoothing, and
+    # the class-major logits of a detection head ([C, A] in memory, read in place)
+    # (multiples of 1/8: the same value in every dtype, as the kernels read it in the input's)
+    score = torch.randint(0, 9, (1000,), generator=torch.Generator().manual_seed(5)).double() / 8
+    for name, fn in (("bce", "binary_cross_entropy_with_logits"), ("focal", "sigmoid_focal_loss"),
+                     ("qfl", "quality_focal_loss"), ("vfl", "varifocal_loss")):
+        cases.append((f"{name}-idx", 1, index_inputs,
+                      lambda x, t, fn=fn: getattr(DF, fn)(x, t, score=score[:len(t)].to(x.device),
+                                                          label_smoothing=0.05, reduction="none"),
+                      lambda x, t, fn=fn: getattr(R, fn)(x, t, score=score[:len(t)],
+                                                         label_smoothing=0.05, reduction="none")))
+    cases.append(("focal-cm", 1, index_inputs,
+                  lambda x, t: DF.sigmoid_focal_loss(x.t().contiguous().t(), t, reduction="none"),
+                  lambda x, t: R.sigmoid_focal_loss(x, t, reduction="none")))
+    cases.append(("bce-smooth", 1, cls_inputs,
+                  lambda x, t: DF.binary_cross_entropy_with_logits(x, t, label_smoothing=0.1,
+                                                                   reduction="none"),
+                  lambda x, t: R.binary_cross_entropy_with_logits(x, t, label_smoothing=0.1,
+                                                                  reduction="none")))
     for kind in ("iou", "giou", "diou", "ciou"):
         for fmt in ("xyxy", "xywh"):
             cases.append((f"{kind}-{fmt}", 5, _boxes,
@@ -91,9 +117,10 @@ def _check(case, device, dtype, n, reduction_sum):
     gen = torch.Generator().manual_seed(n)
     x64, t64 = make(n, gen)
     x = x64.to(dtype).to(device).requires_grad_()
-    t = t64.to(device) if name in ("dfl", "integral") else t64.to(dtype).to(device)
+    index = not t64.is_floating_point()  # class indices, or DFL's float32/64 distances
+    t = t64.to(device) if name in ("dfl", "integral") or index else t64.to(dtype).to(device)
     xr = x.detach().double().cpu().requires_grad_()
-    tr = t.double().cpu()
+    tr = t.cpu() if index else t.double().cpu()
     out, expected = fused(x, t), ref(xr, tr)
     g = torch.randn(expected.shape, dtype=torch.float64, generator=gen).to(dtype)
     if reduction_sum:  # the reduced path: sum of the unreduced one, reduced by the op
@@ -114,6 +141,54 @@ def _check(case, device, dtype, n, reduction_sum):
         errs.append(ratio.max().item() if diff.numel() else 0.0)
         ok &= not bool(bad.any())
     return ok, errs
+
+
+def _assign_scene(box_dtype, score_dtype, gen):
+    """3 images of 8400 anchors (ultralytics' 640-pixel layout) with 7 boxes each, one padded:
+    predictions near the boxes and scattered ones, class probabilities."""
+    pts = []
+    for s in (8, 16, 32):
+        k = 640 // s
+        yy, xx = torch.meshgrid(torch.arange(k) + 0.5, torch.arange(k) + 0.5, indexing="ij")
+        pts.append(torch.stack([xx, yy], -1).view(-1, 2) * s)
+    anc = torch.cat(pts).double()
+    B, M, A = 3, 7, anc.shape[0]
+    xy = torch.rand(B, M, 2, dtype=torch.float64, generator=gen) * 500 + 70
+    wh = torch.rand(B, M, 2, dtype=torch.float64, generator=gen) * 200 + 8
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1)
+    mask = torch.ones(B, M, 1, dtype=torch.float64)
+    mask[:, -1] = 0
+    gt[:, -1] = 0
+    labels = torch.randint(0, 20, (B, M, 1), generator=gen).double()
+    c = anc + torch.randn(B, A, 2, dtype=torch.float64, generator=gen) * 8
+    pwh = torch.rand(B, A, 2, dtype=torch.float64, generator=gen) * 150 + 4
+    pd = torch.cat([c - pwh / 2, c + pwh / 2], -1)
+    scores = torch.rand(B, A, 20, dtype=torch.float64, generator=gen) * 0.98 + 0.01
+    return (scores.to(score_dtype), pd.to(box_dtype), anc.to(box_dtype), labels,
+            gt.to(box_dtype), mask)
+
+
+def _check_assigner(device, box_dtype, score_dtype):
+    """The fused assigner against reference.task_aligned_assign (dense, ultralytics' order):
+    labels, boxes, foreground and box indices equal, target scores within a few ulps of the
+    arithmetic (atan and pow of the device's library)."""
+    from .assign import task_aligned_assign
+
+    inputs = _assign_scene(box_dtype, score_dtype, torch.Generator().manual_seed(11))
+    worst, ok = 0.0, True
+    for kw in (dict(topk=10, alpha=0.5), dict(topk=13, alpha=1.0, topk2=1)):
+        got = task_aligned_assign(*[t.to(device) for t in inputs], num_classes=20, beta=6.0, **kw)
+        want = R.task_aligned_assign(*inputs, num_classes=20, beta=6.0, **kw)
+        for i, (a, b) in enumerate(zip(got, want)):
+            a = a.cpu()
+            if i == 2:  # the scores: in [0, 1]
+                ulp = torch.finfo(torch.float64 if box_dtype == torch.float64 else torch.float32).eps
+                err = (a.double() - b.double()).abs().max().item() / (16 * ulp)
+                worst = max(worst, err)
+                ok &= err <= 1
+            else:
+                ok &= a.dtype == b.dtype and torch.equal(a, b)
+    return ok, worst
 
 
 def _gradcheck(case):
@@ -154,6 +229,19 @@ def run(devices=None, log=print):
         if gc is not None:
             failures += not gc
             log(f"{case[0]:<12}{'cpu':<7}{'float64':<10}{'gradcheck':<10}{'':<30}{'PASS' if gc else 'FAIL'}")
+    for device in devices:
+        for box_dtype, score_dtype in ((torch.float32, torch.float32), (torch.float32, torch.float16),
+                                       (torch.float64, torch.float64)):
+            try:
+                ok, worst = _check_assigner(device, box_dtype, score_dtype)
+            except Exception as e:  # a crash is a failure, with its message
+                ok, worst = False, float("nan")
+                log(f"  assigner {device}: {type(e).__name__}: {e}")
+            failures += not ok
+            rows.append(("assigner", device, str(box_dtype), ok))
+            dt = f"{str(box_dtype)[6:]}/{str(score_dtype)[6:]}"
+            log(f"{'assigner':<12}{device:<7}{dt:<17}{'3x8400':<10}{worst:>10.3f} (scores){'':<6}"
+                f"{'PASS' if ok else 'FAIL'}")
     log(f"\n{len(rows)} value/gradient checks on {', '.join(devices)}, "
         f"{failures} failure(s), {time.perf_counter() - t0:.1f}s "
         f"(err/tol: the worst error as a fraction of the allowed one; <= 1 passes)")

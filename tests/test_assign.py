@@ -173,3 +173,27 @@ def test_cuda_matches_cpu_and_ultralytics(kw):
             cpu = DN.TaskAlignedAssigner(num_classes=5, **kw)(*inputs)
             for x, y in zip(cpu, ours):
                 torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_matches_the_reference_assigner(dtype):
+    """reference.task_aligned_assign (ultralytics' algorithm written out densely, the tie rule
+    a stable sort: independent of ultralytics and of the kernels) on random and adversarial
+    scenes: everything equal but the target scores, which are within 4 ulps (the reference's
+    atan and pow are torch's, the kernel's libm's)."""
+    import detloss_cuda.reference as R
+
+    scenes = [scene(dtype=dtype, seed=s, big=s % 2 == 0) for s in range(4)]
+    scenes += [tuple(t.to(dtype) if t.is_floating_point() else t for t in adversarial(k))
+               for k in ("overlapping", "nested", "duplicates", "tiny", "cover_all", "outside",
+                         "no_boxes_in_one_image", "bad_predictions")]
+    for inputs in scenes:
+        for kw in (dict(topk=10, alpha=0.5), dict(topk=13, alpha=1.0), dict(topk=7, topk2=2, alpha=0.5)):
+            ours = DN.TaskAlignedAssigner(num_classes=5, beta=6.0, **kw)(*inputs)
+            ref = R.task_aligned_assign(*inputs, num_classes=5, beta=6.0, **kw)
+            for i, (a, b) in enumerate(zip(ours, ref)):
+                assert a.dtype == b.dtype and a.shape == b.shape, i
+                if i == 2:
+                    torch.testing.assert_close(a, b, rtol=0, atol=4 * torch.finfo(dtype).eps)
+                else:
+                    assert torch.equal(a, b), (i, kw)

@@ -29,6 +29,26 @@ def test_verify_fails_when_an_op_is_wrong(monkeypatch, capsys):
     assert main(["verify", "--devices", "cpu"]) == 1
 
 
+def test_verify_covers_every_op(capsys):
+    """The assigner, class-index and class-major targets and label smoothing too."""
+    assert main(["verify", "--devices", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for name in ("bce-idx", "focal-idx", "qfl-idx", "vfl-idx", "focal-cm", "bce-smooth",
+                 "assigner", "integral", "dfl", "ciou-xywh"):
+        assert f"\n{name} " in out, name
+
+
+def test_verify_fails_when_the_assigner_is_wrong(monkeypatch):
+    real = R.task_aligned_assign
+
+    def scores_off(*a, **k):
+        labels, boxes, scores, fg, idx = real(*a, **k)
+        return labels, boxes, scores * 1.0001, fg, idx
+
+    monkeypatch.setattr(R, "task_aligned_assign", scores_off)
+    assert V.run(["cpu"], log=lambda *a: None) > 0
+
+
 def test_bench_rejects_unknown_names(capsys):
     assert main(["bench", "--ops", "nope"]) == 2
     assert main(["bench", "--dtypes", "fp8"]) == 2
