@@ -1,8 +1,9 @@
 """torch.library glue for the native ops: their fake (meta) kernels.
 
-The extension registers the schemas, the CPU and CUDA kernels, and (in C++, for speed: the
-Python route cost ~70 us per call) the autograd formulas, whose backward is its own op, and
-the autocast policy (csrc/ops/<family>.cpp). This module adds shape inference, which
+The extension registers the schemas and validation (csrc/ops/<family>.cpp), the CPU and
+CUDA kernels, the autograd formulas (csrc/ops/autograd.cpp: in C++, for speed: the Python
+route costs tens of microseconds a call), whose backward is its own op, and the autocast
+policy (csrc/ops/autocast.cpp). This module adds shape inference, which
 ``torch.compile`` and ``torch.library.opcheck`` need; the extension names it
 (``set_python_module``), so torch imports it whenever a fake kernel is asked for.
 

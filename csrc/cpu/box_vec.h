@@ -91,12 +91,7 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
 
 template <class T, bool GRAD>
 at::opmath_type<T> box_kind_dispatch(const BoxLoopArgs<T>& a, int64_t b, int64_t e) {
-  switch (a.kind) {
-    case BoxKind::kGIoU: return box_loop<T, BoxKind::kGIoU, GRAD>(a, b, e);
-    case BoxKind::kDIoU: return box_loop<T, BoxKind::kDIoU, GRAD>(a, b, e);
-    case BoxKind::kCIoU: return box_loop<T, BoxKind::kCIoU, GRAD>(a, b, e);
-    default: return box_loop<T, BoxKind::kIoU, GRAD>(a, b, e);
-  }
+  return math::with_box_kind(a.kind, [&](auto k) { return box_loop<T, k.value, GRAD>(a, b, e); });
 }
 
 // Rows [begin, end) of the B·N rows of the matrix: box n against all M boxes of its batch.
@@ -127,12 +122,7 @@ void matrix_rows(const BoxMatrixLoopArgs<T>& a, int64_t begin, int64_t end) {
 
 template <class T>
 void matrix_kind_dispatch(const BoxMatrixLoopArgs<T>& a, int64_t b, int64_t e) {
-  switch (a.kind) {
-    case BoxKind::kGIoU: return matrix_rows<T, BoxKind::kGIoU>(a, b, e);
-    case BoxKind::kDIoU: return matrix_rows<T, BoxKind::kDIoU>(a, b, e);
-    case BoxKind::kCIoU: return matrix_rows<T, BoxKind::kCIoU>(a, b, e);
-    default: return matrix_rows<T, BoxKind::kIoU>(a, b, e);
-  }
+  return math::with_box_kind(a.kind, [&](auto k) { return matrix_rows<T, k.value>(a, b, e); });
 }
 
 }  // namespace

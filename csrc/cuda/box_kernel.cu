@@ -109,12 +109,7 @@ void launch(const BoxArgs& a, T* out, T* sum_out, T* gp, T* gt) {
 
 template <typename T, bool GRAD>
 void launch_kind(const BoxArgs& a, T* out, T* sum_out, T* gp, T* gt) {
-  switch (a.kind) {
-    case BoxKind::kGIoU: return launch<T, BoxKind::kGIoU, GRAD>(a, out, sum_out, gp, gt);
-    case BoxKind::kDIoU: return launch<T, BoxKind::kDIoU, GRAD>(a, out, sum_out, gp, gt);
-    case BoxKind::kCIoU: return launch<T, BoxKind::kCIoU, GRAD>(a, out, sum_out, gp, gt);
-    default: return launch<T, BoxKind::kIoU, GRAD>(a, out, sum_out, gp, gt);
-  }
+  math::with_box_kind(a.kind, [&](auto k) { launch<T, k.value, GRAD>(a, out, sum_out, gp, gt); });
 }
 
 // Pairwise matrix: a block computes a 32 x 32 tile of out[b] (32 boxes of each side staged
@@ -222,12 +217,7 @@ at::Tensor box_matrix_cuda(const BoxMatrixArgs& a) {
   at::Tensor out = at::empty({B, N, M}, a.boxes1.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.boxes1.scalar_type(),
                                   "detloss_box_matrix_cuda", [&] {
-    switch (a.kind) {
-      case math::BoxKind::kGIoU: cuda::launch_matrix<scalar_t, math::BoxKind::kGIoU>(a, out); break;
-      case math::BoxKind::kDIoU: cuda::launch_matrix<scalar_t, math::BoxKind::kDIoU>(a, out); break;
-      case math::BoxKind::kCIoU: cuda::launch_matrix<scalar_t, math::BoxKind::kCIoU>(a, out); break;
-      default: cuda::launch_matrix<scalar_t, math::BoxKind::kIoU>(a, out);
-    }
+    math::with_box_kind(a.kind, [&](auto k) { cuda::launch_matrix<scalar_t, k.value>(a, out); });
   });
   return a.batched ? out : out.squeeze(0);
 }

@@ -22,12 +22,26 @@
 // where the enclosing box has zero area (its derivative is 1/eps there too).
 #pragma once
 
+#include <type_traits>
+
 #include "common.h"
 
 namespace detloss {
 namespace math {
 
 enum class BoxKind : int32_t { kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3 };
+
+// The one switch from a run-time kind to the code compiled for it (host code): calls
+// f(std::integral_constant<BoxKind, K>()).
+template <class F>
+inline decltype(auto) with_box_kind(BoxKind kind, F&& f) {
+  switch (kind) {
+    case BoxKind::kGIoU: return f(std::integral_constant<BoxKind, BoxKind::kGIoU>());
+    case BoxKind::kDIoU: return f(std::integral_constant<BoxKind, BoxKind::kDIoU>());
+    case BoxKind::kCIoU: return f(std::integral_constant<BoxKind, BoxKind::kCIoU>());
+    default: return f(std::integral_constant<BoxKind, BoxKind::kIoU>());
+  }
+}
 
 template <class V>
 struct Box {

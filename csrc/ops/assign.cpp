@@ -1,10 +1,7 @@
 // Schema and validation of the task-aligned assigner, shared by CPU and CUDA.
 #include "assign.h"
 
-#include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/ScalarType.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -14,11 +11,6 @@ namespace detloss {
 namespace {
 
 constexpr const char* kOp = "detloss.tal_assign";
-
-bool is_float(const at::Tensor& t) {
-  const auto s = t.scalar_type();
-  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
-}
 
 // [B, M, 1] or [B, M] -> [B, M]
 at::Tensor per_box(const at::Tensor& t, int64_t B, int64_t M, const char* arg) {
@@ -37,25 +29,25 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                     int64_t topk2, double alpha, double beta, double stride_val, double eps,
                     bool scores_are_logits) {
   TalArgs a;
-  TORCH_CHECK_TYPE(is_float(pd_scores), kOp, ": pd_scores must be a floating tensor, got ",
+  TORCH_CHECK_TYPE(is_floating(pd_scores.scalar_type()), kOp, ": pd_scores must be a floating tensor, got ",
                    pd_scores.scalar_type());
   TORCH_CHECK_VALUE(pd_scores.dim() == 3, kOp, ": pd_scores must have shape [B, A, C] "
                     "(images, anchors, classes), got ", pd_scores.sizes());
   a.B = pd_scores.size(0);
   a.A = pd_scores.size(1);
   a.C = pd_scores.size(2);
-  TORCH_CHECK_TYPE(is_float(pd_bboxes), kOp, ": pd_bboxes must be a floating tensor, got ",
+  TORCH_CHECK_TYPE(is_floating(pd_bboxes.scalar_type()), kOp, ": pd_bboxes must be a floating tensor, got ",
                    pd_bboxes.scalar_type());
   TORCH_CHECK_VALUE(pd_bboxes.dim() == 3 && pd_bboxes.size(0) == a.B && pd_bboxes.size(1) == a.A &&
                         pd_bboxes.size(2) == 4,
                     kOp, ": pd_bboxes must have shape [B, A, 4] = [", a.B, ", ", a.A,
                     ", 4] (xyxy, like pd_scores' first two dims), got ", pd_bboxes.sizes());
-  TORCH_CHECK_TYPE(is_float(anc_points), kOp, ": anc_points must be a floating tensor, got ",
+  TORCH_CHECK_TYPE(is_floating(anc_points.scalar_type()), kOp, ": anc_points must be a floating tensor, got ",
                    anc_points.scalar_type());
   TORCH_CHECK_VALUE(anc_points.dim() == 2 && anc_points.size(0) == a.A && anc_points.size(1) == 2,
                     kOp, ": anc_points must have shape [A, 2] = [", a.A, ", 2], got ",
                     anc_points.sizes());
-  TORCH_CHECK_TYPE(is_float(gt_bboxes), kOp, ": gt_bboxes must be a floating tensor, got ",
+  TORCH_CHECK_TYPE(is_floating(gt_bboxes.scalar_type()), kOp, ": gt_bboxes must be a floating tensor, got ",
                    gt_bboxes.scalar_type());
   TORCH_CHECK_VALUE(gt_bboxes.dim() == 3 && gt_bboxes.size(0) == a.B && gt_bboxes.size(2) == 4,
                     kOp, ": gt_bboxes must have shape [B, M, 4] with B = ", a.B, " (xyxy), got ",
@@ -121,23 +113,6 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
   return a;
 }
 
-namespace {
-
-// The assignment has no gradient (ultralytics runs it under no_grad): below autograd.
-TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
-                              const at::Tensor& anc_points, const at::Tensor& gt_labels,
-                              const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
-                              int64_t topk, int64_t topk2, double alpha, double beta,
-                              double stride_val, double eps, bool scores_are_logits) {
-  at::AutoDispatchBelowADInplaceOrView below;
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow(DETLOSS_OP("tal_assign"), "")
-                             .typed<decltype(tal_assign_entry<tal_assign_cpu>)>();
-  return op.call(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
-                 alpha, beta, stride_val, eps, scores_are_logits);
-}
-
-}  // namespace
 }  // namespace detloss
 
 TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
@@ -147,8 +122,4 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
       "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, float alpha, float beta, "
       "float stride_val, float eps, bool scores_are_logits) -> (Tensor target_labels, "
       "Tensor target_bboxes, Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");
-}
-
-TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
-  m.impl("tal_assign", &detloss::tal_assign_autograd);
 }

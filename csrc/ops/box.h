@@ -65,8 +65,6 @@ BoxTriple box_forward_grad_cuda(const BoxArgs& a, bool with_loss, bool need_pred
                                 bool need_target);
 at::Tensor box_matrix_cuda(const BoxMatrixArgs& a);
 
-inline std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
-
 template <at::Tensor (*Forward)(const BoxArgs&)>
 at::Tensor box_loss_entry(const at::Tensor& pred, const at::Tensor& target,
                           const std::optional<at::Tensor>& weight, c10::string_view kind,

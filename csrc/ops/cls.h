@@ -90,10 +90,8 @@ std::tuple<at::Tensor, at::Tensor> cls_forward_grad_cuda(const ClsArgs& a, bool 
       ignore_index
 
 inline ClsArgs prepare_cls_entry(DETLOSS_CLS_PARAMS) {
-  return prepare_cls(input, target, weight, pos_weight, label,
-                     std::string_view(kind.data(), kind.size()), alpha, gamma,
-                     std::string_view(reduction.data(), reduction.size()), score, smoothing,
-                     ignore_index);
+  return prepare_cls(input, target, weight, pos_weight, label, sv(kind), alpha, gamma,
+                     sv(reduction), score, smoothing, ignore_index);
 }
 
 template <at::Tensor (*Forward)(const ClsArgs&)>

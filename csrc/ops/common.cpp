@@ -50,8 +50,7 @@ void check_representable(double v, at::ScalarType input_dtype, const char* arg, 
 
 void check_floating(const at::Tensor& t, const char* arg, const char* op) {
   const auto s = t.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16,
-                   op, ": ", arg, " must be a floating tensor (float32, float64, float16 or ",
+  TORCH_CHECK_TYPE(is_floating(s), op, ": ", arg, " must be a floating tensor (float32, float64, float16 or ",
                    "bfloat16), got ", s);
 }
 

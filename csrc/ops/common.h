@@ -49,6 +49,14 @@ void set_cuda_scale_in_place(ScaleInPlaceFn fn);
 // inputs take any finite one).
 void check_representable(double v, at::ScalarType input_dtype, const char* arg, const char* op);
 
+// The dtypes every kernel takes: float32, float64, float16, bfloat16.
+inline bool is_floating(at::ScalarType s) {
+  return s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16;
+}
+
+// A schema's str argument as a std::string_view (what the validation takes).
+inline std::string_view sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
+
 // A floating tensor (fp32, fp64, fp16, bf16); TypeError otherwise.
 void check_floating(const at::Tensor& t, const char* arg, const char* op);
 

@@ -1,13 +1,10 @@
-// Schemas of the distribution family, the validation shared by CPU and CUDA, autograd and
-// autocast.
+// Schemas of the distribution family and the validation shared by CPU and CUDA (autograd:
+// csrc/ops/autograd.cpp; autocast: csrc/ops/autocast.cpp).
 #include "dfl.h"
 
 #include <ATen/ExpandUtils.h>  // at::is_expandable_to
 #include <ATen/OpMathType.h>
-#include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
-#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <string>
@@ -20,8 +17,7 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
   DflArgs a;
   a.reduction = parse_reduction(reduction, op);
   const auto s = pred.scalar_type();
-  TORCH_CHECK_TYPE(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16,
-                   op, ": pred must be a floating tensor of bin logits (float32, float64, "
+  TORCH_CHECK_TYPE(is_floating(s), op, ": pred must be a floating tensor of bin logits (float32, float64, "
                    "float16 or bfloat16), got ", s);
   TORCH_CHECK_VALUE(pred.dim() >= 1, op, ": pred must have shape [..., R] (R bins), got a 0-dim "
                     "tensor");
@@ -88,176 +84,6 @@ OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const cha
   return describe_operand(grad, a.shape, a.pred.scalar_type(), "grad", op);
 }
 
-// ---------------------------------------------------------------- autograd and autocast
-namespace {
-
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-using Pair = std::tuple<at::Tensor, at::Tensor>;
-using LossSig = Pair(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                     c10::string_view);
-using LossBwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                              const at::Tensor&, const std::optional<at::Tensor>&,
-                              c10::string_view);
-using IntegralSig = Pair(const at::Tensor&);
-using IntegralBwdSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
-
-using Triple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
-using LossGradSig = Triple(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                           c10::string_view);
-
-Pair call_dfl_loss(const at::Tensor& p, const at::Tensor& t, const std::optional<at::Tensor>& w,
-                   c10::string_view r) {
-  static const auto op = find_op<LossSig>(DETLOSS_OP("dfl_loss"));
-  return op.call(p, t, w, r);
-}
-
-template <const char* kName>
-[[noreturn]] variable_list no_double_backward() {
-  TORCH_CHECK(false, "detloss: double backward through ", kName, " is not supported (the "
-                     "backward op is analytic and has no derivative of its own)");
-}
-
-constexpr char kDflName[] = "dfl_loss";
-constexpr char kIntegralName[] = "dfl_integral";
-
-class DflBackwardFunction : public torch::autograd::Function<DflBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext*, const at::Tensor& g, const at::Tensor& p,
-                            const at::Tensor& t, const at::Tensor& lse,
-                            const std::optional<at::Tensor>& w, c10::string_view r) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<LossBwdSig>(DETLOSS_OP("dfl_backward"));
-    return op.call(g, p, t, lse, w, r);
-  }
-  static variable_list backward(AutogradContext*, variable_list) {
-    no_double_backward<kDflName>();
-  }
-};
-
-// Gradient in the forward (as for every loss here, csrc/ops/cls.cpp): when pred requires
-// grad, dfl_loss_with_grad writes the gradient for an upstream gradient of 1 in the same pass
-// (CPU: each row's backward while it is in cache, which saved a whole pass over memory, the
-// separate backward costing as much as torch's own z.exp(); CUDA: from the row's max and sum
-// in registers), and the backward scales it in place: nothing for loss.backward(). A second
-// backward of a retained graph, and create_graph, run dfl_backward: from the stats, the same
-// arithmetic at upstream 1, then the same scaling: the same bits.
-class DflLossFunction : public torch::autograd::Function<DflLossFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, bool with_grad, const at::Tensor& p,
-                               const at::Tensor& t, const std::optional<at::Tensor>& w,
-                               c10::string_view r) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    at::Tensor out, lse;
-    if (with_grad) {
-      static const auto op = find_op<LossGradSig>(DETLOSS_OP("dfl_loss_with_grad"));
-      at::Tensor grad;
-      std::tie(out, lse, grad) = op.call(p, t, w, r);
-      ctx->saved_data["grad"] = grad;  // not save_for_backward: it is scaled in place
-    } else {
-      std::tie(out, lse) = call_dfl_loss(p, t, w, r);
-    }
-    ctx->save_for_backward({p, t, lse, w.value_or(at::Tensor())});
-    ctx->saved_data["reduction"] = std::string(r);
-    ctx->mark_non_differentiable({lse});
-    return {out, lse};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const std::string r = ctx->saved_data["reduction"].toStringRef();
-    const auto pre = ctx->saved_data.find("grad");
-    if (pre != ctx->saved_data.end() && pre->second.isTensor() &&
-        !torch::autograd::GradMode::is_enabled()) {
-      const at::Tensor g = pre->second.toTensor();
-      pre->second = c10::IValue();  // consumed
-      return {at::Tensor(),
-              scale_by_upstream(g, grads[0], parse_reduction(r, "detloss.dfl_loss"), true, true),
-              at::Tensor(), at::Tensor(), at::Tensor()};
-    }
-    const auto s = ctx->get_saved_variables();
-    std::optional<at::Tensor> w;
-    if (s[3].defined()) w = s[3];
-    return {at::Tensor(), DflBackwardFunction::apply(grads[0], s[0], s[1], s[2], w, r),
-            at::Tensor(), at::Tensor(), at::Tensor()};
-  }
-};
-
-class IntegralBackwardFunction : public torch::autograd::Function<IntegralBackwardFunction> {
- public:
-  static at::Tensor forward(AutogradContext*, const at::Tensor& g, const at::Tensor& p,
-                            const at::Tensor& stats) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<IntegralBwdSig>(DETLOSS_OP("dfl_integral_backward"));
-    return op.call(g, p, stats);
-  }
-  static variable_list backward(AutogradContext*, variable_list) {
-    no_double_backward<kIntegralName>();
-  }
-};
-
-class IntegralFunction : public torch::autograd::Function<IntegralFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& p) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    static const auto op = find_op<IntegralSig>(DETLOSS_OP("dfl_integral"));
-    auto [out, stats] = op.call(p);
-    ctx->save_for_backward({p, stats});
-    ctx->mark_non_differentiable({stats});
-    return {out, stats};
-  }
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto s = ctx->get_saved_variables();
-    return {IntegralBackwardFunction::apply(grads[0], s[0], s[1])};
-  }
-};
-
-Pair dfl_loss_autograd(const at::Tensor& p, const at::Tensor& t,
-                       const std::optional<at::Tensor>& w, c10::string_view r) {
-  if (torch::autograd::GradMode::is_enabled()) {
-    TORCH_CHECK(!t.requires_grad(), "detloss: target requires grad, but DFL has no gradient "
-                "with respect to its target; pass target.detach()");
-    TORCH_CHECK(!(w.has_value() && w->defined() && w->requires_grad()),
-                "detloss: weight requires grad; pass weight.detach()");
-  }
-  auto r2 = DflLossFunction::apply(torch::autograd::GradMode::is_enabled() && p.requires_grad(),
-                                   p, t, w, r);
-  return {r2[0], r2[1]};
-}
-at::Tensor dfl_backward_autograd(const at::Tensor& g, const at::Tensor& p, const at::Tensor& t,
-                                 const at::Tensor& lse, const std::optional<at::Tensor>& w,
-                                 c10::string_view r) {
-  return DflBackwardFunction::apply(g, p, t, lse, w, r);
-}
-Pair dfl_integral_autograd(const at::Tensor& p) {
-  auto r = IntegralFunction::apply(p);
-  return {r[0], r[1]};
-}
-at::Tensor dfl_integral_backward_autograd(const at::Tensor& g, const at::Tensor& p,
-                                          const at::Tensor& stats) {
-  return IntegralBackwardFunction::apply(g, p, stats);
-}
-
-// Under autocast torch runs cross_entropy and softmax in float32; so do these.
-template <c10::DispatchKey key, c10::DeviceType device>
-Pair dfl_loss_autocast(const at::Tensor& p, const at::Tensor& t,
-                       const std::optional<at::Tensor>& w, c10::string_view r) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
-  return call_dfl_loss(at::autocast::cached_cast(at::kFloat, p, device), t,
-                       at::autocast::cached_cast(at::kFloat, w, device), r);
-}
-template <c10::DispatchKey key, c10::DeviceType device>
-Pair dfl_integral_autocast(const at::Tensor& p) {
-  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
-  static const auto op = find_op<IntegralSig>(DETLOSS_OP("dfl_integral"));
-  return op.call(at::autocast::cached_cast(at::kFloat, p, device));
-}
-
-}  // namespace
 }  // namespace detloss
 
 TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
@@ -274,25 +100,4 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
       "-> (Tensor loss, Tensor stats, Tensor grad)");
   m.def("dfl_integral(Tensor pred) -> (Tensor integral, Tensor stats)");
   m.def("dfl_integral_backward(Tensor grad, Tensor pred, Tensor stats) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
-  m.impl("dfl_loss", &detloss::dfl_loss_autograd);
-  m.impl("dfl_backward", &detloss::dfl_backward_autograd);
-  m.impl("dfl_integral", &detloss::dfl_integral_autograd);
-  m.impl("dfl_integral_backward", &detloss::dfl_integral_backward_autograd);
-}
-
-TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCUDA, m) {
-  m.impl("dfl_loss",
-         &detloss::dfl_loss_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
-  m.impl("dfl_integral",
-         &detloss::dfl_integral_autocast<c10::DispatchKey::AutocastCUDA, c10::DeviceType::CUDA>);
-}
-
-TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, AutocastCPU, m) {
-  m.impl("dfl_loss",
-         &detloss::dfl_loss_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
-  m.impl("dfl_integral",
-         &detloss::dfl_integral_autocast<c10::DispatchKey::AutocastCPU, c10::DeviceType::CPU>);
 }

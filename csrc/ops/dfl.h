@@ -77,19 +77,18 @@ DflTriple dfl_forward_with_grad_cuda(const DflArgs& a);
 // The stats a backward reads, checked against pred.
 void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const char* op);
 
-inline std::string_view dfl_sv(c10::string_view s) { return std::string_view(s.data(), s.size()); }
 
 template <DflPair (*F)(const DflArgs&)>
 DflPair dfl_loss_entry(const at::Tensor& pred, const at::Tensor& target,
                        const std::optional<at::Tensor>& weight, c10::string_view reduction) {
-  return F(prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss"));
+  return F(prepare_dfl(pred, target, weight, sv(reduction), "detloss.dfl_loss"));
 }
 
 template <DflTriple (*F)(const DflArgs&)>
 DflTriple dfl_loss_with_grad_entry(const at::Tensor& pred, const at::Tensor& target,
                                    const std::optional<at::Tensor>& weight,
                                    c10::string_view reduction) {
-  return F(prepare_dfl(pred, target, weight, dfl_sv(reduction), "detloss.dfl_loss_with_grad"));
+  return F(prepare_dfl(pred, target, weight, sv(reduction), "detloss.dfl_loss_with_grad"));
 }
 
 // The gradient from the saved stats at upstream 1 (the arithmetic of dfl_loss_with_grad),
@@ -101,7 +100,7 @@ at::Tensor dfl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
                               const std::optional<at::Tensor>& weight,
                               c10::string_view reduction) {
   constexpr const char* op = "detloss.dfl_backward";
-  DflArgs a = prepare_dfl(pred, target, weight, dfl_sv(reduction), op);
+  DflArgs a = prepare_dfl(pred, target, weight, sv(reduction), op);
   check_dfl_stats(stats, a, 2, op);
   check_dfl_grad(grad, a, op);  // (scale_by_upstream reads it as it is: no copy to check it)
   return scale_by_upstream(F(a, OperandDesc()), grad, a.reduction, true, true);
