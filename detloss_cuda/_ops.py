@@ -137,7 +137,7 @@ def _cls_like_input(input, target, weight, pos_weight):
 
 @_register_fake("cls_loss")
 def _cls_loss_fake(driver, input, target, weight, pos_weight, label, kind, alpha, gamma,
-                   reduction, score=None, smoothing=0.0, ignore_index=-100):
+                   reduction, score=None, label_smoothing=0.0, ignore_index=-100):
     _cls_shape_check(input, target)
     if reduction == "none":
         return _cls_like_input(input, target, weight, pos_weight)
@@ -146,7 +146,7 @@ def _cls_loss_fake(driver, input, target, weight, pos_weight, label, kind, alpha
 
 @_register_fake("cls_loss_with_grad")
 def _cls_loss_with_grad_fake(driver, input, target, weight, pos_weight, label, kind, alpha,
-                             gamma, reduction, score=None, smoothing=0.0, ignore_index=-100):
+                             gamma, reduction, score=None, label_smoothing=0.0, ignore_index=-100):
     loss = _cls_loss_fake(driver, input, target, weight, pos_weight, label, kind, alpha, gamma,
                           reduction)
     return loss, _cls_like_input(input, target, weight, pos_weight)
@@ -154,7 +154,7 @@ def _cls_loss_with_grad_fake(driver, input, target, weight, pos_weight, label, k
 
 @_register_fake("cls_backward")
 def _cls_backward_fake(driver, grad, input, target, weight, pos_weight, label, kind, alpha,
-                       gamma, reduction, score=None, smoothing=0.0, ignore_index=-100):
+                       gamma, reduction, score=None, label_smoothing=0.0, ignore_index=-100):
     return _cls_like_input(input, target, weight, pos_weight)
 
 

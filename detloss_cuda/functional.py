@@ -23,7 +23,6 @@ still has a gradient path. Outputs have the input's dtype; the arithmetic runs i
 (float64 for float64 inputs) and reductions accumulate in at least that precision in a
 fixed, deterministic order (README, Numerics). Under autocast the losses run in float32, as torch's own BCE does.
 """
-import math
 
 import torch
 
@@ -47,15 +46,12 @@ __all__ = [
 _REDUCTIONS = ("none", "mean", "sum")
 
 
+# Argument values are checked once, by the C++ ops (csrc/ops/); Python checks only what the
+# dispatcher would report without the argument's name (a non-tensor), and the nn modules'
+# constructors check their settings early with these two.
 def _check_reduction(reduction):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of 'none', 'mean', 'sum', got {reduction!r}")
-
-
-def _check_gamma(gamma):
-    if not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
-        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    return float(gamma)
 
 
 def _check_tensor(name, t, optional=False):
@@ -73,13 +69,8 @@ def _cls_loss(input, target, kind, *, weight=None, pos_weight=None, label=None, 
     _check_tensor("pos_weight", pos_weight, optional=True)
     _check_tensor("label", label, optional=True)
     _check_tensor("score", score, optional=True)
-    _check_reduction(reduction)
-    gamma = _check_gamma(gamma)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
-    if (isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float))
-            or not 0.0 <= label_smoothing <= 1.0):
-        raise ValueError(f"label_smoothing must be a number in [0, 1], got {label_smoothing!r}")
     if alpha is None:
         alpha = -1.0
     elif not isinstance(alpha, (int, float)):
@@ -95,8 +86,8 @@ def _cls_loss(input, target, kind, *, weight=None, pos_weight=None, label=None, 
             raise ValueError(f"label of shape {tuple(label.shape)} must broadcast to input's "
                              f"shape {tuple(input.shape)}")
         label = label != 0  # one-hot 0/1 labels, as ultralytics passes them
-    return _ops.ops.cls_loss(input, target, weight, pos_weight, label, kind, float(alpha), gamma,
-                             reduction, score, float(label_smoothing), ignore_index)
+    return _ops.ops.cls_loss(input, target, weight, pos_weight, label, kind, alpha, gamma,
+                             reduction, score, label_smoothing, ignore_index)
 
 
 def binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None,
@@ -160,12 +151,6 @@ _BOX_KINDS = ("iou", "giou", "diou", "ciou")
 _BOX_FORMATS = ("xyxy", "xywh")
 
 
-def _check_eps(eps):
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    return float(eps)
-
-
 def _check_box_args(kind, box_format):
     if kind not in _BOX_KINDS:
         raise ValueError(f"kind must be one of 'iou', 'giou', 'diou', 'ciou', got {kind!r}")
@@ -187,9 +172,7 @@ def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="m
     _check_tensor("pred", pred)
     _check_tensor("target", target)
     _check_tensor("weight", weight, optional=True)
-    _check_box_args(kind, box_format)
-    _check_reduction(reduction)
-    return _ops.ops.box_loss(pred, target, weight, kind, box_format, _check_eps(eps), reduction)
+    return _ops.ops.box_loss(pred, target, weight, kind, box_format, eps, reduction)
 
 
 def _check_box_pair(n1, b1, n2, b2):
@@ -255,8 +238,7 @@ def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
     """
     _check_tensor("boxes1", boxes1)
     _check_tensor("boxes2", boxes2)
-    _check_box_args(kind, box_format)
-    return _ops.ops.box_iou_matrix(boxes1, boxes2, kind, box_format, _check_eps(eps))
+    return _ops.ops.box_iou_matrix(boxes1, boxes2, kind, box_format, eps)
 
 
 # ------------------------------------------------------------------- distribution (DFL)
@@ -273,7 +255,6 @@ def distribution_focal_loss(pred, target, reduction="mean", weight=None):
     _check_tensor("pred", pred)
     _check_tensor("target", target)
     _check_tensor("weight", weight, optional=True)
-    _check_reduction(reduction)
     return _ops.ops.dfl_loss(pred, target, weight, reduction)[0]
 
 

@@ -55,7 +55,7 @@ def test_schemas():
     # the first nine arguments are positional in every release; the rest have defaults
     assert s == ("detloss::cls_loss(Tensor input, Tensor target, Tensor? weight, "
                  "Tensor? pos_weight, Tensor? label, str kind, float alpha, float gamma, "
-                 "str reduction, Tensor? score=None, float smoothing=0., "
+                 "str reduction, Tensor? score=None, float label_smoothing=0., "
                  "int ignore_index=-100) -> Tensor"), s
     s = str(torch.ops.detloss.cls_loss_with_grad.default._schema)
     assert s.endswith("-> (Tensor loss, Tensor grad)"), s

@@ -394,7 +394,7 @@ def test_index_errors_name_the_argument():
         DF.varifocal_loss(x, lab, label=torch.ones(4, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\]"):
         DF.sigmoid_focal_loss(x, lab, label_smoothing=1.5)
-    with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\]"):
         torch.ops.detloss.cls_loss(x, lab, None, None, None, "bce", -1.0, 0.0, "sum", None, -0.1, -100)
     with pytest.raises(TypeError, match="ignore_index must be an int"):
         DF.sigmoid_focal_loss(x, lab, ignore_index=1.5)

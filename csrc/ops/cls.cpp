@@ -91,7 +91,7 @@ ClsArgs prepare_cls(const at::Tensor& input, const at::Tensor& target,
                     ": gamma must be a finite number >= 0, got ", gamma);
   TORCH_CHECK_VALUE(!std::isnan(alpha), kOp, ": alpha must not be NaN");
   TORCH_CHECK_VALUE(std::isfinite(smoothing) && smoothing >= 0.0 && smoothing <= 1.0, kOp,
-                    ": label_smoothing must be in [0, 1], got ", smoothing);
+                    ": label_smoothing must be a number in [0, 1], got ", smoothing);
   a.smoothing = smoothing;
   if (a.kind == math::ClsKind::kVFL) {
     TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha >= 0.0, kOp,
@@ -170,14 +170,14 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.def(
       "cls_loss(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
       "Tensor? label, str kind, float alpha, float gamma, str reduction, Tensor? score=None, "
-      "float smoothing=0.0, int ignore_index=-100) -> Tensor");
+      "float label_smoothing=0.0, int ignore_index=-100) -> Tensor");
   // the loss and d(loss)/d(input) for an upstream gradient of 1, in one pass
   m.def(
       "cls_loss_with_grad(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
       "Tensor? label, str kind, float alpha, float gamma, str reduction, Tensor? score=None, "
-      "float smoothing=0.0, int ignore_index=-100) -> (Tensor loss, Tensor grad)");
+      "float label_smoothing=0.0, int ignore_index=-100) -> (Tensor loss, Tensor grad)");
   m.def(
       "cls_backward(Tensor grad, Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, Tensor? label, str kind, float alpha, float gamma, "
-      "str reduction, Tensor? score=None, float smoothing=0.0, int ignore_index=-100) -> Tensor");
+      "str reduction, Tensor? score=None, float label_smoothing=0.0, int ignore_index=-100) -> Tensor");
 }
