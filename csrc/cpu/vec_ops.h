@@ -25,8 +25,8 @@ template <class T> inline Vec<T> dl_log(const Vec<T>& x) { return x.log(); }
 // log1p(x) for x in [0, 1] (the softplus term log1p(exp(-|x|))), without a log call:
 //   log1p(x) = 2·atanh(s) = 2s·(1 + s^2/3 + s^4/5 + ...),  s = x / (2 + x) in [0, 1/3],
 // the series cut where its tail is below half an ulp (s^2 <= 1/9: 7 terms for float, 16 for
-// double), evaluated with FMAs. A few ulp. Measured here, ATen's Sleef log1p is 8x (AVX512)
-// and its logf 3x (AVX2) slower than exp, and dominated the loss.
+// double), evaluated with FMAs. A few ulp. (ATen's Sleef log1p and logf are several times
+// slower than exp and dominated the loss.)
 template <class T> inline Vec<T> dl_log1p_unit(const Vec<T>& x) {
   constexpr int kTerms = sizeof(T) == 4 ? 7 : 16;
   const Vec<T> s = x / (Vec<T>(T(2)) + x);

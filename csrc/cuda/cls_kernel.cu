@@ -31,11 +31,11 @@ template <typename T, ClsKind K, bool GRAD, bool INDEX, int POW = -1>
 struct ClsUnit {
   using O = at::opmath_type<T>;
   static constexpr int kVec = 16 / sizeof(T);
-  // fp64: ptxas's default register target spills the focal forward; allow up to 128.
-  // fp32 index units (the label walk): ptxas's own target gave the straight-line gamma = 2
-  // VFL 78-80 registers (37% occupancy); 4 blocks of 256 (64 registers) keep them at 50%,
-  // as the dense units, without spilling. (The half/bf16 index units, 8 elements a unit,
-  // take 74-92 and spill at 64: they keep ptxas's choice; see the kernel report.)
+  // The register budget (launch.cuh): fp64 gets up to 128 registers (ptxas's default target
+  // spills the focal forward); fp32 index units are held to 64 (4 blocks of 256), the dense
+  // units' occupancy, which they reach without spilling; the half/bf16 index units would
+  // spill at 64 and keep ptxas's choice. Registers and occupancy of every kernel: the
+  // kernel report (docs/performance.md).
   static constexpr int kMinBlocks = sizeof(T) == 8 ? 2 : (sizeof(T) == 4 && INDEX ? 4 : 0);
 
   const T* __restrict__ x;

@@ -36,10 +36,10 @@ void launch_kernel(dim3 grid, dim3 block, cudaStream_t stream, const Args&... ar
 }
 
 constexpr int kBlock = 256;
-constexpr int kMaxBlocks = 1024;  // 1024 x 256 threads keep an H200 (132 SMs) full
+constexpr int kMaxBlocks = 1024;  // 1024 x 256 threads: several blocks per SM on any GPU
 // Kernels are declared __launch_bounds__(kBlock, MIN_BLOCKS). MIN_BLOCKS = 0 leaves the
 // register budget to ptxas's own target, right for nearly every kernel here; a unit that
-// needs more (CUDA 13 spills some fp64 units around exp at that target) says so with
+// needs more (some fp64 units spill around exp at that target) says so with
 // `static constexpr int kMinBlocks` (registers per thread <= 65536 / (256 * kMinBlocks)).
 // bench/kernel_report.py prints registers, spills and occupancy of every kernel.
 template <typename F, typename = void>
@@ -90,7 +90,7 @@ template <typename acc_t, typename F, int MIN_BLOCKS>
 __global__ void __launch_bounds__(kBlock, MIN_BLOCKS)
     map_reduce_kernel(int64_t units, const F f, sum_type<acc_t>* __restrict__ partials) {
   // the thread's sum, compensated (Neumaier): s + c carries what a float sum would drop;
-  // two float registers where a double needed an aligned pair (and spilled a unit)
+  // (two float registers: a double accumulator needs an aligned pair)
   acc_t s(0), c(0);  // (one loop for maps and sums: two would inline f twice)
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kBlock;
   for (int64_t u = static_cast<int64_t>(blockIdx.x) * kBlock + threadIdx.x; u < units;
