@@ -1,7 +1,7 @@
-"""Interleaved A/B of the patched vs unpatched ultralytics YOLOv8n loss step (16 images at
-640 px, fwd+bwd, the benchmark's yolo_loss inputs): 12 alternating pairs, medians. On a
-shared machine whose speed drifts within a run, interleaving keeps both sides under the same
-load (the benchmark times one side, then the other).
+"""An independent check of the benchmark's yolo_loss row: the patched vs unpatched
+ultralytics YOLOv8n loss step (16 images at 640 px, fwd+bwd, the benchmark's inputs) in 12
+alternating pairs, medians, with a loop of its own (no code shared with
+detloss_cuda/bench/timing.py). The two should agree within 10% on a quiet machine.
 
     python bench/ab_yolo_step.py [images]
 """
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from detloss_cuda.integrations import _bench as B
+from detloss_cuda.bench import e2e as B
 
 
 def main(images=16, pairs=12):

@@ -60,7 +60,7 @@ def _csv(s):
 
 
 def cmd_bench(args):
-    from . import benchmark as B
+    from . import bench as B
 
     ops = list(B.OPS) if args.ops == "all" else _csv(args.ops)
     unknown = [o for o in ops if o not in B.OPS]
@@ -96,10 +96,12 @@ def cmd_bench(args):
     result = B.run([B.OPS[o] for o in ops], devices, dtypes, modes, impls, sizes=sizes,
                    quick=args.quick, min_time=args.min_time, log=print,
                    compile_dtypes=compile_dtypes, compile_dynamic=args.compile_dynamic,
-                   on_row=on_row)
+                   on_row=on_row, quick_compile_all=args.ops != "all")
     print(f"\n{len(result['rows'])} rows; speedups are eager/fused and compile/fused times in "
-          "this run; GB/s counts the minimum bytes each op must move; % copy compares that "
-          "with a device copy of as many bytes, timed in this run.")
+          "this run, the implementations timed interleaved (medians of rounds); GB/s counts "
+          "the minimum bytes each op must move; % copy compares that with a device copy of "
+          "as many bytes, timed in this run.")
+    quiet, line = B.verdict(result)
     if args.json:
         B.save_json(result, args.json)
         print(f"wrote {args.json}")
@@ -112,7 +114,8 @@ def cmd_bench(args):
         with open(args.markdown, "w") as f:
             f.write(B.markdown_table(result) + "\n")
         print(f"wrote {args.markdown}")
-    return 0
+    print(line)
+    return 3 if args.strict and not quiet else 0
 
 
 def main(argv=None):
@@ -137,8 +140,11 @@ def main(argv=None):
     b.add_argument("--compile-dynamic", action="store_true",
                    help="compile once with dynamic shapes (default: static, once per size)")
     b.add_argument("--quick", action="store_true",
-                   help="few sizes, short timing, torch.compile at the largest size only")
+                   help="two sizes an op, short timing; torch.compile at the larger size, for one "
+                   "op a family unless --ops names them, forward+backward where measured")
     b.add_argument("--min-time", type=float, default=None, help="seconds of timing per cell")
+    b.add_argument("--strict", action="store_true",
+                   help="exit with status 3 when the machine was too busy (rows flagged noisy)")
     b.add_argument("--json", default=None, help="write every row as JSON here")
     b.add_argument("--plot", default=None, help="write a PNG plot here (needs matplotlib)")
     b.add_argument("--markdown", default=None, help="write a markdown table here")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import detloss_cuda.baselines as BL
-import detloss_cuda.benchmark as B
+import detloss_cuda.bench as B
 import detloss_cuda.reference as R
 
 

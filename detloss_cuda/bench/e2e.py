@@ -1,4 +1,4 @@
-"""Benchmark rows for the integrations: the loss part of one training step of a real
+"""End-to-end rows: the loss part of one training step of a real
 detector (forward + backward of the loss only, the model's outputs fixed), patched
 ("fused") vs unpatched ("eager"). The ops are registered only when the library imports.
 
@@ -74,7 +74,7 @@ def _yolo_loss(inp):
 
 
 def yolo_fused(inp):
-    from . import ultralytics as dl
+    from ..integrations import ultralytics as dl
 
     with dl.patched():
         return _yolo_loss(inp)
@@ -123,7 +123,7 @@ def _retinanet_loss(inp):
 
 
 def retinanet_fused(inp):
-    from . import torchvision as dl
+    from ..integrations import torchvision as dl
 
     with dl.patched():
         return _retinanet_loss(inp)
@@ -172,7 +172,7 @@ def _rtdetr_loss(inp):
 
 
 def rtdetr_fused(inp):
-    from . import transformers as dl
+    from ..integrations import transformers as dl
 
     with dl.patched():
         return _rtdetr_loss(inp)
@@ -230,7 +230,7 @@ def _yolov5_loss(inp):
 
 
 def yolov5_fused(inp):
-    from . import yolov5 as dl
+    from ..integrations import yolov5 as dl
 
     with dl.patched():
         return _yolov5_loss(inp)
@@ -241,8 +241,10 @@ def _x_bytes(inp, mode):
     return n if mode == "fwd" else 2 * n  # the head outputs read; their gradient written
 
 
-def bench_ops(BenchOp):
+def ops():
     """The integration rows whose library is installed."""
+    from .registry import BenchOp
+
     ops = {}
     if _have("ultralytics"):
         ops["yolo_loss"] = BenchOp(

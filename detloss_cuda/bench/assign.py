@@ -1,0 +1,68 @@
+"""The task-aligned assigner row: the fused assigner vs ultralytics' own (forward)."""
+import importlib.util
+
+import torch
+
+from .registry import BenchOp, nbytes as _nbytes
+
+
+def _assign_inputs(size, dtype, device, gen, num_classes=80):
+    """A YOLOv8 640 px step's assignment: 8400 anchors (strides 8, 16, 32), `size` boxes per
+    image (16 images; 4 at 4096 boxes, where ultralytics' (B, M, A) tensors would need ~30 GB),
+    predicted boxes around the anchors, class probabilities."""
+    M = max(1, int(size))
+    B = 16 if M < 4096 else 4
+    pts = []
+    for s in (8, 16, 32):
+        n = 640 // s
+        y, x = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+        pts.append(torch.stack([x, y], -1).view(-1, 2) * s)
+    anc = torch.cat(pts)
+    A = anc.shape[0]
+    xy = torch.rand(B, M, 2, generator=gen) * 600 + 20
+    wh = torch.rand(B, M, 2, generator=gen) * 150 + 8
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1).clamp(0, 640)
+    pwh = torch.rand(B, A, 2, generator=gen) * 120 + 8
+    pd = torch.cat([anc - pwh / 2, anc + pwh / 2], -1)
+    scores = torch.rand(B, A, num_classes, generator=gen) * 0.1
+    labels = torch.randint(0, num_classes, (B, M, 1), generator=gen).float()
+    return {"x": scores.to(device=device, dtype=dtype), "pd": pd.to(device), "anc": anc.to(device),
+            "labels": labels.to(device), "gt": gt.to(device),
+            "mask": torch.ones(B, M, 1, device=device)}
+
+
+def _assign_bytes(inp, mode):
+    s = inp["x"]
+    B, A, C = s.shape
+    # read: boxes, anchors, gt, one score per candidate (at most B·A·C); written: the five
+    # outputs, the dense [B, A, C] target scores included
+    return _nbytes(inp["pd"], inp["anc"], inp["gt"], inp["labels"]) + B * A * (8 + 16 + 1 + 8 + C * s.element_size())
+
+
+_ASSIGNERS = {}
+
+
+def _assigner(kind):
+    if kind not in _ASSIGNERS:
+        if kind == "fused":
+            from ..nn import TaskAlignedAssigner
+        else:
+            from ultralytics.utils.tal import TaskAlignedAssigner
+        _ASSIGNERS[kind] = TaskAlignedAssigner(topk=10, num_classes=80, alpha=0.5, beta=6.0)
+    return _ASSIGNERS[kind]
+
+
+def _assign_run(kind):
+    def run(i):
+        return _assigner(kind)(i["x"], i["pd"], i["anc"], i["labels"], i["gt"], i["mask"])
+    return run
+
+
+def ops():
+    if importlib.util.find_spec("ultralytics") is None:
+        return {}
+    return {"assigner": BenchOp(
+        name="assigner", family="assign", unit="boxes per image (16 images; 4 at 4096)",
+        make=_assign_inputs, fused=_assign_run("fused"), eager=_assign_run("ultralytics"),
+        bytes_moved=_assign_bytes, differentiable=False, compilable=False,
+        sizes={"quick": [8, 64], "cpu": [8, 64, 512, 4096], "cuda": [8, 64, 512, 4096]})}
