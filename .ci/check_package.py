@@ -74,7 +74,7 @@ def main():
         names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
     tracked = subprocess.run(["git", "ls-files", "csrc", "detloss_cuda", "setup.py",
                               "pyproject.toml", "MANIFEST.in", "README.md", "requirements.txt",
-                              "requirements-yolov5.txt", "CMakeLists.txt", "tests"], cwd=ROOT, capture_output=True,
+                              "requirements-yolov5.txt", "CMakeLists.txt", "tests", "docs"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.split()
     read = headers_the_build_read()
     missing = sorted((set(tracked) | read) - names)

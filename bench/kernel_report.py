@@ -18,7 +18,7 @@ design's expectations (DESIGN.md, "CUDA kernels"):
     python bench/kernel_report.py                 # table on stdout, exit 1 on a violation
     python bench/kernel_report.py --markdown F    # also write the table as markdown
     python bench/kernel_report.py --json F        # and as JSON (tests/test_kernels.py reads it)
-    python bench/kernel_report.py --readme        # rewrite the README's kernel table
+    python bench/kernel_report.py --docs          # rewrite docs/performance.md's kernel table
 
 cuobjdump comes from $CUOBJDUMP, PATH, $CUDA_HOME/bin, or the copy inside Triton's wheel
 (installed with every CUDA build of torch).
@@ -316,11 +316,14 @@ def markdown(kernels: list[Kernel], detail: bool) -> str:
     return "\n".join(lines)
 
 
-def update_readme(table: str, header: str) -> None:
-    path = os.path.join(ROOT, "README.md")
+DOC = os.path.join("docs", "performance.md")
+
+
+def update_docs(table: str, header: str) -> None:
+    path = os.path.join(ROOT, DOC)
     text = open(path, encoding="utf-8").read()
     if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"kernel_report: README.md has no {README_BEGIN} ... {README_END} block")
+        raise SystemExit(f"kernel_report: {DOC} has no {README_BEGIN} ... {README_END} block")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     with open(path, "w", encoding="utf-8") as f:
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--so", help="the extension to read (default: detloss_cuda/_C*.so)")
     ap.add_argument("--json", help="write every kernel's numbers here")
     ap.add_argument("--markdown", help="write the summary and per-kernel tables here")
-    ap.add_argument("--readme", action="store_true", help="rewrite README.md's kernel table")
+    ap.add_argument("--docs", "--readme", dest="docs", action="store_true",
+                    help=f"rewrite {DOC}'s kernel table")
     ap.add_argument("--detail", action="store_true", help="print one row per kernel")
     args = ap.parse_args(argv)
 
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
               f"by design), "
               f"{sum(1 for k in kernels if k.expected_load_bits)} have a load-width "
               f"expectation, {len(bad)} violate one. Occupancy is theoretical, at 256 threads "
-              f"per block. Regenerate: `python bench/kernel_report.py --readme`.")
+              f"per block. Regenerate: `python bench/kernel_report.py --docs`.")
     table = markdown(kernels, args.detail)
     print(header)
     print()
@@ -360,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dump({"arch": ARCH, "block": BLOCK, "extension": os.path.basename(so),
                        "cuobjdump": cuobjdump, "kernels": [asdict(k) for k in kernels]}, f,
                       indent=1)
-    if args.readme:
-        update_readme(markdown(kernels, False), header)
+    if args.docs:
+        update_docs(markdown(kernels, False), header)
     for k in bad:
         print(f"VIOLATION {k.name}: {'; '.join(k.problems)}", file=sys.stderr)
     return 1 if bad else 0
