@@ -22,8 +22,10 @@ import os
 import pytest
 import torch
 
-from test_integrations import (_detr_models, _global_rel, _grads, _require, _seg_masks,
-                               _tv_model, _yolo_model, _yolov5_model)
+from integration_common import _global_rel, _grads, _require
+from test_integrations import _seg_masks, _tv_model, _yolo_model
+from test_integrations_detr import _detr_models
+from test_integrations_yolov5 import _yolov5_model
 
 BACKEND = os.environ.get("DETLOSS_COMPILE_BACKEND", "aot_eager")
 
@@ -257,7 +259,7 @@ def test_detr_loss_compiles(arch, capsys):
 
 # ------------------------------------------------------------------------------------ YOLOv5
 def test_yolov5_compute_loss_compiles(capsys):
-    from test_integrations import _require_yolov5
+    from test_integrations_yolov5 import _require_yolov5
 
     _require_yolov5()
     import detloss_cuda.integrations.yolov5 as dl

@@ -1,0 +1,148 @@
+"""The transformers integration end to end: DETR, Deformable DETR and RT-DETR training steps
+patched vs unpatched vs float64 (the tolerance: tests/test_integrations.py)."""
+import contextlib
+import copy
+
+import pytest
+import torch
+
+from integration_common import Spy, _check_close_as_own_fp32, _grads, _require
+
+
+# ------------------------------------------------------------------ transformers (DETR family)
+def _detr_models():
+    """Tiny randomly initialised DETR, Deformable DETR and RT-DETR (no weights, no network;
+    dropout and RT-DETR's random denoising queries off, so that steps are repeatable)."""
+    T = _require("transformers")
+    T.logging.set_verbosity_error()
+
+    def resnet(cls=T.ResNetConfig):
+        return cls(embedding_size=8, hidden_sizes=[8, 16, 16, 16], depths=[1, 1, 1, 1],
+                   out_features=["stage2", "stage3", "stage4"])
+
+    small = dict(d_model=32, encoder_layers=1, encoder_attention_heads=2,
+                 decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                 num_queries=12, num_labels=5, dropout=0.0, attention_dropout=0.0,
+                 activation_dropout=0.0)
+    return {
+        "detr": lambda: T.DetrForObjectDetection(T.DetrConfig(
+            use_timm_backbone=False, backbone_config=resnet(), use_pretrained_backbone=False,
+            decoder_layers=1, auxiliary_loss=True, **small)),
+        "deformable_detr": lambda: T.DeformableDetrForObjectDetection(T.DeformableDetrConfig(
+            use_timm_backbone=False, backbone_config=resnet(), use_pretrained_backbone=False,
+            decoder_layers=2, auxiliary_loss=True, num_feature_levels=3, encoder_n_points=2,
+            decoder_n_points=2, **small)),
+        "rt_detr": lambda: T.RTDetrForObjectDetection(T.RTDetrConfig(
+            backbone_config=resnet(T.RTDetrResNetConfig), use_pretrained_backbone=False,
+            encoder_hidden_dim=16, encoder_in_channels=[16, 16, 16],
+            decoder_in_channels=[16, 16, 16], decoder_layers=2, num_denoising=0,
+            decoder_n_points=2, **{k: v for k, v in small.items() if "dropout" not in k},
+            dropout=0.0, activation_dropout=0.0)),
+    }
+
+
+def _detr_step(model, x, labels, patched):
+    import detloss_cuda.integrations.transformers as dl
+
+    model.zero_grad(set_to_none=True)
+    ctx = dl.patched() if patched else contextlib.nullcontext()
+    with ctx:
+        out = model(pixel_values=x, labels=labels)
+        out.loss.backward()
+    items = {k: v.detach().double() for k, v in out.loss_dict.items() if k.startswith("loss")}
+    items["loss"] = out.loss.detach().double()
+    return items, _grads(model)
+
+
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr", "rt_detr"])
+def test_detr_family_steps_match(arch, monkeypatch):
+    """A training step of DETR (GIoU: the matcher's cost matrix and the matched pairs' loss),
+    Deformable DETR (+ focal loss) and RT-DETR (+ VFL): every loss of the dict (auxiliary
+    decoder layers' included) and every parameter's gradient as close to float64 as
+    transformers' own float32 step, and the fused functions ran."""
+    import detloss_cuda.integrations.transformers as dl
+
+    torch.manual_seed(0)
+    model = _detr_models()[arch]()
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    labels = [{"class_labels": torch.tensor([1, 3]),
+               "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.3, 0.2, 0.2]])},
+              {"class_labels": torch.tensor([4]), "boxes": torch.tensor([[0.6, 0.4, 0.5, 0.3]])}]
+    m64 = copy.deepcopy(model).double()
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the losses build float32 buffers (class weights)
+    try:
+        l64, g64 = _detr_step(m64, x.double(), [{k: (v.double() if v.is_floating_point() else v)
+                                                  for k, v in t.items()} for t in labels], False)
+    finally:
+        torch.set_default_dtype(was)
+    l32, g32 = _detr_step(model, x, labels, False)
+    spy = Spy(dl.DF)
+    monkeypatch.setattr(dl, "DF", spy)
+    lp, gp = _detr_step(model, x, labels, True)
+    layers = {"detr": 1, "deformable_detr": 2, "rt_detr": 2}[arch]  # each decoder layer's losses
+    assert spy.calls["box_iou_matrix"] >= layers  # the matchers' GIoU cost
+    assert spy.calls["generalized_box_iou_loss"] == layers + (arch == "rt_detr")  # + encoder
+    if arch == "deformable_detr":
+        assert spy.calls["sigmoid_focal_loss"] == layers
+    if arch == "rt_detr":
+        assert spy.calls["binary_cross_entropy_with_logits"] == layers + 1
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+def test_transformers_unpatch_restores_the_originals():
+    _require("transformers")
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss import loss_for_object_detection as od, loss_rt_detr as rt
+
+    before = [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
+              rt.RTDetrLoss.__dict__["loss_labels_vfl"], rt.sigmoid_focal_loss]
+    with dl.patched():
+        assert dl.is_patched() and od.sigmoid_focal_loss is not before[0]
+    assert not dl.is_patched()
+    after = [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
+             rt.RTDetrLoss.__dict__["loss_labels_vfl"], rt.sigmoid_focal_loss]
+    assert all(a is b for a, b in zip(before, after))
+
+
+def test_transformers_functions_match_and_hand_back():
+    """The patched focal loss and GIoU matrix against the library's, including what they hand
+    back to it: integer one-hot targets (its BCE raises), alpha outside [0, 1], a GIoU matrix
+    that must be differentiated, degenerate boxes (its ValueError)."""
+    _require("transformers")
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss import loss_for_object_detection as od
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 7, 5, generator=g) * 2
+    t = (torch.rand(2, 7, 5, generator=g) > 0.8).float()
+    xy = torch.rand(6, 2, generator=g)
+    b = torch.cat([xy, xy + torch.rand(6, 2, generator=g)], -1)
+    cases = [(od.sigmoid_focal_loss, (x, t, 3.0)), (od.sigmoid_focal_loss, (x, t, 3.0, -1, 0.5)),
+             (od.sigmoid_focal_loss, (x, t, 3.0, 2.0, 2.0)),
+             (od.sigmoid_focal_loss, (x, t.long(), 3.0)),
+             (od.generalized_box_iou, (b, b[:4])), (od.generalized_box_iou, (b.half(), b.half())),
+             (od.generalized_box_iou, (b[:, [2, 1, 0, 3]], b))]
+    for fn, args in cases:
+        name = fn.__name__
+        try:
+            want = fn(*args)
+        except Exception as e:  # noqa: BLE001
+            want = (type(e), str(e))
+        with dl.patched():
+            try:
+                got = getattr(od, name)(*args)
+            except Exception as e:  # noqa: BLE001
+                got = (type(e), str(e))
+        if isinstance(want, tuple):
+            assert got == want, (name, got, want)
+        else:
+            assert got.dtype == want.dtype and got.shape == want.shape, (name, got, want)
+            torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+    # differentiated: the library's own matrix (the loss_boxes wrapper takes the pairs)
+    bg = b.clone().requires_grad_()
+    with dl.patched():
+        out = od.generalized_box_iou(bg, b)
+    assert out.grad_fn is not None and "Detloss" not in type(out.grad_fn).__name__
