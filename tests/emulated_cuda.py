@@ -55,7 +55,7 @@ def build_dir():
 
 def sources():
     return ([os.path.join(CSRC, "emu", f) for f in
-             ("simt.cpp", "module.cpp", "selftest.cpp")] +
+             ("simt.cpp", "fiber.cpp", "warp.cpp", "fault.cpp", "module.cpp", "selftest.cpp")] +
             [os.path.join(CSRC, "emu", f"{k}.cpp") for k in KERNEL_FILES] +
             [os.path.join(CSRC, "ops", f"{o}.cpp") for o in OP_FILES])
 
