@@ -1,82 +1,15 @@
 """The box family (IoU, GIoU, DIoU, CIoU): values and gradients w.r.t. both boxes against
-the pure-PyTorch reference, known values, degenerate boxes, the pairwise matrix,
-registration (gradcheck, opcheck, torch.compile), compatibility with torchvision.ops and
-ultralytics' bbox_iou, and argument errors."""
+the pure-PyTorch reference, known values, degenerate boxes, registration (gradcheck, opcheck,
+torch.compile), argument errors and the CUDA-marked cases. The pairwise matrix and the
+compatibility with torchvision.ops and ultralytics' bbox_iou: test_box_matrix.py."""
 import pytest
 import torch
 
-import detloss_cuda.baselines as BL
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
 import detloss_cuda.reference as R
-from conftest import DTYPES, assert_close_dtype as _assert_close_dtype, devices
-
-# Box formulas run ~40 operations and their gradients sum terms of either sign (min/max,
-# width, union, enclosing box, centre distance; xywh adds two more): five times the
-# arithmetic budget of the ~10-operation classification formulas.
-BOX_OPS = 5
-
-
-def assert_close_dtype(actual, expected, dtype, msg=""):
-    _assert_close_dtype(actual, expected, dtype, msg, ops=BOX_OPS)
-
-KINDS = ["iou", "giou", "diou", "ciou"]
-FORMATS = ["xyxy", "xywh"]
-
-
-def boxes(shape, fmt="xyxy", dtype=torch.float64, scale=10.0, gen=None):
-    """Plausible boxes: corners in [0, scale), sizes in (0.1, scale/2)."""
-    xy = torch.rand(*shape, 2, dtype=torch.float64, generator=gen) * scale
-    wh = torch.rand(*shape, 2, dtype=torch.float64, generator=gen) * (scale / 2) + 0.1
-    b = torch.cat([xy + wh / 2, wh], -1) if fmt == "xywh" else torch.cat([xy, xy + wh], -1)
-    return b.to(dtype)
-
-
-def near(b, jitter=0.3):
-    """Targets that overlap their predictions (the case a detector trains on)."""
-    return b + torch.randn_like(b) * jitter
-
-
-def without_rounding_ties(p, t, fmt, dtype):
-    """Rows of (p, t) whose edge orderings survive the kernel's rounding. In xywh the kernel
-    forms the corners x -+ w/2 in its compute type (float32 for fp32/fp16/bf16), the
-    reference in float64: where a predicted and a target edge lie within a few ulps, the two
-    may order them differently, and min/max then send that edge's gradient to the other box
-    (the loss is not differentiable at a tie), a difference no tolerance should absorb.
-    xyxy corners are inputs, rounded identically by both."""
-    if fmt != "xywh":
-        return p, t
-    q, r = p.to(dtype).double(), t.to(dtype).double()
-    compute = torch.float64 if dtype == torch.float64 else torch.float32
-    cq, cr = (torch.stack(R._xyxy(b, "xywh"), -1) for b in (q, r))  # the oracle's corners
-    ulp = torch.finfo(compute).eps * torch.maximum(cq.abs(), cr.abs())
-    keep = ((cq - cr).abs() > 8 * ulp).all(-1)
-    return p[keep], t[keep]
-
-
-def check_parity(kind, fmt, p64, t64, dtype, device, reduction, weight=None, g64=None,
-                 grads=(True, True)):
-    p = p64.to(dtype).to(device).requires_grad_(grads[0])
-    t = t64.to(dtype).to(device).requires_grad_(grads[1])
-    pr = p.detach().double().cpu().requires_grad_(grads[0])
-    tr = t.detach().double().cpu().requires_grad_(grads[1])
-    w = None if weight is None else weight.to(dtype).to(device)
-    wr = None if weight is None else w.double().cpu()
-    out = DF.iou_loss(p, t, kind, fmt, reduction=reduction, weight=w)
-    ref = R.iou_loss(pr, tr, kind, fmt, reduction=reduction, weight=wr)
-    msg = f"{kind} {fmt} {tuple(p.shape)}x{tuple(t.shape)} {dtype} {device} {reduction}"
-    assert out.dtype == dtype and out.shape == ref.shape, msg
-    assert_close_dtype(out, ref, dtype, "value " + msg)
-    if g64 is None:
-        g64 = torch.randn(ref.shape, dtype=torch.float64) if reduction == "none" else torch.ones(())
-    inputs = [x for x, need in ((p, grads[0]), (t, grads[1])) if need]
-    rinputs = [x for x, need in ((pr, grads[0]), (tr, grads[1])) if need]
-    g = torch.autograd.grad(out, inputs, g64.to(dtype).to(device))
-    gr = torch.autograd.grad(ref, rinputs, g64.to(dtype).double())
-    for a, b, name in zip(g, gr, ("pred", "target")):
-        assert a.shape == b.shape and a.dtype == dtype
-        assert_close_dtype(a, b, dtype, f"grad {name} " + msg)
-    return out, g
+from conftest import DTYPES, devices
+from box_cases import FORMATS, KINDS, assert_close_dtype, boxes, check_parity, near, without_rounding_ties
 
 
 # ------------------------------------------------------------------------------ parity
@@ -233,91 +166,6 @@ def test_reduction_is_deterministic(device):
     t = near(p.double()).float().to(device)
     first = DF.iou_loss(p, t, "ciou", reduction="sum")
     assert all(torch.equal(DF.iou_loss(p, t, "ciou", reduction="sum"), first) for _ in range(3))
-
-
-# ------------------------------------------------------------------------------ matrix
-@pytest.mark.parametrize("device", devices())
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
-def test_matrix_is_the_loss_metric_of_every_pair(kind, fmt, dtype, device):
-    a = boxes((37,), fmt).to(dtype).to(device)
-    b = boxes((45,), fmt).to(dtype).to(device)
-    m = DF.box_iou_matrix(a, b, kind, fmt)
-    assert m.shape == (37, 45) and m.dtype == dtype
-    # the loop over pairs, through the (separately tested) loss op, on the same inputs in
-    # float64 (1 - loss in fp16 would round twice)
-    loop = 1 - DF.iou_loss(a[:, None, :].double(), b[None, :, :].double(), kind, fmt,
-                           reduction="none")
-    assert_close_dtype(m, loop.double(), dtype)
-    ref = R.box_iou_matrix(a.double().cpu(), b.double().cpu(), kind, fmt)
-    assert_close_dtype(m, ref, dtype)
-
-
-@pytest.mark.parametrize("device", devices())
-def test_matrix_batched_integer_and_empty(device):
-    a = boxes((3, 33)).to(device)
-    b = boxes((3, 70)).to(device)
-    m = DF.box_iou_matrix(a, b, "giou")
-    assert m.shape == (3, 33, 70)
-    for i in range(3):
-        assert_close_dtype(m[i], R.box_iou_matrix(a[i].cpu(), b[i].cpu(), "giou"), torch.float64)
-    ai = torch.tensor([[0, 0, 10, 10], [5, 5, 15, 15]], device=device)
-    mi = DF.box_iou_matrix(ai, ai)
-    assert mi.dtype == torch.float32
-    assert mi[0, 1].item() == pytest.approx(25 / 175, rel=1e-6)
-    assert DF.box_iou_matrix(a[0, :0], b[0]).shape == (0, 70)
-    assert DF.box_iou_matrix(a[:, :0], b[:, :0]).shape == (3, 0, 0)
-
-
-def test_matrix_has_no_gradient():
-    a = boxes((5,)).requires_grad_()
-    m = DF.box_iou_matrix(a, boxes((6,)))
-    with pytest.raises(RuntimeError, match="box_iou_matrix is forward-only"):
-        m.sum().backward()
-    with torch.no_grad():
-        DF.box_iou_matrix(a, boxes((6,)))  # what assigners do
-
-
-# ------------------------------------------------------------------------------ compat
-@pytest.mark.parametrize("xywh", [True, False])
-@pytest.mark.parametrize("flags", [{}, {"GIoU": True}, {"DIoU": True}, {"CIoU": True}],
-                         ids=["iou", "giou", "diou", "ciou"])
-@pytest.mark.parametrize("shapes", [((1, 4), (300, 4)), ((300, 4), (300, 4))], ids=str)
-def test_bbox_iou_matches_ultralytics(xywh, flags, shapes):
-    b1 = boxes(shapes[0][:-1], "xywh" if xywh else "xyxy", dtype=torch.float32)
-    b2 = boxes(shapes[1][:-1], "xywh" if xywh else "xyxy", dtype=torch.float32)
-    b1.requires_grad_()
-    ours = DF.bbox_iou(b1, b2, xywh=xywh, **flags)
-    theirs = BL.bbox_iou(b1, b2, xywh=xywh, **flags)
-    assert ours.shape == theirs.shape == (300, 1)
-    # ultralytics adds eps to h in xyxy mode; the difference is O(eps)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    g1, = torch.autograd.grad(ours.sum(), b1)
-    g2, = torch.autograd.grad(theirs.sum(), b1)
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", ["generalized_box_iou_loss", "distance_box_iou_loss",
-                                  "complete_box_iou_loss"])
-@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_matches_torchvision_ops(name, reduction):
-    tv = pytest.importorskip("torchvision.ops", reason="torchvision is not installed")
-    p = boxes((500,), dtype=torch.float32).requires_grad_()
-    t = near(p.detach().double()).float()
-    t = torch.cat([t[:, :2], torch.maximum(t[:, 2:], t[:, :2] + 0.05)], -1)  # valid boxes
-    ours = getattr(DF, name)(p, t, reduction=reduction)
-    theirs = getattr(tv, name)(p, t, reduction=reduction)
-    assert ours.shape == theirs.shape
-    # complete: torchvision's atan(w / h) vs atan(w / (h + eps)) differ by O(eps)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    g = torch.randn(ours.shape) if reduction == "none" else torch.ones(())
-    g1, = torch.autograd.grad(ours, p, g)
-    g2, = torch.autograd.grad(theirs, p, g)
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-5)
-    # and their empty-input convention
-    e = torch.zeros(0, 4)
-    assert getattr(DF, name)(e, e, reduction="mean").item() == getattr(tv, name)(e, e, reduction="mean").item() == 0
 
 
 # ------------------------------------------------------------------- registration checks
