@@ -24,7 +24,7 @@ import torch
 
 from integration_common import _global_rel, _grads, _require
 from test_integrations import _seg_masks, _tv_model, _yolo_model
-from test_integrations_detr import _detr_models
+from test_integrations_detr import _detr_batch, _detr_models
 from test_integrations_yolov5 import _yolov5_model
 
 BACKEND = os.environ.get("DETLOSS_COMPILE_BACKEND", "aot_eager")
@@ -214,11 +214,7 @@ def test_detr_loss_compiles(arch, capsys):
     torch.manual_seed(0)
     model = _detr_models()[arch]()
     model.train()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, 64, 64, generator=g)
-    labels = [{"class_labels": torch.tensor([1, 3]),
-               "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.3, 0.2, 0.2]])},
-              {"class_labels": torch.tensor([4]), "boxes": torch.tensor([[0.6, 0.4, 0.5, 0.3]])}]
+    x, labels = _detr_batch()
     own = model.loss_function
 
     def step(compile_fn):

@@ -41,6 +41,16 @@ def _detr_models():
     }
 
 
+def _detr_batch():
+    """Two 64 x 64 images and their targets: two boxes in the first, one in the second."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    labels = [{"class_labels": torch.tensor([1, 3]),
+               "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.3, 0.2, 0.2]])},
+              {"class_labels": torch.tensor([4]), "boxes": torch.tensor([[0.6, 0.4, 0.5, 0.3]])}]
+    return x, labels
+
+
 def _detr_step(model, x, labels, patched):
     import detloss_cuda.integrations.transformers as dl
 
@@ -65,11 +75,7 @@ def test_detr_family_steps_match(arch, monkeypatch):
     torch.manual_seed(0)
     model = _detr_models()[arch]()
     model.train()
-    g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, 3, 64, 64, generator=g)
-    labels = [{"class_labels": torch.tensor([1, 3]),
-               "boxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.3, 0.2, 0.2]])},
-              {"class_labels": torch.tensor([4]), "boxes": torch.tensor([[0.6, 0.4, 0.5, 0.3]])}]
+    x, labels = _detr_batch()
     m64 = copy.deepcopy(model).double()
     was = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)  # the losses build float32 buffers (class weights)
