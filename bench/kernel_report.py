@@ -58,7 +58,7 @@ README_END = "<!-- kernel-report:end -->"
 class Kernel:
     mangled: str
     name: str = ""
-    family: str = ""  # cls | box | dfl | matrix | finalize | scale | count | assign | other
+    family: str = ""  # cls | box | dfl | matrix | mask | finalize | scale | count | assign | other
     dtype: str = ""
     registers: int = 0
     stack: int = 0
@@ -157,6 +157,8 @@ def classify(k: Kernel) -> None:
         k.family = "dfl"
     elif "box_matrix_kernel" in n:
         k.family = "matrix"
+    elif "positive_kernel" in n or "ProtoGradUnit" in n or "LossSumUnit" in n:
+        k.family = "mask"  # the prototype mask loss (csrc/cuda/mask_kernel.cu)
     elif "finalize_sum_kernel" in n:
         k.family = "finalize"
     elif "ScaleUnit" in n:
@@ -167,7 +169,7 @@ def classify(k: Kernel) -> None:
         k.family = "other"
     # the element type is the first template argument of the unit (or of the kernel)
     m = re.search(r"(?:ClsUnit|BoxUnit|DflForward|DflBackward|DflForwardLong|DflBackwardLong|"
-                  r"box_matrix_kernel|ScaleUnit|SelectUnit|ScatterUnit|ResolveUnit|KeepUnit|"
+                  r"box_matrix_kernel|positive_kernel|ProtoGradUnit|LossSumUnit|ScaleUnit|SelectUnit|ScatterUnit|ResolveUnit|KeepUnit|"
                   r"MaxUnit|OutputUnit)<([^,<>]+)", n)
     if m is None:
         m = re.search(r"finalize_sum_kernel<[^,]+, ([^,<>]+)>", n)
@@ -290,8 +292,8 @@ def markdown(kernels: list[Kernel], detail: bool) -> str:
               "widest global load | expected | occupancy at 256 thr (min–max) | "
               "MUFU (min–max) | CALL (min–max) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {"cls": 0, "box": 1, "dfl": 2, "matrix": 3, "finalize": 4, "scale": 5, "count": 6,
-             "assign": 7, "other": 8}
+    order = {"cls": 0, "box": 1, "dfl": 2, "matrix": 3, "mask": 4, "finalize": 5, "scale": 6,
+             "count": 7, "assign": 8, "other": 9}
     dorder = {"fp16": 0, "bf16": 1, "fp32": 2, "fp64": 3}
     for (fam, dt), ks in sorted(groups.items(), key=lambda x: (order.get(x[0][0], 9),
                                                                dorder.get(x[0][1], 9))):

@@ -2,7 +2,7 @@
 reduction, with odd sizes, misaligned storage, broadcast operands and empty inputs; dense,
 class-index and class-major targets, ignore_index, score and label smoothing; upstream
 gradients of 1 and not 1 and a retained graph's second backward (the recomputing backward
-ops); the assigner with and without topk2. Run it with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so
+ops); the assigner with and without topk2; the mask loss. Run it with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so
 that every tensor is its own allocation and an out-of-bounds access is caught, not hidden in
 a pool.
 
@@ -145,6 +145,38 @@ def dfl_cases(quick):
         backward(DF.distribution_integral(z), [z])
 
 
+def mask_cases(quick):
+    """The prototype mask loss: boxes inside, across and outside the grid, a zero area (the
+    NaN path), an image without positives, nm = 32 and 40 (two ProtoGradUnit passes), both
+    ground-truth forms, every dtype and reduction, upstreams of 1 and not 1, a retained
+    second backward."""
+    g = torch.Generator().manual_seed(0)
+    dtypes = [torch.float32, torch.float16] if quick else [
+        torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    B, H, W, P = 3, 19, 23, 9
+    boxes = torch.tensor([[0.0, 0, 23, 19], [2, 3, 9.5, 7], [-4, -4, 40, 40], [20, 15, 30, 30],
+                          [5, 5, 5, 12], [1.5, 0.5, 22.5, 18.5], [30, 0, 35, 5], [3, 3, 4, 4],
+                          [0, 10, 12, 19]])
+    area = torch.rand(P, generator=g) * 0.5 + 0.05
+    area[4] = 0.0
+    bi = torch.tensor([0, 0, 2, 2, 0, 2, 0, 2, 0])  # image 1 has none
+    for nm in (32, 40):
+        coef = torch.randn(P, nm, generator=g)
+        proto = torch.randn(B, nm, H, W, generator=g)
+        for overlap in (True, False):
+            masks = torch.randint(0, 3, (B, H, W), generator=g) if overlap else \
+                (torch.rand(5, H, W, generator=g) < 0.5).float()
+            mi = torch.randint(0, 2 if overlap else 5, (P,), generator=g)
+            rest = [t.to(DEVICE) for t in (bi, boxes, area, masks, mi)]
+            for dtype in dtypes:
+                c = coef.to(DEVICE, dtype).requires_grad_()
+                p = proto.to(DEVICE, dtype).requires_grad_()
+                for i, red in enumerate(("none", "mean", "sum")):
+                    o = DF.prototype_mask_loss(c, p, *rest, overlap=overlap, reduction=red)
+                    backward(o, [c, p], upstream_not_1=i == 1, retain=i == 2)
+                forward_only(lambda c, p: DF.prototype_mask_loss(c, p, *rest, overlap=overlap), c, p)
+
+
 def assign_cases(quick):
     """Images of boxes over 3 levels of anchors (ultralytics' layout), a padded box per image."""
     g = torch.Generator().manual_seed(0)
@@ -193,6 +225,7 @@ def main():
         cls_cases(quick)
         box_cases(quick)
         dfl_cases(quick)
+        mask_cases(quick)
         assign_cases(quick)
     if DEVICE == "cuda":
         torch.cuda.synchronize()

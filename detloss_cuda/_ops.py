@@ -254,4 +254,31 @@ def _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bbo
             pd_scores.new_empty((B, A), dtype=torch.long))
 
 
+# --------------------------------------------------------------------------- mask family
+# The kernels return the loss ([P] for 'none', else 0-dim) and contiguous gradients shaped
+# like coef [P, nm] and proto [B, nm, H, W], whatever their inputs' strides.
+@_register_fake("prototype_mask_loss")
+def _mask_loss_fake(driver, coef, proto, batch_index, boxes, area, masks, mask_index, overlap,
+                    reduction):
+    torch._check(coef.dim() == 2, lambda: "detloss.prototype_mask_loss: coef must have shape "
+                 f"[P, nm], got {tuple(coef.shape)}")
+    torch._check(proto.dim() == 4, lambda: "detloss.prototype_mask_loss: proto must have shape "
+                 f"[B, nm, H, W], got {tuple(proto.shape)}")
+    return coef.new_empty((coef.shape[0],) if reduction == "none" else ())
+
+
+@_register_fake("prototype_mask_loss_with_grad")
+def _mask_loss_with_grad_fake(driver, coef, proto, batch_index, boxes, area, masks, mask_index,
+                              overlap, reduction):
+    loss = _mask_loss_fake(driver, coef, proto, batch_index, boxes, area, masks, mask_index,
+                           overlap, reduction)
+    return loss, coef.new_empty(coef.shape), proto.new_empty(proto.shape)
+
+
+@_register_fake("prototype_mask_backward")
+def _mask_backward_fake(driver, grad, coef, proto, batch_index, boxes, area, masks, mask_index,
+                        overlap, reduction):
+    return coef.new_empty(coef.shape), proto.new_empty(proto.shape)
+
+
 register_fakes("detloss")

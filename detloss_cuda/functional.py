@@ -41,6 +41,7 @@ __all__ = [
     "box_iou_matrix",
     "distribution_focal_loss",
     "distribution_integral",
+    "prototype_mask_loss",
 ]
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -263,3 +264,41 @@ def distribution_integral(pred):
     differentiable — what turns a GFL / YOLOv8 head's distribution into a distance."""
     _check_tensor("pred", pred)
     return _ops.ops.dfl_integral(pred)[0]
+
+
+def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index, overlap=True,
+                        reduction="mean"):
+    """The prototype mask loss of YOLACT-style instance segmentation, ultralytics' YOLO
+    segmentation loss (``v8SegmentationLoss.calculate_segmentation_loss``) in one op.
+
+    Positive ``p`` has mask coefficients ``coef[p]`` (``[P, nm]``); its mask logits are
+    ``z_p = sum_k coef[p, k] · proto[b_p, k]`` over its image ``b_p = batch_index[p]`` of the
+    prototypes ``proto [B, nm, H, W]``; its loss is ultralytics' ``single_mask_loss`` term::
+
+        loss_p = (sum over the pixels of box_p of BCE(z_p, t_p)) / (H·W) / area[p]
+
+    where ``box_p = boxes[p]`` (xyxy in prototype pixels) holds the pixels with
+    ``x1 <= col < x2`` and ``y1 <= row < y2`` (``crop_mask``'s rule on pixel indices) and
+    ``area[p]`` is the box's normalised area. The ground truth ``t_p``, in either of
+    ultralytics' forms: ``overlap=True``: ``masks [B, H, W]`` holds each image's instance
+    indices (0 background, ``i + 1`` its object ``i``) and ``t_p = (masks[b_p] ==
+    mask_index[p] + 1)``; ``overlap=False``: ``masks [N, H, W]`` holds 0/1 masks and
+    ``t_p = masks[mask_index[p]]``. ``'mean'`` divides the sum by ``P``: ultralytics' value
+    (before its ``box`` gain); ``'none'`` returns ``[P]``.
+
+    Only the pixels inside each box are computed; no ``(P, H, W)`` tensor is built.
+    Differentiable with respect to ``coef`` and ``proto`` (the prototypes' gradient sums over
+    an image's positives in a fixed order). A zero ``area`` gives ultralytics' numbers: an inf
+    or NaN loss, and NaN gradients where ultralytics' crop makes ``inf · 0``: at its image's
+    pixels outside the box (the prototypes' gradient there, and the coefficients' unless the
+    box covers the whole image). A NaN or inf logit outside every box never reaches the loss
+    (ultralytics: ``NaN · 0``).
+    ``nm`` up to 64; ``batch_index`` and ``mask_index`` int64 or int32 (out of range: an error
+    on the CPU, a NaN loss on CUDA, which does not synchronise to check).
+    """
+    for name, t in (("coef", coef), ("proto", proto), ("batch_index", batch_index),
+                    ("boxes", boxes), ("area", area), ("masks", masks),
+                    ("mask_index", mask_index)):
+        _check_tensor(name, t)
+    return _ops.ops.prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index,
+                                        bool(overlap), reduction)

@@ -23,6 +23,7 @@ __all__ = [
     "distribution_focal_loss",
     "distribution_integral",
     "task_aligned_assign",
+    "prototype_mask_loss",
 ]
 
 
@@ -298,3 +299,28 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     norm = (metric * ovm.amax(-1, keepdim=True) / (metric.amax(-1, keepdim=True) + eps)).amax(1)
     t_scores = torch.nn.functional.one_hot(t_labels, num_classes) * (norm * fg).unsqueeze(-1)
     return t_labels, t_boxes, t_scores, fg, gt_idx
+
+
+def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index, overlap=True,
+                        reduction="mean"):
+    """ultralytics' single_mask_loss for every positive at once: the (P, H, W) logits, the
+    target masks, the BCE, crop_mask's product, mean / area."""
+    P = coef.shape[0]
+    H, W = proto.shape[-2:]
+    b = batch_index.long()
+    i = mask_index.long()
+    z = torch.einsum("pn,pnhw->phw", coef, proto[b])
+    if overlap:
+        t = (masks[b] == (i + 1).view(-1, 1, 1)).to(z.dtype)
+    else:
+        t = masks[i].to(z.dtype)
+    loss = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+    x1, y1, x2, y2 = boxes[:, :, None].chunk(4, 1)
+    r = torch.arange(W, device=z.device, dtype=boxes.dtype)[None, None, :]
+    c = torch.arange(H, device=z.device, dtype=boxes.dtype)[None, :, None]
+    loss = loss * ((r >= x1) * (r < x2)) * ((c >= y1) * (c < y2))
+    per = loss.mean(dim=(1, 2)) / area
+    if reduction == "none":
+        return per
+    s = per.sum()
+    return s / P if reduction == "mean" and P > 0 else s

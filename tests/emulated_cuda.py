@@ -25,8 +25,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 
-KERNEL_FILES = ["cls_kernel", "box_kernel", "dfl_kernel", "assign_kernel"]  # csrc/cuda/*.cu
-OP_FILES = ["common", "cls", "box", "dfl", "assign", "autograd", "autocast"]  # csrc/ops/*.cpp
+KERNEL_FILES = ["cls_kernel", "box_kernel", "dfl_kernel", "assign_kernel", "mask_kernel"]  # csrc/cuda/*.cu
+OP_FILES = ["common", "cls", "box", "dfl", "assign", "mask", "autograd", "autocast"]  # csrc/ops/*.cpp
 FLAGS = [
     "-O2", "-g0",
     "-DDETLOSS_OPS_NS=detloss_emu", "-DDETLOSS_CUDA_KEY=CPU",

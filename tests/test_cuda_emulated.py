@@ -216,6 +216,51 @@ def test_dfl_grid_stride_wraps():
     close(cpu, cuda, torch.float32, "dfl 70000 x 16")
 
 
+# ------------------------------------------------------------------------------------ mask
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("overlap", [True, False])
+def test_mask(overlap, dtype):
+    """Both ground-truth forms, with and without the gradient, every reduction, upstreams of 1
+    and not 1, a retained graph's second backward, the adversarial boxes (a zero area's NaN
+    included), no positives, and an nm over the 32 coefficients ProtoGradUnit takes a pass."""
+    from test_mask import adversarial, scene
+
+    g = torch.Generator().manual_seed(0)
+    scenes = [("random", scene(overlap, g)), ("adversarial", adversarial(overlap, g)),
+              ("nm 40", scene(overlap, g, nm=40, P=5))]
+    c, p, bi, bx, ar, mk, mi = scenes[0][1]
+    scenes.append(("empty", (c[:0], p, bi[:0], bx[:0], ar[:0], mk, mi[:0])))
+    for name, (coef, proto, bi, boxes, area, masks, mi) in scenes:
+        for requires_grad in (False, True):
+            for reduction in REDUCTIONS:
+                for up in ((0, 1) if requires_grad else (0,)):
+                    cf = coef.detach().to(dtype).clone().requires_grad_(requires_grad)
+                    pr = proto.detach().to(dtype).clone().requires_grad_(requires_grad)
+                    cpu, cuda = both(lambda: loss_and_grads(
+                        lambda: DF.prototype_mask_loss(cf, pr, bi, boxes, area, masks, mi, overlap,
+                                                       reduction),
+                        [cf, pr], reduction, up, retain=requires_grad and up == 1))
+                    close(cpu, cuda, dtype, f"mask {name} overlap={overlap} grad={requires_grad} "
+                                            f"{reduction} #{up}")
+
+
+@pytest.mark.slow
+def test_mask_grid_stride_wraps():
+    """2 x 370 x 370 prototype pixels: 273800 units of ProtoGradUnit (> 262144)."""
+    g = torch.Generator().manual_seed(0)
+    coef = torch.randn(6, 2, generator=g).requires_grad_()
+    proto = torch.randn(2, 2, 370, 370, generator=g).requires_grad_()
+    bi = torch.tensor([0, 1, 1, 0, 1, 1])
+    boxes = torch.tensor([[0.0, 0, 20, 20], [350, 350, 370, 370], [100, 0, 110, 370],
+                          [360, 0, 370, 5], [0, 365, 370, 370], [200, 200, 203, 204]])
+    area = torch.full((6,), 0.01)
+    masks = torch.randint(0, 3, (2, 370, 370), generator=g)
+    mi = torch.tensor([0, 1, 0, 1, 1, 0])
+    cpu, cuda = both(lambda: loss_and_grads(lambda: DF.prototype_mask_loss(
+        coef, proto, bi, boxes, area, masks, mi), [coef, proto], "mean", 1))
+    close(cpu, cuda, torch.float32, "mask 2 x 370 x 370")
+
+
 # ------------------------------------------------------------------------------- assigner
 def assign_both(inputs, **kw):
     cpu = DN.TaskAlignedAssigner(**kw)(*inputs)

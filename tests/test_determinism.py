@@ -54,16 +54,29 @@ def _integral(dev, dtype):
     return z, DF.distribution_integral(z).sum()
 
 
+def _mask(dev, dtype):
+    g = torch.Generator().manual_seed(4)
+    P, B, H = 400, 6, 48
+    coef = torch.randn(P, 32, generator=g).to(dev, dtype).requires_grad_()
+    proto = torch.randn(B, 32, H, H, generator=g).to(dev, dtype).requires_grad_()
+    xy = torch.rand(P, 2, generator=g) * H
+    boxes = torch.cat([xy - 10, xy + 10], -1).to(dev)
+    masks = torch.randint(0, 4, (B, H, H), generator=g).to(dev)
+    bi = torch.randint(0, B, (P,), generator=g).to(dev)
+    mi = torch.randint(0, 3, (P,), generator=g).to(dev)
+    area = torch.full((P,), 0.1, device=dev)
+    return (coef, proto), DF.prototype_mask_loss(coef, proto, bi, boxes, area, masks, mi)
+
+
 CASES = {f"{k}-{'index' if i else 'dense'}": _cls(k, i) for k in ("bce", "focal", "qfl", "vfl")
          for i in (False, True)}
 CASES.update({f"box-{k}": _box(k) for k in ("iou", "giou", "diou", "ciou")})
-CASES.update({"dfl": _dfl, "integral": _integral})
+CASES.update({"dfl": _dfl, "integral": _integral, "mask": _mask})
 
 
 def _run(case, dev, dtype):
     x, loss = CASES[case](dev, dtype)
-    (g,) = torch.autograd.grad(loss, x)
-    return loss.detach(), g
+    return (loss.detach(), *torch.autograd.grad(loss, x))
 
 
 @pytest.fixture

@@ -193,7 +193,8 @@ def test_sanitizer_cases_launch_every_kernel():
     cases.DEVICE = "cpu"
     before = {name: n for _, name, n in kernels()}
     with emulated():
-        for run in (cases.cls_cases, cases.box_cases, cases.dfl_cases, cases.assign_cases):
+        for run in (cases.cls_cases, cases.box_cases, cases.dfl_cases, cases.mask_cases,
+                    cases.assign_cases):
             run(False)
     missed = [name for _, name, n in kernels() if n == before[name] and "::selftest::" not in name]
     assert not missed, f"{len(missed)} kernels the sanitizer cases never launch:\n" + "\n".join(missed)

@@ -371,3 +371,61 @@ def test_distribution_integral_against_the_reference(case):
     rtol, atol = tolerance(torch.cat([gr.reshape(-1), gr.new_tensor([z.shape[-1] - 1.0])]), dtype, 2)
     torch.testing.assert_close(g.double(), gr.to(dtype).double(), rtol=rtol,
                                atol=max(atol, 2 * _ulp1(dtype)))
+
+
+# ------------------------------------------------------------------------- the mask loss
+@st.composite
+def mask_case(draw):
+    """Positives in a few images, boxes with NaN, infinite, integer and fractional edges, areas
+    of 0 (ultralytics' 0/0), NaN and inf; either ground-truth form. Logits finite: a NaN outside
+    every box does not reach the fused loss, which never reads those pixels (ultralytics' crop
+    multiplies it by 0: NaN; docs/numerics.md)."""
+    dtype = draw(st.sampled_from(DTYPES))
+    P, nm, B = draw(st.integers(0, 8)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    coef = _fill(draw, (P, nm), draw(st.sampled_from([0.5, 2.0])))
+    proto = _fill(draw, (B, nm, H, W), 1.0)
+    edges = [float("nan"), float("inf"), -float("inf"), 0.0, 1.0, 2.5, float(W), -1.0]
+    boxes = _fill(draw, (P, 4), 0, edges, lo=-2.0, hi=max(H, W) + 2.0)
+    area = _fill(draw, (P,), 0, [0.0, float("nan"), float("inf")], lo=0.01, hi=1.0)
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    bi = torch.randint(0, B, (P,), generator=g)
+    overlap = draw(st.booleans())
+    if overlap:
+        masks = torch.randint(0, 3, (B, H, W), generator=g)
+        mi = torch.randint(0, 2, (P,), generator=g)
+    else:
+        masks = torch.rand(4, H, W, generator=g, dtype=torch.float64)  # soft targets too
+        mi = torch.randint(0, 4, (P,), generator=g)
+    return dtype, coef, proto, bi, boxes, area, masks, mi, overlap, draw(
+        st.sampled_from(["none", "mean", "sum"]))
+
+
+@settings(settings.get_profile(PROFILE))
+@given(mask_case())
+def test_prototype_mask_loss_against_the_reference(case):
+    dtype, coef, proto, bi, boxes, area, masks, mi, overlap, reduction = case
+    msg = f"mask {dtype} coef{tuple(coef.shape)} proto{tuple(proto.shape)} {overlap} {reduction}"
+    c = coef.to(dtype).requires_grad_()
+    p = proto.to(dtype).requires_grad_()
+    out = DF.prototype_mask_loss(c, p, bi, boxes, area, masks, mi, overlap, reduction)
+    cr = c.detach().double().requires_grad_()
+    pr = p.detach().double().requires_grad_()
+    ref = R.prototype_mask_loss(cr, pr, bi, boxes, area, masks, mi, overlap, reduction)
+    assert out.shape == ref.shape and out.dtype == dtype, msg
+    nan = torch.isnan(ref)
+    assert torch.equal(torch.isnan(out.detach()), nan), f"{msg}: NaN pattern"
+    # a logit is a dot of nm products, a loss a sum over a box: relative to the largest term
+    _compare(out, ref, dtype, None if not nan.any() else nan, 3, msg)
+    if out.numel() == 0:
+        return
+    up = torch.linspace(0.5, 2.0, out.numel()).view(out.shape).double()
+    grads = torch.autograd.grad(out, (c, p), up.to(dtype))
+    refs = torch.autograd.grad(ref, (cr, pr), up)
+    for name, a, e in zip(("coef", "proto"), grads, refs):
+        nan = torch.isnan(e)
+        assert torch.equal(torch.isnan(a), nan), f"{msg}: {name} grad NaN pattern"
+        rtol, atol = tolerance(e[~nan], dtype, 3)
+        torch.testing.assert_close(a[~nan].double(), e[~nan].to(dtype).double(), rtol=rtol,
+                                   atol=max(atol, 2 * _ulp1(dtype)),
+                                   msg=lambda m: f"{msg} grad {name}\n{m}")

@@ -159,6 +159,43 @@ def test_assigner_layouts(driver):
                               (scores, p, a, lab, gt, m, 10, 3, 0.5, 6.0, 16.0, 1e-9, False))
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_mask_layouts(driver):
+    """Contiguous gradients whatever the inputs' strides: a transposed coef view, channels-last
+    and strided prototypes, int32 indices, integer and bool masks."""
+    ops, dev = ops_of(driver)
+    gen = g()
+    P, nm, B, H, W = 7, 4, 2, 6, 5
+    coef = torch.randn(P, nm, generator=gen)
+    proto = torch.randn(B, nm, H, W, generator=gen)
+    bi = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    boxes = torch.tensor([[0.0, 0, 5, 6], [1, 1, 3, 4], [0.5, 2, 4.5, 6], [2, 0, 3, 1],
+                          [-1, -1, 9, 9], [3, 3, 2, 5], [1, 2, 4, 3]])
+    area = torch.rand(P, generator=gen) + 0.1
+    index = torch.randint(0, 3, (B, H, W), generator=gen)
+    mi = torch.randint(0, 2, (P,), generator=gen)
+    cases = {
+        "contiguous": (coef, proto, bi, index.float(), mi, True),
+        "coef-transposed-view": (coef.t().contiguous().t(), proto, bi, index.float(), mi, True),
+        "proto-channels-last": (coef, proto.to(memory_format=torch.channels_last), bi, index, mi, True),
+        "proto-strided": (coef, torch.randn(B, nm, H, 2 * W, generator=gen)[..., ::2], bi.int(),
+                          index.to(torch.uint8), mi.int(), True),
+        "masks-rows": (coef, proto, bi, (index > 0)[[0, 1, 1]], torch.tensor([0, 1, 2, 0, 2, 1, 0]),
+                       False),
+    }
+    for name, (c, p, b, m, i, overlap) in cases.items():
+        for red in ("none", "mean"):
+            args = tuple(v.to(dev) if isinstance(v, torch.Tensor) else v
+                         for v in (c, p, b, boxes, area, m, i, overlap, red))
+            torch.library.opcheck(ops.prototype_mask_loss.default, args)
+            torch.library.opcheck(ops.prototype_mask_loss_with_grad.default, args)
+            up = torch.rand(P, device=dev) if red == "none" else torch.tensor(2.0, device=dev)
+            torch.library.opcheck(ops.prototype_mask_backward.default, (up, *args))
+            _, gc, gp = ops.prototype_mask_loss_with_grad(*args)
+            assert gc.is_contiguous() and gp.is_contiguous(), name
+            assert gc.shape == c.shape and gp.shape == p.shape, name
+
+
 def test_the_issue_snippet_compiles_and_equals_eager():
     """Class-major logits and class indices, as ultralytics' fused step passes them: every
     reduction and every kind, fullgraph, loss and gradient equal to eager."""

@@ -31,6 +31,8 @@ DETLOSS_HD float dl_pow(float x, float y) { return ::powf(x, y); }
 DETLOSS_HD double dl_pow(double x, double y) { return ::pow(x, y); }
 DETLOSS_HD float dl_atan(float x) { return ::atanf(x); }
 DETLOSS_HD double dl_atan(double x) { return ::atan(x); }
+DETLOSS_HD float dl_ceil(float x) { return ::ceilf(x); }
+DETLOSS_HD double dl_ceil(double x) { return ::ceil(x); }
 // max/min that propagate NaN (as at::vec::maximum/minimum and torch.maximum do).
 DETLOSS_HD float dl_max(float a, float b) { return (a != a || a > b) ? a : b; }
 DETLOSS_HD double dl_max(double a, double b) { return (a != a || a > b) ? a : b; }

@@ -8,6 +8,7 @@
 #include "box.h"
 #include "cls.h"
 #include "dfl.h"
+#include "mask.h"
 #include "protocol.h"
 
 namespace detloss {
@@ -65,11 +66,22 @@ Pair dfl_integral_autocast(const at::Tensor& p) {
 }
 
 template <c10::DispatchKey key, c10::DeviceType device>
+at::Tensor mask_loss_autocast(DETLOSS_MASK_PARAMS) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
+  static const auto op =
+      find_op<at::Tensor(DETLOSS_MASK_PARAMS)>(DETLOSS_OP("prototype_mask_loss"));
+  // the boxes, areas and masks are read in float32 (float64) by the op itself
+  return op.call(f32<device>(coef), f32<device>(proto), batch_index, boxes, area, masks,
+                 mask_index, overlap, reduction);
+}
+
+template <c10::DispatchKey key, c10::DeviceType device>
 void register_autocast(torch::Library& m) {
   m.impl("cls_loss", &cls_loss_autocast<key, device>);
   m.impl("box_loss", &box_loss_autocast<key, device>);
   m.impl("dfl_loss", &dfl_loss_autocast<key, device>);
   m.impl("dfl_integral", &dfl_integral_autocast<key, device>);
+  m.impl("prototype_mask_loss", &mask_loss_autocast<key, device>);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "box.h"
 #include "cls.h"
 #include "dfl.h"
+#include "mask.h"
 #include "protocol.h"
 
 namespace detloss {
@@ -360,6 +361,82 @@ at::Tensor dfl_integral_backward_autograd(const at::Tensor& g, const at::Tensor&
   return IntegralBackwardFunction::apply(g, p, stats);
 }
 
+// ------------------------------------------------------------------------------------ mask
+using MaskLossSig = at::Tensor(DETLOSS_MASK_PARAMS);
+using MaskLossGradSig = Triple(DETLOSS_MASK_PARAMS);
+using MaskBackwardSig = Pair(const at::Tensor&, DETLOSS_MASK_PARAMS);
+
+class MaskBackwardFunction : public torch::autograd::Function<MaskBackwardFunction> {
+ public:
+  static variable_list forward(AutogradContext*, const at::Tensor& grad, DETLOSS_MASK_PARAMS) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static const auto op = find_op<MaskBackwardSig>(DETLOSS_OP("prototype_mask_backward"));
+    auto [gc, gp] = op.call(grad, DETLOSS_MASK_ARGS);
+    return {gc, gp};
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    protocol::no_double_backward("prototype_mask_loss");
+  }
+};
+
+// Two differentiable inputs, coef and proto, whose gradients one pass computes (the
+// prototypes' sums over each image's positives). 'none' computes them in the backward: the
+// prototypes' gradient needs each positive's upstream inside the sum.
+class MaskLossFunction : public torch::autograd::Function<MaskLossFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, bool with_grad, DETLOSS_MASK_PARAMS) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    at::Tensor out;
+    if (with_grad) {
+      static const auto op = find_op<MaskLossGradSig>(DETLOSS_OP("prototype_mask_loss_with_grad"));
+      at::Tensor gc, gp;
+      std::tie(out, gc, gp) = op.call(DETLOSS_MASK_ARGS);
+      protocol::keep_grads<2>(ctx, {gc, gp});
+    } else {
+      static const auto op = find_op<MaskLossSig>(DETLOSS_OP("prototype_mask_loss"));
+      out = op.call(DETLOSS_MASK_ARGS);
+    }
+    ctx->save_for_backward({coef, proto, batch_index, boxes, area, masks, mask_index});
+    ctx->saved_data["overlap"] = overlap;
+    ctx->saved_data["reduction"] = std::string(reduction);
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const std::array<bool, 2> need = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    const std::string r = ctx->saved_data["reduction"].toStringRef();
+    at::Tensor gc, gp;
+    if (auto kept = protocol::take_grads<2>(ctx, need)) {
+      const Reduction red = parse_reduction(r, "detloss.prototype_mask_loss");
+      if (need[0]) gc = scale_by_upstream((*kept)[0], grads[0], red, false, true);
+      if (need[1]) gp = scale_by_upstream((*kept)[1], grads[0], red, false, true);
+    } else {
+      const auto s = ctx->get_saved_variables();
+      const auto g = MaskBackwardFunction::apply(grads[0], s[0], s[1], s[2], s[3], s[4], s[5],
+                                                 s[6], ctx->saved_data["overlap"].toBool(), r);
+      if (need[0]) gc = g[0];
+      if (need[1]) gp = g[1];
+    }
+    return {at::Tensor(), gc, gp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor mask_loss_autograd(DETLOSS_MASK_PARAMS) {
+  const bool grad_mode = torch::autograd::GradMode::is_enabled();
+  if (grad_mode) {
+    for (const auto& [t, name] : {std::pair{&boxes, "boxes"}, {&area, "area"}, {&masks, "masks"}})
+      protocol::check_detached(*t, name, "the mask loss has no gradient with respect to it");
+  }
+  const bool with_grad = grad_mode && (coef.requires_grad() || proto.requires_grad()) &&
+                         parse_reduction(sv(reduction), "detloss.prototype_mask_loss") !=
+                             Reduction::kNone;
+  return MaskLossFunction::apply(with_grad, DETLOSS_MASK_ARGS);
+}
+Pair mask_backward_autograd(const at::Tensor& grad, DETLOSS_MASK_PARAMS) {
+  const auto g = MaskBackwardFunction::apply(grad, DETLOSS_MASK_ARGS);
+  return {g[0], g[1]};
+}
+
 // ------------------------------------------------------------------------------- assigner
 // The assignment has no gradient (ultralytics runs it under no_grad): below autograd.
 TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
@@ -390,4 +467,6 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("dfl_integral", &detloss::dfl_integral_autograd);
   m.impl("dfl_integral_backward", &detloss::dfl_integral_backward_autograd);
   m.impl("tal_assign", &detloss::tal_assign_autograd);
+  m.impl("prototype_mask_loss", &detloss::mask_loss_autograd);
+  m.impl("prototype_mask_backward", &detloss::mask_backward_autograd);
 }
