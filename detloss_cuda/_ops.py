@@ -255,21 +255,21 @@ def _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bbo
 
 
 # --------------------------------------------------------------------------- mask family
-# The kernels return the loss ([P] for 'none', else 0-dim) and contiguous gradients shaped
+# The kernels return the loss (coef's leading shape for 'none', else 0-dim) and contiguous gradients shaped
 # like coef [P, nm] and proto [B, nm, H, W], whatever their inputs' strides.
 @_register_fake("prototype_mask_loss")
 def _mask_loss_fake(driver, coef, proto, batch_index, boxes, area, masks, mask_index, overlap,
-                    reduction):
-    torch._check(coef.dim() == 2, lambda: "detloss.prototype_mask_loss: coef must have shape "
-                 f"[P, nm], got {tuple(coef.shape)}")
+                    reduction, positive=None):
+    torch._check(coef.dim() >= 1, lambda: "detloss.prototype_mask_loss: coef must have shape "
+                 f"[..., nm], got {tuple(coef.shape)}")
     torch._check(proto.dim() == 4, lambda: "detloss.prototype_mask_loss: proto must have shape "
                  f"[B, nm, H, W], got {tuple(proto.shape)}")
-    return coef.new_empty((coef.shape[0],) if reduction == "none" else ())
+    return coef.new_empty(coef.shape[:-1] if reduction == "none" else ())
 
 
 @_register_fake("prototype_mask_loss_with_grad")
 def _mask_loss_with_grad_fake(driver, coef, proto, batch_index, boxes, area, masks, mask_index,
-                              overlap, reduction):
+                              overlap, reduction, positive=None):
     loss = _mask_loss_fake(driver, coef, proto, batch_index, boxes, area, masks, mask_index,
                            overlap, reduction)
     return loss, coef.new_empty(coef.shape), proto.new_empty(proto.shape)
@@ -277,8 +277,7 @@ def _mask_loss_with_grad_fake(driver, coef, proto, batch_index, boxes, area, mas
 
 @_register_fake("prototype_mask_backward")
 def _mask_backward_fake(driver, grad, coef, proto, batch_index, boxes, area, masks, mask_index,
-                        overlap, reduction):
+                        overlap, reduction, positive=None):
     return coef.new_empty(coef.shape), proto.new_empty(proto.shape)
-
 
 register_fakes("detloss")

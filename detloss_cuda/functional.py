@@ -267,11 +267,16 @@ def distribution_integral(pred):
 
 
 def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index, overlap=True,
-                        reduction="mean"):
+                        reduction="mean", positive=None):
     """The prototype mask loss of YOLACT-style instance segmentation, ultralytics' YOLO
     segmentation loss (``v8SegmentationLoss.calculate_segmentation_loss``) in one op.
 
-    Positive ``p`` has mask coefficients ``coef[p]`` (``[P, nm]``); its mask logits are
+    Positive ``p`` has mask coefficients ``coef[p]`` (``[..., nm]``: a list ``[P, nm]``, or
+    every anchor of a batch ``[B, A, nm]`` with ``positive [B, A]`` (bool, ultralytics'
+    ``fg_mask``) saying which are positives: the others have no loss and a zero gradient, are
+    not counted by ``'mean'`` and their indices are never read; no data-dependent shape, so a
+    compiled step does not break). ``batch_index``, ``area``, ``mask_index`` have the leading
+    shape, ``boxes`` that and 4. Its mask logits are
     ``z_p = sum_k coef[p, k] · proto[b_p, k]`` over its image ``b_p = batch_index[p]`` of the
     prototypes ``proto [B, nm, H, W]``; its loss is ultralytics' ``single_mask_loss`` term::
 
@@ -283,8 +288,8 @@ def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index
     ultralytics' forms: ``overlap=True``: ``masks [B, H, W]`` holds each image's instance
     indices (0 background, ``i + 1`` its object ``i``) and ``t_p = (masks[b_p] ==
     mask_index[p] + 1)``; ``overlap=False``: ``masks [N, H, W]`` holds 0/1 masks and
-    ``t_p = masks[mask_index[p]]``. ``'mean'`` divides the sum by ``P``: ultralytics' value
-    (before its ``box`` gain); ``'none'`` returns ``[P]``.
+    ``t_p = masks[mask_index[p]]``. ``'mean'`` divides the sum by the number of positives:
+    ultralytics' value (before its ``box`` gain); ``'none'`` returns the leading shape.
 
     Only the pixels inside each box are computed; no ``(P, H, W)`` tensor is built.
     Differentiable with respect to ``coef`` and ``proto`` (the prototypes' gradient sums over
@@ -300,5 +305,6 @@ def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index
                     ("boxes", boxes), ("area", area), ("masks", masks),
                     ("mask_index", mask_index)):
         _check_tensor(name, t)
+    _check_tensor("positive", positive, optional=True)
     return _ops.ops.prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index,
-                                        bool(overlap), reduction)
+                                        bool(overlap), reduction, positive)

@@ -302,14 +302,18 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
 
 
 def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index, overlap=True,
-                        reduction="mean"):
+                        reduction="mean", positive=None):
     """ultralytics' single_mask_loss for every positive at once: the (P, H, W) logits, the
     target masks, the BCE, crop_mask's product, mean / area."""
-    P = coef.shape[0]
+    lead = coef.shape[:-1]
+    keep = torch.ones(lead, dtype=torch.bool) if positive is None else positive.cpu()
+    keep = keep.reshape(-1)
+    coef = coef.reshape(-1, coef.shape[-1])
+    b = batch_index.reshape(-1).long()[keep]
+    i = mask_index.reshape(-1).long()[keep]
+    boxes, area = boxes.reshape(-1, 4)[keep], area.reshape(-1)[keep]
     H, W = proto.shape[-2:]
-    b = batch_index.long()
-    i = mask_index.long()
-    z = torch.einsum("pn,pnhw->phw", coef, proto[b])
+    z = torch.einsum("pn,pnhw->phw", coef[keep], proto[b])
     if overlap:
         t = (masks[b] == (i + 1).view(-1, 1, 1)).to(z.dtype)
     else:
@@ -321,6 +325,7 @@ def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index
     loss = loss * ((r >= x1) * (r < x2)) * ((c >= y1) * (c < y2))
     per = loss.mean(dim=(1, 2)) / area
     if reduction == "none":
-        return per
+        return per.new_zeros(keep.shape).masked_scatter(keep, per).view(lead)
     s = per.sum()
-    return s / P if reduction == "mean" and P > 0 else s
+    n = int(keep.sum())
+    return s / n if reduction == "mean" and n > 0 else s

@@ -223,14 +223,19 @@ def test_mask(overlap, dtype):
     """Both ground-truth forms, with and without the gradient, every reduction, upstreams of 1
     and not 1, a retained graph's second backward, the adversarial boxes (a zero area's NaN
     included), no positives, and an nm over the 32 coefficients ProtoGradUnit takes a pass."""
-    from test_mask import adversarial, scene
+    from test_mask import adversarial, dense, scene
 
     g = torch.Generator().manual_seed(0)
     scenes = [("random", scene(overlap, g)), ("adversarial", adversarial(overlap, g)),
               ("nm 40", scene(overlap, g, nm=40, P=5))]
     c, p, bi, bx, ar, mk, mi = scenes[0][1]
     scenes.append(("empty", (c[:0], p, bi[:0], bx[:0], ar[:0], mk, mi[:0])))
-    for name, (coef, proto, bi, boxes, area, masks, mi) in scenes:
+    # every anchor of a [B, A] batch with a positive mask (junk at the others)
+    dc, dbi, dbx, dar, dmi, keep, _ = dense(c, p, bi, bx, ar, mk, mi, g)
+    scenes.append(("positive mask", (dc, p, dbi, dbx, dar, mk, dmi, keep)))
+    scenes.append(("no positive", (dc, p, dbi, dbx, dar, mk, dmi, keep & False)))
+    for name, (coef, proto, bi, boxes, area, masks, mi, *keep) in scenes:
+        keep = keep[0] if keep else None
         for requires_grad in (False, True):
             for reduction in REDUCTIONS:
                 for up in ((0, 1) if requires_grad else (0,)):
@@ -238,7 +243,7 @@ def test_mask(overlap, dtype):
                     pr = proto.detach().to(dtype).clone().requires_grad_(requires_grad)
                     cpu, cuda = both(lambda: loss_and_grads(
                         lambda: DF.prototype_mask_loss(cf, pr, bi, boxes, area, masks, mi, overlap,
-                                                       reduction),
+                                                       reduction, positive=keep),
                         [cf, pr], reduction, up, retain=requires_grad and up == 1))
                     close(cpu, cuda, dtype, f"mask {name} overlap={overlap} grad={requires_grad} "
                                             f"{reduction} #{up}")

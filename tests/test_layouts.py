@@ -182,14 +182,22 @@ def test_mask_layouts(driver):
                           index.to(torch.uint8), mi.int(), True),
         "masks-rows": (coef, proto, bi, (index > 0)[[0, 1, 1]], torch.tensor([0, 1, 2, 0, 2, 1, 0]),
                        False),
+        # every anchor of a batch, ultralytics' [B, A, nm] (permuted from its head) and fg_mask
+        "anchors-positive": (torch.randn(B, nm, 7, generator=gen).permute(0, 2, 1),
+                             proto, torch.arange(B).view(B, 1).expand(B, 7), index.float(),
+                             mi[:B * 7 // 2 + 1].repeat(2)[:B * 7].view(B, 7), True),
     }
     for name, (c, p, b, m, i, overlap) in cases.items():
+        dense = c.dim() == 3
+        keep = torch.rand(c.shape[:-1], generator=gen) < 0.5 if dense else None
+        bx = boxes[:7].repeat(2, 1).view(B, 7, 4) if dense else boxes
+        ar = area[:7].repeat(2).view(B, 7) if dense else area
         for red in ("none", "mean"):
             args = tuple(v.to(dev) if isinstance(v, torch.Tensor) else v
-                         for v in (c, p, b, boxes, area, m, i, overlap, red))
+                         for v in (c, p, b, bx, ar, m, i, overlap, red, keep))
             torch.library.opcheck(ops.prototype_mask_loss.default, args)
             torch.library.opcheck(ops.prototype_mask_loss_with_grad.default, args)
-            up = torch.rand(P, device=dev) if red == "none" else torch.tensor(2.0, device=dev)
+            up = torch.rand(c.shape[:-1], device=dev) if red == "none" else torch.tensor(2.0, device=dev)
             torch.library.opcheck(ops.prototype_mask_backward.default, (up, *args))
             _, gc, gp = ops.prototype_mask_loss_with_grad(*args)
             assert gc.is_contiguous() and gp.is_contiguous(), name

@@ -273,18 +273,21 @@ def _bad_calls():
     coef, proto, bi, boxes, area, masks, mi = (t.float() if t.is_floating_point() else t
                                                for t in scene(True, g))
     ok = dict(coef=coef, proto=proto, batch_index=bi, boxes=boxes, area=area, masks=masks,
-              mask_index=mi)
+              mask_index=mi, positive=None)
     cases = [
-        ("coef", coef[:, None], ValueError, r"coef must have shape \[P, nm\]"),
+        ("coef", coef[0, 0], ValueError, r"coef must have shape \[\.\.\., nm\]"),
+        ("coef", coef[:, None], ValueError, r"batch_index must have coef's leading shape \[14, 1\]"),
         ("coef", coef.long(), TypeError, "coef must be a floating tensor"),
         ("coef", torch.zeros(14, 65), ValueError, r"nm .* must be in \[1, 64\]"),
         ("proto", proto.double(), TypeError, "proto must have coef's dtype"),
         ("proto", proto[:, :3], ValueError, r"proto must have shape \[B, nm, H, W\] with nm = 8"),
         ("batch_index", bi.float(), TypeError, "batch_index must be an int64 or int32"),
-        ("batch_index", bi[:3], ValueError, r"batch_index must have shape \[P\] = \[14\]"),
+        ("batch_index", bi[:3], ValueError, r"batch_index must have coef's leading shape \[14\]"),
         ("batch_index", bi + 3, IndexError, r"batch_index\[0\] = \d+ is not an image of proto"),
-        ("boxes", boxes[:, :3], ValueError, r"boxes must have shape \[P, 4\]"),
-        ("area", area[None], ValueError, r"area must have shape \[P\]"),
+        ("boxes", boxes[:, :3], ValueError, r"boxes must have shape \[\.\.\., 4\]"),
+        ("area", area[None], ValueError, r"area must have coef's leading shape \[14\]"),
+        ("positive", bi, TypeError, "positive must be a bool tensor"),
+        ("positive", bi[:3] > 0, ValueError, r"positive must have coef's leading shape \[14\]"),
         ("masks", masks[:, :5], ValueError, r"masks must have shape \[B, H, W\] with H, W = 12, 10"),
         ("masks", masks[:2], ValueError, "one instance-index map per image"),
         ("mask_index", mi.double(), TypeError, "mask_index must be an int64 or int32"),
@@ -292,7 +295,7 @@ def _bad_calls():
     return ok, cases
 
 
-@pytest.mark.parametrize("case", range(13))
+@pytest.mark.parametrize("case", range(16))
 def test_bad_input_names_the_argument(case):
     ok, cases = _bad_calls()
     name, value, exc, match = cases[case]
@@ -332,3 +335,58 @@ def test_out_of_range_index_on_the_cuda_kernels_is_nan_not_a_crash():
                                          boxes=ok["boxes"][keep], area=ok["area"][keep],
                                          mask_index=ok["mask_index"][keep]), reduction="none")
     torch.testing.assert_close(out[keep].detach(), want)
+
+
+def dense(coef, proto, bi, boxes, area, masks, mi, g, A=9):
+    """The same positives as every anchor of a [B, A] batch (ultralytics' layout), with a
+    `positive` mask, and junk (out-of-range indices, NaN boxes) at the other anchors."""
+    B, P = proto.shape[0], coef.shape[0]
+    slot = torch.full((B, A), -1)
+    for p in range(P):  # each positive at a free anchor of its image, in order
+        a = int((slot[bi[p]] < 0).nonzero()[0])
+        slot[bi[p], a] = p
+    keep = slot >= 0
+    src = slot.clamp(min=0)
+    junk = lambda t, v: torch.where(keep.view(B, A, *([1] * (t.dim() - 1))), t[src], v)  # noqa: E731
+    where = [tuple(int(i) for i in (slot == p).nonzero()[0]) for p in range(P)]
+    return (junk(coef, torch.full_like(coef[:1], 1e6).expand(1, -1)),
+            torch.arange(B).view(B, 1).expand(B, A).clone(),
+            junk(boxes, torch.tensor(float("nan"))), junk(area, torch.tensor(0.0)),
+            junk(mi, torch.tensor(99)), keep, tuple(torch.tensor(w) for w in zip(*where)))
+
+
+@pytest.mark.parametrize("driver", drivers())
+@pytest.mark.parametrize("overlap", [True, False])
+def test_positive_mask_equals_the_packed_positives(overlap, driver):
+    """[B, A] with `positive`: the packed call's loss (every reduction, 'mean' dividing by the
+    number of positives) and gradients; zero loss and gradient at the other anchors, whose
+    indices and boxes (junk here) are never read."""
+    g = torch.Generator().manual_seed(11)
+    coef, proto, bi, boxes, area, masks, mi = scene(overlap, g, P=10)
+    dc, dbi, dboxes, darea, dmi, keep, at = dense(coef, proto, bi, boxes, area, masks, mi, g)
+    for reduction in ("mean", "sum", "none"):
+        with on_driver(driver) as (device, _):
+            packed = run(DF.prototype_mask_loss, coef, proto, (bi, boxes, area, masks, mi, overlap),
+                         reduction, dtype=torch.float32)
+            up = None if reduction != "none" else torch.linspace(0.5, 2, dc.shape[0] * dc.shape[1]).view(dc.shape[:2])
+            c = dc.float().clone().requires_grad_()
+            p = proto.float().clone().requires_grad_()
+            out = DF.prototype_mask_loss(c, p, dbi, dboxes, darea, masks, dmi, overlap, reduction,
+                                         positive=keep)
+            if up is None:
+                up = torch.ones(())
+            gc, gp = torch.autograd.grad(out, (c, p), up)
+        if reduction == "none":
+            assert out.shape == keep.shape and (out[~keep] == 0).all()
+            torch.testing.assert_close(out[at], packed[0].detach())
+            up_packed = up[at]
+            packed = run(DF.prototype_mask_loss, coef, proto, (bi, boxes, area, masks, mi, overlap),
+                         reduction, up=up_packed, dtype=torch.float32)
+        else:
+            torch.testing.assert_close(out, packed[0])
+        assert gc.shape == dc.shape and (gc[~keep] == 0).all()
+        torch.testing.assert_close(gc[at], packed[1])
+        torch.testing.assert_close(gp, packed[2])
+    ref = R.prototype_mask_loss(dc, proto, dbi, dboxes, darea, masks, dmi, overlap, "mean", keep)
+    want = R.prototype_mask_loss(coef, proto, bi, boxes, area, masks, mi, overlap, "mean")
+    torch.testing.assert_close(ref, want)  # the reference's positive mask, too

@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -41,8 +42,12 @@ MaskTriple run(const MaskArgs& a, bool grad, const at::Tensor& up) {
   const int64_t* idx = a.index.const_data_ptr<int64_t>();
   // the positives grouped by image, in order (a counting sort); indices checked here, where
   // reading them costs nothing (the CUDA kernels give such a positive a NaN loss instead)
-  std::vector<int64_t> off(B + 1, 0), order(P);
+  const bool* keep = a.keep.defined() ? a.keep.const_data_ptr<bool>() : nullptr;
+  std::vector<int64_t> off(B + 1, 0), order;
+  int64_t count = 0;  // the positives: 'mean' divides by their number
   for (int64_t p = 0; p < P; ++p) {
+    if (keep && !keep[p]) continue;  // not a positive: its indices are not read
+    ++count;
     TORCH_CHECK_INDEX(img[p] >= 0 && img[p] < B, op, ": batch_index[", p, "] = ", img[p],
                       " is not an image of proto (B = ", B, ")");
     TORCH_CHECK_INDEX(a.overlap || (idx[p] >= 0 && idx[p] < a.G), op, ": mask_index[", p,
@@ -50,23 +55,26 @@ MaskTriple run(const MaskArgs& a, bool grad, const at::Tensor& up) {
     ++off[img[p] + 1];
   }
   for (int64_t b = 0; b < B; ++b) off[b + 1] += off[b];
+  order.resize(count);
   {
     std::vector<int64_t> at(off.begin(), off.end() - 1);
-    for (int64_t p = 0; p < P; ++p) order[at[img[p]]++] = p;
+    for (int64_t p = 0; p < P; ++p)
+      if (!keep || keep[p]) order[at[img[p]]++] = p;
   }
-  const S red = reduction_scale<S>(a.reduction, P);
+  const S red = reduction_scale<S>(a.reduction, count);
   const S* ups = up.defined() ? up.const_data_ptr<S>() : nullptr;
   const S* boxes = a.boxes.const_data_ptr<S>();
   const S* area = a.area.const_data_ptr<S>();
   const S* masks = a.masks.const_data_ptr<S>();
   const T* coef = a.coef.const_data_ptr<T>();
   const T* proto = a.proto.const_data_ptr<T>();
-  std::vector<S> losses(P);
+  std::vector<S> losses(P, S(0));
   at::Tensor gc, gp;
   T* gcp = nullptr;
   T* gpp = nullptr;
   if (grad) {
-    gc = at::empty_like(a.coef);
+    // (zero: the rows of entries that are not positives)
+    gc = count < P ? at::zeros_like(a.coef) : at::empty_like(a.coef);
     gp = at::empty_like(a.proto);
     gcp = gc.mutable_data_ptr<T>();
     gpp = gp.mutable_data_ptr<T>();

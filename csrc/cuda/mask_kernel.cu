@@ -16,6 +16,8 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
+#include <ATen/ops/sum.h>
+#include <ATen/ops/where.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -39,11 +41,19 @@ struct MaskView {
   const S* boxes;
   const S* area;
   const S* masks;
-  const S* up;  // [P] ('none' backward) or null
-  S red;        // the reduction's scale
+  const S* up;         // [P] ('none' backward) or null
+  const bool* keep;    // [P]: which entries are positives, or null (all)
+  const double* count;  // 'mean' with keep: the number of positives (on the device), or null
+  S red;               // the reduction's scale (without count)
   int64_t P, nm, B, H, W, HW, G;
   bool overlap;
 
+  __device__ __forceinline__ bool positive(int64_t p) const { return keep == nullptr || keep[p]; }
+  // 'mean': 1 / (the number of positives); 1 for none (the sum is 0 then)
+  __device__ __forceinline__ S scale_of_reduction() const {
+    if (count == nullptr) return red;
+    return *count > 0 ? S(1) / static_cast<S>(*count) : S(1);
+  }
   __device__ __forceinline__ bool valid(int64_t p) const {
     const int64_t b = image[p], i = index[p];
     return b >= 0 && b < B && (overlap || (i >= 0 && i < G));
@@ -79,14 +89,17 @@ __global__ void __launch_bounds__(kBlock)
   const int nm = static_cast<int>(v.nm);
   const int slices = kBlock / nm;
   const S nan = std::numeric_limits<S>::quiet_NaN();
+  const S red = v.scale_of_reduction();
   for (int64_t p = blockIdx.x; p < v.P; p += gridDim.x) {
-    if (!v.valid(p)) {  // (the same for the whole block)
+    const bool pos = v.positive(p);
+    if (!pos || !v.valid(p)) {  // (the same for the whole block)
+      const S out = pos ? nan : S(0);  // not a positive: no loss, no gradient
       if (t == 0) {
-        losses[p] = nan;
-        scales[p] = nan;
+        losses[p] = out;
+        scales[p] = S(0);
         for (int j = 0; j < 4; ++j) spans[4 * p + j] = 0;
       }
-      if (GRAD && t < nm) grad_coef[p * nm + t] = static_cast<T>(nan);
+      if (GRAD && t < nm) grad_coef[p * nm + t] = static_cast<T>(out);
       continue;
     }
     const int64_t b = v.image[p];
@@ -94,7 +107,7 @@ __global__ void __launch_bounds__(kBlock)
     int64_t x0, x1, y0, y1;
     math::mask_span(bx[0], bx[2], v.W, x0, x1);
     math::mask_span(bx[1], bx[3], v.H, y0, y1);
-    const S scale = math::mask_scale((v.up ? v.up[p] : S(1)) * v.red, v.HW, v.area[p]);
+    const S scale = math::mask_scale((v.up ? v.up[p] : S(1)) * red, v.HW, v.area[p]);
     if (t == 0) {
       spans[4 * p] = static_cast<int32_t>(x0);
       spans[4 * p + 1] = static_cast<int32_t>(x1);
@@ -153,7 +166,7 @@ struct ProtoGradUnit {
   using S = at::opmath_type<T>;
   static constexpr int kK = 32;
   MaskView<T> v;
-  const int64_t* order;  // positives sorted by image
+  const int64_t* order;  // entries sorted by image, the positives' (the others last)
   const int64_t* off;    // [B + 1]: image b's positives are order[off[b], off[b + 1])
   const int32_t* spans;
   const S* scales;
@@ -169,7 +182,7 @@ struct ProtoGradUnit {
       for (int i = 0; i < kK; ++i) acc[i] = S(0);
       bool poison = false;
       for (int64_t j = off[b]; j < off[b + 1]; ++j) {
-        const int64_t p = order[j];
+        const int64_t p = order[j];  // (a positive of image b: sorted so)
         if (!v.valid(p)) continue;
         const S sc = scales[p];
         const int32_t* sp = spans + 4 * p;
@@ -208,11 +221,17 @@ MaskTriple run(const MaskArgs& a, bool grad, const at::Tensor& up) {
   const c10::Device dev = a.coef.device();
   const auto opts = a.coef.options();
   const auto os = opts.dtype(c10::CppTypeToScalarType<S>::value);
+  // 'mean' over a `positive` mask divides by its count, known on the device only
+  const bool keep = a.keep.defined();
+  const at::Tensor count = keep && a.reduction == Reduction::kMean
+                               ? a.keep.sum().to(at::kDouble) : at::Tensor();
   MaskView<T> v{a.coef.const_data_ptr<T>(), a.proto.const_data_ptr<T>(),
                 a.image.const_data_ptr<int64_t>(), a.index.const_data_ptr<int64_t>(),
                 a.boxes.const_data_ptr<S>(), a.area.const_data_ptr<S>(),
                 a.masks.const_data_ptr<S>(), up.defined() ? up.const_data_ptr<S>() : nullptr,
-                reduction_scale<S>(a.reduction, a.P), a.P, a.nm, a.B, a.H, a.W, a.H * a.W, a.G,
+                keep ? a.keep.const_data_ptr<bool>() : nullptr,
+                count.defined() ? count.const_data_ptr<double>() : nullptr,
+                count.defined() ? S(1) : reduction_scale<S>(a.reduction, a.P), a.P, a.nm, a.B, a.H, a.W, a.H * a.W, a.G,
                 a.overlap};
   at::Tensor losses = at::empty({a.P}, os);
   at::Tensor spans = at::empty({a.P * 4}, opts.dtype(at::kInt));
@@ -228,7 +247,9 @@ MaskTriple run(const MaskArgs& a, bool grad, const at::Tensor& up) {
                                               spans.mutable_data_ptr<int32_t>(),
                                               scales.mutable_data_ptr<S>(), gc.mutable_data_ptr<T>());
     }
-    const auto [sorted, order] = at::sort(a.image, /*stable=*/true, 0, false);
+    // the positives by image; the other entries after every image (key B)
+    const at::Tensor key = keep ? at::where(a.keep, a.image, a.B) : a.image;
+    const auto [sorted, order] = at::sort(key, /*stable=*/true, 0, false);
     const at::Tensor off = at::searchsorted(sorted, at::arange(a.B + 1, opts.dtype(at::kLong)));
     ProtoGradUnit<T> f{v, order.const_data_ptr<int64_t>(), off.const_data_ptr<int64_t>(),
                        spans.const_data_ptr<int32_t>(), scales.const_data_ptr<S>(),
@@ -242,7 +263,8 @@ MaskTriple run(const MaskArgs& a, bool grad, const at::Tensor& up) {
   if (a.reduction == Reduction::kNone) return {losses.to(a.coef.scalar_type()), gc, gp};
   at::Tensor loss = at::empty({}, opts);
   launch_map_reduce<S, T>(a.P, LossSumUnit<S>{losses.const_data_ptr<S>()},
-                          loss.mutable_data_ptr<T>(), v.red, dev);
+                          loss.mutable_data_ptr<T>(), v.red, dev,
+                          count.defined() ? count.const_data_ptr<double>() : nullptr);
   return {loss, gc, gp};
 }
 

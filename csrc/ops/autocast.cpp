@@ -72,7 +72,7 @@ at::Tensor mask_loss_autocast(DETLOSS_MASK_PARAMS) {
       find_op<at::Tensor(DETLOSS_MASK_PARAMS)>(DETLOSS_OP("prototype_mask_loss"));
   // the boxes, areas and masks are read in float32 (float64) by the op itself
   return op.call(f32<device>(coef), f32<device>(proto), batch_index, boxes, area, masks,
-                 mask_index, overlap, reduction);
+                 mask_index, overlap, reduction, positive);
 }
 
 template <c10::DispatchKey key, c10::DeviceType device>

@@ -396,7 +396,8 @@ class MaskLossFunction : public torch::autograd::Function<MaskLossFunction> {
       static const auto op = find_op<MaskLossSig>(DETLOSS_OP("prototype_mask_loss"));
       out = op.call(DETLOSS_MASK_ARGS);
     }
-    ctx->save_for_backward({coef, proto, batch_index, boxes, area, masks, mask_index});
+    ctx->save_for_backward({coef, proto, batch_index, boxes, area, masks, mask_index,
+                            positive.value_or(at::Tensor())});
     ctx->saved_data["overlap"] = overlap;
     ctx->saved_data["reduction"] = std::string(reduction);
     return out;
@@ -412,12 +413,13 @@ class MaskLossFunction : public torch::autograd::Function<MaskLossFunction> {
     } else {
       const auto s = ctx->get_saved_variables();
       const auto g = MaskBackwardFunction::apply(grads[0], s[0], s[1], s[2], s[3], s[4], s[5],
-                                                 s[6], ctx->saved_data["overlap"].toBool(), r);
+                                                 s[6], ctx->saved_data["overlap"].toBool(), r,
+                                                 opt(s[7]));
       if (need[0]) gc = g[0];
       if (need[1]) gp = g[1];
     }
     return {at::Tensor(), gc, gp, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 

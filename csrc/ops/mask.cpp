@@ -7,6 +7,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <c10/util/accumulate.h>
+
 #include <limits>
 
 namespace detloss {
@@ -22,15 +24,17 @@ MaskArgs prepare_mask(const at::Tensor& coef, const at::Tensor& proto,
                       const at::Tensor& batch_index, const at::Tensor& boxes,
                       const at::Tensor& area, const at::Tensor& masks,
                       const at::Tensor& mask_index, bool overlap, std::string_view reduction,
-                      const char* op) {
+                      const std::optional<at::Tensor>& positive, const char* op) {
   MaskArgs a;
   a.reduction = parse_reduction(reduction, op);
   a.overlap = overlap;
   check_floating(coef, "coef", op);
-  TORCH_CHECK_VALUE(coef.dim() == 2, op, ": coef must have shape [P, nm] (each positive's mask "
-                    "coefficients), got ", coef.sizes());
-  a.P = coef.size(0);
-  a.nm = coef.size(1);
+  TORCH_CHECK_VALUE(coef.dim() >= 1, op, ": coef must have shape [..., nm] (each positive's "
+                    "mask coefficients), got a 0-dim tensor");
+  a.shape.assign(coef.sizes().begin(), coef.sizes().end() - 1);
+  const at::IntArrayRef lead(a.shape);
+  a.P = c10::multiply_integers(lead);
+  a.nm = coef.size(-1);
   TORCH_CHECK_VALUE(a.nm >= 1 && a.nm <= math::kMaskMaxCoef, op, ": coef's nm (its last dim, "
                     "the number of prototypes) must be in [1, ", math::kMaskMaxCoef, "], got ",
                     coef.sizes());
@@ -50,19 +54,20 @@ MaskArgs prepare_mask(const at::Tensor& coef, const at::Tensor& proto,
   }
   TORCH_CHECK_TYPE(is_index(batch_index), op, ": batch_index must be an int64 or int32 tensor "
                    "(each positive's image), got ", batch_index.scalar_type());
-  TORCH_CHECK_VALUE(batch_index.dim() == 1 && batch_index.size(0) == a.P, op, ": batch_index "
-                    "must have shape [P] = [", a.P, "], got ", batch_index.sizes());
+  TORCH_CHECK_VALUE(batch_index.sizes() == lead, op, ": batch_index must have coef's leading "
+                    "shape ", lead, " (one per positive), got ", batch_index.sizes());
   TORCH_CHECK_TYPE(is_index(mask_index), op, ": mask_index must be an int64 or int32 tensor, "
                    "got ", mask_index.scalar_type());
-  TORCH_CHECK_VALUE(mask_index.dim() == 1 && mask_index.size(0) == a.P, op, ": mask_index "
-                    "must have shape [P] = [", a.P, "], got ", mask_index.sizes());
+  TORCH_CHECK_VALUE(mask_index.sizes() == lead, op, ": mask_index must have coef's leading "
+                    "shape ", lead, ", got ", mask_index.sizes());
   check_floating(boxes, "boxes", op);
-  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(0) == a.P && boxes.size(1) == 4, op,
-                    ": boxes must have shape [P, 4] = [", a.P, ", 4] (xyxy in prototype "
-                    "pixels), got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.dim() == coef.dim() && boxes.sizes().slice(0, lead.size()) == lead &&
+                        boxes.size(-1) == 4,
+                    op, ": boxes must have shape [..., 4] with coef's leading shape ", lead,
+                    " (xyxy in prototype pixels), got ", boxes.sizes());
   check_floating(area, "area", op);
-  TORCH_CHECK_VALUE(area.dim() == 1 && area.size(0) == a.P, op, ": area must have shape [P] = [",
-                    a.P, "] (each box's normalised area), got ", area.sizes());
+  TORCH_CHECK_VALUE(area.sizes() == lead, op, ": area must have coef's leading shape ", lead,
+                    " (each box's normalised area), got ", area.sizes());
   TORCH_CHECK_TYPE(!masks.is_complex(), op, ": masks must be a real or bool tensor (",
                    overlap ? "instance indices" : "0/1 masks", "), got ", masks.scalar_type());
   TORCH_CHECK_VALUE(masks.dim() == 3 && masks.size(1) == a.H && masks.size(2) == a.W, op,
@@ -73,17 +78,26 @@ MaskArgs prepare_mask(const at::Tensor& coef, const at::Tensor& proto,
                     "one instance-index map per image, [B, H, W] with B = ", a.B, ", got ",
                     masks.sizes());
   a.G = masks.size(0);
+  if (positive.has_value() && positive->defined()) {
+    check_same_device(*positive, coef, "positive", "coef", op);
+    TORCH_CHECK_TYPE(positive->scalar_type() == at::kBool, op, ": positive must be a bool "
+                     "tensor (which entries are positives), got ", positive->scalar_type());
+    TORCH_CHECK_VALUE(positive->sizes() == lead, op, ": positive must have coef's leading shape ",
+                      lead, ", got ", positive->sizes());
+    a.keep = positive->contiguous().view({a.P});
+  }
   const auto s = coef.scalar_type();
   const auto o = at::toOpMathType(s);
-  const auto as = [](const at::Tensor& t, at::ScalarType d) {
-    return (t.scalar_type() == d ? t : t.to(d)).contiguous();
+  const auto as = [&](const at::Tensor& t, at::ScalarType d, int64_t row) {
+    const at::Tensor c = (t.scalar_type() == d ? t : t.to(d)).contiguous();
+    return row > 0 ? c.view({a.P, row}) : c.view({a.P});
   };
-  a.image = as(batch_index, at::kLong);
-  a.index = as(mask_index, at::kLong);
-  a.boxes = as(boxes, o);
-  a.area = as(area, o);
-  a.masks = as(masks, o);
-  a.coef = coef.contiguous();
+  a.image = as(batch_index, at::kLong, 0);
+  a.index = as(mask_index, at::kLong, 0);
+  a.boxes = as(boxes, o, 4);
+  a.area = as(area, o, 0);
+  a.masks = (masks.scalar_type() == o ? masks : masks.to(o)).contiguous();
+  a.coef = coef.contiguous().view({a.P, a.nm});
   a.proto = proto.contiguous();
   return a;
 }
@@ -96,10 +110,11 @@ at::Tensor prepare_mask_grad(const at::Tensor& grad, const MaskArgs& a, const ch
                       grad.sizes());
     return grad;
   }
-  TORCH_CHECK_VALUE(at::is_expandable_to(grad.sizes(), {a.P}), op, ": grad of shape ",
-                    grad.sizes(), " is not broadcastable to the loss shape [", a.P, "]");
+  TORCH_CHECK_VALUE(at::is_expandable_to(grad.sizes(), a.shape), op, ": grad of shape ",
+                    grad.sizes(), " is not broadcastable to the loss shape ",
+                    at::IntArrayRef(a.shape));
   const auto o = at::toOpMathType(a.coef.scalar_type());
-  return grad.to(o).expand({a.P}).contiguous();
+  return grad.to(o).expand(a.shape).contiguous().view({a.P});
 }
 
 }  // namespace detloss
@@ -108,13 +123,15 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
       "prototype_mask_loss(Tensor coef, Tensor proto, Tensor batch_index, Tensor boxes, "
-      "Tensor area, Tensor masks, Tensor mask_index, bool overlap, str reduction) -> Tensor");
+      "Tensor area, Tensor masks, Tensor mask_index, bool overlap, str reduction, "
+      "Tensor? positive=None) -> Tensor");
   m.def(
       "prototype_mask_loss_with_grad(Tensor coef, Tensor proto, Tensor batch_index, "
       "Tensor boxes, Tensor area, Tensor masks, Tensor mask_index, bool overlap, "
-      "str reduction) -> (Tensor loss, Tensor grad_coef, Tensor grad_proto)");
+      "str reduction, Tensor? positive=None) -> (Tensor loss, Tensor grad_coef, "
+      "Tensor grad_proto)");
   m.def(
       "prototype_mask_backward(Tensor grad, Tensor coef, Tensor proto, Tensor batch_index, "
       "Tensor boxes, Tensor area, Tensor masks, Tensor mask_index, bool overlap, "
-      "str reduction) -> (Tensor grad_coef, Tensor grad_proto)");
+      "str reduction, Tensor? positive=None) -> (Tensor grad_coef, Tensor grad_proto)");
 }
