@@ -117,6 +117,73 @@ def test_yolo_steps_match_with_fused_assigner(cfg, yolo, monkeypatch):
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
 
 
+def _seg_batch(overlap, size):
+    """Three images, the middle one without objects; masks in either of ultralytics' forms
+    (overlap_mask=True: [B, H, W] instance indices; False: [N, H, W] 0/1 masks, batch order),
+    rasterised from the boxes at the prototypes' size (objects in image order, as ultralytics'
+    collate gives them and its preprocess() assumes)."""
+    batch = {
+        "batch_idx": torch.tensor([0.0, 0.0, 2.0, 2.0, 2.0]),
+        "cls": torch.tensor([[1.0], [5.0], [7.0], [2.0], [7.0]]),
+        "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.6, 0.2, 0.2],
+                                [0.6, 0.4, 0.5, 0.3], [0.2, 0.2, 0.1, 0.15],
+                                [0.75, 0.7, 0.3, 0.35]]),
+    }
+    index = _seg_masks(batch, 3, size)
+    # YOLO26-seg's semantic branch: each pixel's class (0 where no object is: `present` decides)
+    sem = torch.zeros(3, size, size, dtype=torch.long)
+    seen = collections.Counter()
+    for b, c in zip(batch["batch_idx"].long().tolist(), batch["cls"].view(-1).long().tolist()):
+        seen[b] += 1
+        sem[b][index[b] == seen[b]] = c
+    batch["sem_masks"] = sem
+    if overlap:
+        batch["masks"] = index
+    else:
+        rows, seen = [], collections.Counter()
+        for b in batch["batch_idx"].long().tolist():
+            seen[b] += 1
+            rows.append((index[b] == seen[b]).float())
+        batch["masks"] = torch.stack(rows)
+    return batch
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("cfg", ["yolo11n-seg.yaml", "yolo26n-seg.yaml"])
+def test_yolo_seg_steps_match(cfg, overlap, monkeypatch):
+    """YOLO11n-seg (v8SegmentationLoss) and YOLO26n-seg (E2ELoss of two SegmentLoss26): the
+    mask loss on prototype_mask_loss (once a branch), both overlap_mask forms, an image with no
+    objects; loss items and every parameter's gradient as close to float64 as ultralytics'
+    own float32 step, and ultralytics' per-image mask loss never ran."""
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import loss as L
+
+    x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    batch = _seg_batch(overlap, x.shape[-1] // 4)
+    model = _yolo_model(cfg)
+    model.args.overlap_mask = overlap
+    m64 = copy.deepcopy(model).double()
+    # float64 targets too: SegTaskAlignedAssigner mixes the float32 ones preprocess() builds
+    # with float64 scores (index_put refuses); ultralytics' float32 step is unaffected
+    with monkeypatch.context() as mp:
+        prep = L.v8DetectionLoss.preprocess
+        mp.setattr(L.v8DetectionLoss, "preprocess", lambda *a, **k: prep(*a, **k).double())
+        l64, g64 = _yolo_step(m64, x.double(), batch, patched=False)
+    l32, g32 = _yolo_step(model, x, batch, patched=False)
+    spy = Spy(dl.DF)
+    monkeypatch.setattr(dl, "DF", spy)
+    theirs = collections.Counter()
+    real = L.v8SegmentationLoss.single_mask_loss
+    monkeypatch.setattr(L.v8SegmentationLoss, "single_mask_loss",
+                        staticmethod(lambda *a: theirs.update(["x"]) or real(*a)))
+    lp, gp = _yolo_step(model, x, batch, patched=True)
+    branches = 2 if "26" in cfg else 1
+    assert spy.calls["prototype_mask_loss"] == branches, spy.calls
+    assert not theirs, "ultralytics' single_mask_loss ran"
+    assert lp["seg_loss"] > 0
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
 def test_ultralytics_assigner_class_is_routed_and_subclasses_are_not():
     _require("ultralytics")
     import detloss_cuda.integrations.ultralytics as dl
@@ -160,7 +227,8 @@ def test_ultralytics_unpatch_restores_the_originals():
                 L.v8DetectionLoss.__dict__["bbox_decode"], L.bbox_iou, T.bbox_iou,
                 T.TaskAlignedAssigner.__dict__["forward"],
                 L.DFLoss.__dict__["__call__"], L.VarifocalLoss.__dict__["forward"],
-                L.FocalLoss.__dict__["forward"]]
+                L.FocalLoss.__dict__["forward"],
+                L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"]]
 
     before = snapshot()
     dl.patch()

@@ -28,6 +28,14 @@ original):
   call, and takes ultralytics' decode inside a compiled graph until then);
 * ``bbox_iou`` as ``BboxLoss`` (CIoU of the foreground pairs) and ``TaskAlignedAssigner``
   (CIoU of every candidate pair) call it: our box kernels, same signature and shapes;
+* ``v8SegmentationLoss.calculate_segmentation_loss`` (YOLOv8/11-seg, and YOLO26-seg's
+  ``SegmentLoss26``, which inherits it): ``prototype_mask_loss``, one op over every anchor
+  with ``fg_mask`` as its positive mask, computing only the pixels inside each positive's box:
+  no per-image loop, no ``(positives, H, W)`` logits, targets, BCE or crop tensors, no host
+  synchronisation; both ``overlap_mask`` forms. One difference: ultralytics adds
+  ``(proto * 0).sum() + (pred_masks * 0).sum()`` for an image without positives, which is 0
+  unless those hold inf or NaN (then its loss is NaN, ours is not). (YOLO26-seg's mask-aware
+  assigner and the semantic branch stay ultralytics' for now.)
 * ``DFLoss``: ``distribution_focal_loss``, same clamp of the target and mean over sides;
 * ``VarifocalLoss`` and ``FocalLoss`` (not used by the default detection loss; the RT-DETR
   and custom criteria use them): our VFL and focal kernels. VFL's ``label`` is read as a
@@ -262,6 +270,40 @@ def _wrap_focal_forward(orig):
     return forward
 
 
+def _wrap_seg_loss(orig, xyxy2xywh):
+    @functools.wraps(orig)
+    def calculate_segmentation_loss(self, fg_mask, masks, target_gt_idx, target_bboxes,
+                                    batch_idx, proto, pred_masks, imgsz):
+        if (not ours(proto, pred_masks, target_bboxes) or proto.dim() != 4
+                or pred_masks.dim() != 3 or proto.dtype != pred_masks.dtype
+                or pred_masks.shape[-1] != proto.shape[1] or proto.shape[1] > 64
+                or masks.dim() != 3 or masks.shape[-2:] != proto.shape[-2:]
+                or masks.device != proto.device or masks.is_complex()
+                or (not self.overlap and masks.shape[0] == 0)):
+            return orig(self, fg_mask, masks, target_gt_idx, target_bboxes, batch_idx, proto,
+                        pred_masks, imgsz)
+        bs, _, mask_h, mask_w = proto.shape
+        # ultralytics' arithmetic for the boxes: normalised, their areas, in prototype pixels
+        normalized = target_bboxes / imgsz[[1, 0, 1, 0]]
+        marea = xyxy2xywh(normalized)[..., 2:].prod(2)
+        mxyxy = normalized * torch.tensor([mask_w, mask_h, mask_w, mask_h], device=proto.device)
+        # every anchor, fg_mask saying which are positives: no nonzero(), no host read, so a
+        # compiled step does not break here (ultralytics' loop reads fg_mask per image)
+        img = torch.arange(bs, device=proto.device).view(bs, 1).expand_as(fg_mask)
+        if self.overlap:  # masks[i] == target_gt_idx + 1 marks the object's pixels
+            rows = target_gt_idx
+        else:  # masks [N, H, W] in batch order: the image's target_gt_idx-th mask
+            bi = batch_idx.view(-1).long()
+            order = torch.argsort(bi, stable=True)
+            start = torch.searchsorted(bi[order], torch.arange(bs, device=bi.device))
+            rows = order[(start.view(bs, 1) + target_gt_idx).clamp(0, order.numel() - 1)]
+        # ultralytics adds (proto * 0).sum() + (pred_masks * 0).sum() for an image without
+        # positives (DDP's unused gradients): the op uses both tensors whatever fg_mask says
+        return DF.prototype_mask_loss(pred_masks, proto, img, mxyxy, marea, masks, rows,
+                                      self.overlap, "mean", positive=fg_mask)
+    return calculate_segmentation_loss
+
+
 def _fused_bbox_iou(*args, **kwargs):
     return DF.bbox_iou(*args, **kwargs)  # DF read at call time (tests spy on it)
 
@@ -270,6 +312,7 @@ def _apply(ps):
     L, T = ps.mods["ultralytics.utils.loss"], ps.mods["ultralytics.utils.tal"]
     det = ps.original(L, "v8DetectionLoss")
     dist2bbox = ps.original(T, "dist2bbox")
+    xyxy2xywh = ps.original(L, "xyxy2xywh")
     tal_cls = ps.original(T, "TaskAlignedAssigner")
     make_anchors = ps.original(T, "make_anchors")
     # look every name up before replacing any: a moved name fails before anything changes
@@ -280,6 +323,8 @@ def _apply(ps):
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
         (L, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
         (T, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
+        (ps.original(L, "v8SegmentationLoss"), "calculate_segmentation_loss",
+         lambda o: _wrap_seg_loss(o, xyxy2xywh)),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
