@@ -191,6 +191,52 @@ def _check_assigner(device, box_dtype, score_dtype):
     return ok, worst
 
 
+def _mask_scene(gen, overlap):
+    """2 images of 32 prototypes of 20 x 24, 12 positives: boxes inside, across and outside
+    the grid, with integer and fractional edges; either ground-truth form."""
+    P, B, H, W = 12, 2, 20, 24
+    coef = torch.randn(P, 32, dtype=torch.float64, generator=gen) * 0.3
+    proto = torch.randn(B, 32, H, W, dtype=torch.float64, generator=gen) * 0.5
+    xy = torch.rand(P, 2, dtype=torch.float64, generator=gen) * 26 - 1
+    wh = torch.rand(P, 2, dtype=torch.float64, generator=gen) * 12 + 0.5
+    boxes = torch.cat([xy, xy + wh], 1)
+    boxes[::3] = boxes[::3].round()
+    area = wh.prod(1) / (H * W)
+    bi = torch.randint(0, B, (P,), generator=gen)
+    if overlap:
+        masks, mi = torch.randint(0, 4, (B, H, W), generator=gen), torch.randint(0, 3, (P,), generator=gen)
+    else:
+        masks = (torch.rand(5, H, W, generator=gen) < 0.4).double()
+        mi = torch.randint(0, 5, (P,), generator=gen)
+    return coef, proto, (bi, boxes, area, masks, mi, overlap)
+
+
+def _check_mask(device, dtype):
+    """prototype_mask_loss against reference.py: the loss ('sum' and 'none') and the gradients
+    of the coefficients and the prototypes, in both ground-truth forms."""
+    worst, ok = [0.0, 0.0], True
+    for overlap in (True, False):
+        coef, proto, rest = _mask_scene(torch.Generator().manual_seed(5), overlap)
+        for red in ("sum", "none"):
+            c = coef.to(dtype).to(device).requires_grad_()
+            p = proto.to(dtype).to(device).requires_grad_()
+            out = DF.prototype_mask_loss(c, p, *[t.to(device) for t in rest[:-1]], rest[-1], red)
+            cr = c.detach().double().cpu().requires_grad_()
+            pr = p.detach().double().cpu().requires_grad_()
+            exp = R.prototype_mask_loss(cr, pr, *rest, reduction=red)
+            up = torch.linspace(0.5, 2, exp.numel(), dtype=torch.float64).view(exp.shape).to(dtype)
+            got = (out, *torch.autograd.grad(out, (c, p), up.to(device)))
+            want = (exp, *torch.autograd.grad(exp, (cr, pr), up.double()))
+            for i, (a, b) in enumerate(zip(got, want)):
+                b16 = b.detach().to(dtype).double()
+                rtol, atol = tolerance(b16, dtype, 2)
+                diff = (a.detach().double().cpu() - b16).abs()
+                bound = atol + rtol * b16.abs()
+                ok &= bool((diff <= bound).all())
+                worst[min(i, 1)] = max(worst[min(i, 1)], (diff / bound.clamp_min(1e-300)).max().item())
+    return ok, worst
+
+
 def _gradcheck(case):
     name, _, make, fused, _ = case
     gen = torch.Generator().manual_seed(7)
@@ -229,6 +275,24 @@ def run(devices=None, log=print):
         if gc is not None:
             failures += not gc
             log(f"{case[0]:<12}{'cpu':<7}{'float64':<10}{'gradcheck':<10}{'':<30}{'PASS' if gc else 'FAIL'}")
+    for device in devices:
+        for dtype in dtypes:
+            try:
+                ok, worst = _check_mask(device, dtype)
+            except Exception as e:  # a crash is a failure, with its message
+                ok, worst = False, [float("nan")] * 2
+                log(f"  mask {device} {dtype}: {type(e).__name__}: {e}")
+            failures += not ok
+            rows.append(("mask", device, str(dtype).replace("torch.", ""), ok))
+            log(f"{'mask':<12}{device:<7}{str(dtype).replace('torch.', ''):<10}{'12 pos':<10}"
+                f"{worst[0]:>10.3f}, {worst[1]:<18.3f}{'PASS' if ok else 'FAIL'}")
+    coef, proto, (bi, boxes, area, masks, mi, _) = _mask_scene(torch.Generator().manual_seed(6), False)
+    small = (bi[:4], boxes[:4] / 3, area[:4], masks[:, :7, :8], mi[:4], False)  # 7 x 8 pixels
+    gc = torch.autograd.gradcheck(lambda c, p: DF.prototype_mask_loss(c, p, *small),
+                                  (coef[:4, :3].clone().requires_grad_(),
+                                   proto[:, :3, :7, :8].clone().requires_grad_()))
+    failures += not gc
+    log(f"{'mask':<12}{'cpu':<7}{'float64':<10}{'gradcheck':<10}{'':<30}{'PASS' if gc else 'FAIL'}")
     for device in devices:
         for box_dtype, score_dtype in ((torch.float32, torch.float32), (torch.float32, torch.float16),
                                        (torch.float64, torch.float64)):

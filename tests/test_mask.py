@@ -66,9 +66,12 @@ def compare(case, dtype, driver, reduction, gen_seed=0):
     # the reference takes the inputs as rounded to dtype, in float64
     coef, proto = coef.to(dtype).double(), proto.to(dtype).double()
     rest = (bi, boxes, area, masks, mi, overlap)
-    ref = run(R.prototype_mask_loss, coef, proto, rest, reduction)
+    # 'none': the upstream as representable in dtype, the same for both
+    up = None if reduction != "none" else torch.linspace(0.5, 2, coef.shape[0]).to(dtype).double()
+    ref = run(R.prototype_mask_loss, coef, proto, rest, reduction, up=up)
     with on_driver(driver) as (device, _):
-        got = run(DF.prototype_mask_loss, coef, proto, rest, reduction, device=device, dtype=dtype)
+        got = run(DF.prototype_mask_loss, coef, proto, rest, reduction, up=up, device=device,
+                  dtype=dtype)
     for name, a, e in zip(("loss", "grad coef", "grad proto"), got, ref):
         assert a.dtype == dtype and a.shape == e.shape, name
         msg = f"{case} {dtype} {driver} {reduction}: {name}"
