@@ -138,3 +138,30 @@ def distribution_integral(pred):
     """ultralytics' DFL decode: softmax over the bins, then the projection onto 0..R-1."""
     proj = torch.arange(pred.shape[-1], dtype=pred.dtype, device=pred.device)
     return pred.softmax(-1) @ proj
+
+
+def _crop_mask(masks, boxes):
+    """ultralytics.utils.ops.crop_mask (8.4), transcribed: zero outside each box, in place."""
+    _, h, w = masks.shape
+    x1, y1, x2, y2 = torch.chunk(boxes[:, :, None], 4, 1)
+    r = torch.arange(w, device=masks.device, dtype=x1.dtype)[None, None, :]
+    c = torch.arange(h, device=masks.device, dtype=x1.dtype)[None, :, None]
+    masks *= (r >= x1) * (r < x2)
+    masks *= (c >= y1) * (c < y2)
+    return masks
+
+
+def prototype_mask_loss(coef, proto, batch_index, boxes, area, masks, mask_index):
+    """ultralytics' v8SegmentationLoss.calculate_segmentation_loss (8.4), transcribed: per image,
+    its positives' (n, H, W) logits (einsum), ground truth (overlap_mask=True), BCE and crop,
+    mean / area; summed over the images (before ultralytics' division by the positives)."""
+    loss = 0
+    for i in range(proto.shape[0]):
+        sel = batch_index == i
+        if not sel.any():
+            continue
+        gt = (masks[i] == (mask_index[sel] + 1).view(-1, 1, 1)).float()
+        pred = torch.einsum("in,nhw->ihw", coef[sel], proto[i])
+        bce = F.binary_cross_entropy_with_logits(pred, gt, reduction="none")
+        loss = loss + (_crop_mask(bce, boxes[sel]).mean(dim=(1, 2)) / area[sel]).sum()
+    return loss

@@ -14,7 +14,7 @@ from detloss_cuda.bench import report, sweep, timing
 def test_import_does_no_work():
     code = ("import sys, detloss_cuda.bench as B; "
             "fam = [m for m in sys.modules if m.startswith('detloss_cuda.bench.') and "
-            "m.split('.')[-1] in ('cls', 'box', 'dfl', 'assign', 'e2e')]; "
+            "m.split('.')[-1] in ('cls', 'box', 'dfl', 'mask', 'assign', 'e2e')]; "
             "libs = [m for m in ('ultralytics', 'torchvision', 'transformers', 'yolov5') "
             "if m in sys.modules]; print(fam, libs); assert not fam and not libs; "
             "assert 'giou' in B.OPS and 'detloss_cuda.bench.box' in sys.modules")

@@ -5,6 +5,11 @@ detector (forward + backward of the loss only, the model's outputs fixed), patch
 * ``yolo_loss``: ultralytics ``v8DetectionLoss`` of a YOLOv8n head (80 classes, reg_max 16)
   at 640 x 640 (8400 anchors per image), 8 ground-truth boxes per image; size = images.
   Includes the task-aligned assignment, as in training.
+* ``yolo_seg_loss`` / ``yolo26seg_loss``: ultralytics ``v8SegmentationLoss`` of a
+  YOLO11n-seg head and ``E2ELoss`` of two ``SegmentLoss26`` of a YOLO26n-seg head (its
+  semantic branch too) at 640 x 640: 32 prototypes of 160 x 160, ``overlap_mask`` instance
+  maps, 8 objects per image; size = images. Includes the assignment (YOLO26-seg's is
+  ultralytics' mask-aware one, not fused yet) and the mask loss.
 * ``retinanet_loss``: torchvision ``RetinaNet.compute_loss`` (91 classes, GIoU box loss) at
   512 x 512 (49104 anchors per image), 8 boxes per image; size = images. Includes the
   anchor matching.
@@ -78,6 +83,65 @@ def yolo_fused(inp):
 
     with dl.patched():
         return _yolo_loss(inp)
+
+
+def _seg_model(cfg):
+    if cfg not in _YOLO:
+        from ultralytics.cfg import get_cfg
+        from ultralytics.nn.tasks import SegmentationModel
+
+        m = SegmentationModel(cfg, nc=80, verbose=False)
+        m.args = get_cfg()
+        _YOLO[cfg] = m
+    return _YOLO[cfg]
+
+
+def _seg_inputs(cfg, size, dtype, device, gen):
+    b = max(1, int(size))
+    model = _seg_model(cfg).to(device)
+    crit = model.init_criterion()
+    hw = [(80, 80), (40, 40), (20, 20)]
+    a = sum(h * w for h, w in hw)
+    reg = 4 * model.model[-1].reg_max
+    d = dict(device=device, dtype=dtype)
+    boxes = (torch.randn(b, reg, a, generator=gen) * 2).to(**d)
+    x = (torch.randn(b, 80, a, generator=gen) * 2 - 4).to(**d)
+    coef = torch.randn(b, 32, a, generator=gen).to(**d)
+    proto = torch.randn(b, 32, 160, 160, generator=gen).to(**d)
+    feats = [torch.empty(b, 1, h, w, **d) for h, w in hw]
+    per = 8
+    xy, wh = _boxes(b, per, 640, gen)
+    masks = torch.zeros(b, 160, 160)
+    sem = torch.zeros(b, 160, 160, dtype=torch.long)
+    cls = torch.randint(0, 80, (b * per, 1), generator=gen)
+    for i, (c, w, k) in enumerate(zip(xy.tolist(), wh.tolist(), cls.view(-1).tolist())):
+        x0, y0 = int((c[0] - w[0] / 2) * 160), int((c[1] - w[1] / 2) * 160)
+        x1, y1 = int((c[0] + w[0] / 2) * 160), int((c[1] + w[1] / 2) * 160)
+        masks[i // per, y0:y1, x0:x1] = i % per + 1
+        sem[i // per, y0:y1, x0:x1] = k
+    batch = {"batch_idx": torch.arange(b).repeat_interleave(per).float().to(device),
+             "cls": cls.float().to(device), "bboxes": torch.cat([xy, wh], 1).to(device),
+             "masks": masks.to(device), "sem_masks": sem.to(device)}
+    preds = {"boxes": boxes, "scores": x, "feats": feats, "mask_coefficient": coef, "proto": proto}
+    leaves = [x, boxes, coef, proto]
+    if "26" in cfg:  # E2ELoss: two branches; the semantic head's logits at stride 8
+        semantic = torch.randn(b, 80, 80, 80, generator=gen).to(**d)
+        preds = dict(preds, proto=(proto, semantic))
+        preds = {"one2many": preds, "one2one": dict(preds)}
+        leaves.append(semantic)
+    return {"x": x, "grad_leaves": leaves, "crit": crit, "preds": preds, "batch": batch}
+
+
+def _seg_loss(inp):
+    loss, _ = inp["crit"](inp["preds"], inp["batch"])
+    return loss.sum()
+
+
+def _seg_fused(inp):
+    from ..integrations import ultralytics as dl
+
+    with dl.patched():
+        return _seg_loss(inp)
 
 
 _RN = {}
@@ -251,6 +315,15 @@ def ops():
             name="yolo_loss", family="e2e", unit="images (YOLOv8n, 640 px)", make=yolo_inputs,
             fused=yolo_fused, eager=_yolo_loss, bytes_moved=_x_bytes, compilable=False,
             sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+        for name, cfg, what in (("yolo_seg_loss", "yolo11n-seg.yaml", "YOLO11n-seg"),
+                                ("yolo26seg_loss", "yolo26n-seg.yaml", "YOLO26n-seg")):
+            ops[name] = BenchOp(
+                name=name, family="e2e", unit=f"images ({what}, 640 px)",
+                make=lambda *a, cfg=cfg: _seg_inputs(cfg, *a), fused=_seg_fused, eager=_seg_loss,
+                bytes_moved=_x_bytes, compilable=False,
+                # (YOLO26-seg's step is its unfused mask-aware assigner: not in the quick run)
+                sizes={"quick": [2] if "11" in cfg else [], "cpu": [1, 4, 16],
+                       "cuda": [1, 16, 64]})
     if _have("torchvision"):
         ops["retinanet_loss"] = BenchOp(
             name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",

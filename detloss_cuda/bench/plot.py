@@ -9,6 +9,7 @@ PANELS = {
     "box": ("box losses", "box pairs"),
     "matrix": ("pairwise IoU matrix (forward only)", "matrix entries (N boxes x 64)"),
     "dfl": ("distribution (DFL, integral)", "elements (logits, 16 bins per row)"),
+    "mask": ("prototype mask loss vs ultralytics' loop", "objects an image (16 images)"),
     "assign": ("task-aligned assigner vs ultralytics' (forward)", "ground-truth boxes per image"),
     "e2e": ("end to end: a detector's loss step, patched vs unpatched", "images per step"),
 }

@@ -1,15 +1,15 @@
 """What a benchmark row is (BenchOp) and the registry of every family's rows.
 
-Each family declares its ops in its own module (cls.py, box.py, dfl.py, assign.py, e2e.py)
-as a function ``ops() -> {name: BenchOp}``; nothing is imported or built until the first
-call of ``all_ops()`` (importing the package does no work)."""
+Each family declares its ops in its own module (cls.py, box.py, dfl.py, mask.py, assign.py,
+e2e.py) as a function ``ops() -> {name: BenchOp}``; nothing is imported or built until the
+first call of ``all_ops()`` (importing the package does no work)."""
 import importlib
 from dataclasses import dataclass, field
 
 import torch
 
 # the modules of this package that declare rows, in the order the sweep runs them
-FAMILY_MODULES = ("cls", "box", "dfl", "assign", "e2e")
+FAMILY_MODULES = ("cls", "box", "dfl", "mask", "assign", "e2e")
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
           "bf16": torch.bfloat16}

@@ -138,8 +138,9 @@ def run(ops, devices, dtypes, modes, impls, sizes=None, quick=False, min_time=No
         for dname in dtypes[device]:
             dtype = DTYPES[dname]
             for op in ops:
-                # --sizes counts elements; the e2e rows count images and keep their own
-                use = sizes if sizes and op.family not in ("e2e", "assign") else None
+                # --sizes counts elements; the e2e, assigner and mask rows count images or
+                # objects an image and keep their own
+                use = sizes if sizes and op.family not in ("e2e", "assign", "mask") else None
                 op_sizes = use or op.sizes["quick" if quick else device]
                 for size in op_sizes:
                     gen = torch.Generator().manual_seed(0)
