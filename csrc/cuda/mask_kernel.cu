@@ -63,11 +63,13 @@ struct MaskView {
     if (overlap) return masks[b * HW + pix] == static_cast<S>(index[p] + 1) ? S(1) : S(0);
     return masks[index[p] * HW + pix];
   }
-  // z = c_p · proto[b, :, pix], k in order (both kernels: the same bits)
-  __device__ __forceinline__ S logit(const S* c, int64_t b, int64_t pix) const {
+  // z = c_p · proto[b, :, pix], k in order (both kernels: the same bits); C: the
+  // coefficients as S (shared memory) or as T (global memory)
+  template <class C>
+  __device__ __forceinline__ S logit(const C* c, int64_t b, int64_t pix) const {
     const T* pb = proto + b * nm * HW + pix;
     S z(0);
-    for (int64_t k = 0; k < nm; ++k) z += c[k] * static_cast<S>(pb[k * HW]);
+    for (int64_t k = 0; k < nm; ++k) z += static_cast<S>(c[k]) * static_cast<S>(pb[k * HW]);
     return z;
   }
 };
@@ -175,7 +177,6 @@ struct ProtoGradUnit {
     const int64_t b = u / v.HW, pix = u % v.HW;
     const int64_t y = pix / v.W, x = pix % v.W;  // (W > 0: there are units)
     const int64_t nm = v.nm;
-    S c[math::kMaskMaxCoef];
     for (int64_t k0 = 0; k0 < nm; k0 += kK) {
       S acc[kK];
 #pragma unroll
@@ -190,13 +191,13 @@ struct ProtoGradUnit {
           poison = poison || math::mask_poisons(sc);  // NaN outside the box
           continue;
         }
-        for (int64_t k = 0; k < nm; ++k) c[k] = static_cast<S>(v.coef[p * nm + k]);
+        const T* c = v.coef + p * nm;  // (read in place: no per-thread array of nm)
         S l, d(0);
         math::mask_pixel<true>(v.logit(c, b, pix), v.target(p, b, pix), l, d);
         const S g = d * sc;
 #pragma unroll
         for (int i = 0; i < kK; ++i)
-          if (k0 + i < nm) acc[i] += g * c[k0 + i];
+          if (k0 + i < nm) acc[i] += g * static_cast<S>(c[k0 + i]);
       }
       const S nan = std::numeric_limits<S>::quiet_NaN();
 #pragma unroll
