@@ -1,5 +1,5 @@
 """The gradient computed in the forward, for the box and distribution families (the
-classification family: tests/test_cls_index.py): the forward of a differentiable call runs
+classification family: tests/test_cls_index.py; the mask loss: tests/test_mask.py): the forward of a differentiable call runs
 the *_with_grad op, the backward only scales (nothing for loss.backward() on the CPU), a
 retained graph's second backward recomputes the same bits, inference computes nothing extra."""
 import pytest
@@ -148,3 +148,13 @@ def test_amp_loss_scale_through_every_family():
         xr = inp.detach().clone().requires_grad_()
         (gb,) = torch.autograd.grad(ref(xr) * 65536.0, xr)
         assert_close_dtype(ga / 65536, gb / 65536, torch.float64)
+    # the mask loss: both differentiable inputs
+    from test_mask import scene
+
+    coef, proto, *rest = scene(True, g)
+    c, pr = coef.clone().requires_grad_(), proto.clone().requires_grad_()
+    got = torch.autograd.grad(DF.prototype_mask_loss(c, pr, *rest) * 65536.0, (c, pr))
+    cr, prr = coef.clone().requires_grad_(), proto.clone().requires_grad_()
+    want = torch.autograd.grad(R.prototype_mask_loss(cr, prr, *rest) * 65536.0, (cr, prr))
+    for a, b in zip(got, want):
+        assert_close_dtype(a / 65536, b / 65536, torch.float64)
