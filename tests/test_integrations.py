@@ -176,12 +176,62 @@ def test_yolo_seg_steps_match(cfg, overlap, monkeypatch):
     real = L.v8SegmentationLoss.single_mask_loss
     monkeypatch.setattr(L.v8SegmentationLoss, "single_mask_loss",
                         staticmethod(lambda *a: theirs.update(["x"]) or real(*a)))
+    bcedice = collections.Counter()
+    real_bd = L.BCEDiceLoss.forward
+    monkeypatch.setattr(L.BCEDiceLoss, "forward",
+                        lambda *a: bcedice.update(["x"]) or real_bd(*a))
     lp, gp = _yolo_step(model, x, batch, patched=True)
     branches = 2 if "26" in cfg else 1
     assert spy.calls["prototype_mask_loss"] == branches, spy.calls
     assert not theirs, "ultralytics' single_mask_loss ran"
+    if "26" in cfg:  # the semantic branch on class indices: the BCE kernel, no BCEDiceLoss
+        assert spy.calls["binary_cross_entropy_with_logits"] == 2 * branches, spy.calls
+        assert not bcedice, "ultralytics' BCEDiceLoss ran"
+        assert lp["sem_loss"] > 0
     assert lp["seg_loss"] > 0
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_semantic_loss_on_indices_equals_bcedice_on_the_one_hot(size):
+    """YOLO26-seg's semantic branch: BCEDiceLoss of the one-hot zeroed where no instance is
+    (at the masks' size, resized to the logits' by nearest), in float64, against the index
+    form: values and gradients."""
+    _require("ultralytics")
+    from ultralytics.utils.loss import BCEDiceLoss
+
+    from detloss_cuda.integrations.ultralytics import _semantic_loss
+
+    g = torch.Generator().manual_seed(size)
+    pred = (torch.randn(2, 5, 8, 8, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    sem = torch.randint(0, 5, (2, size, size), generator=g)
+    present = torch.rand(2, size, size, generator=g) < 0.6
+    onehot = torch.zeros(2, 5, size, size, dtype=torch.float64)
+    onehot.scatter_(1, sem[:, None], present[:, None].double())
+    want = BCEDiceLoss(weight_bce=0.5, weight_dice=0.5)(pred, onehot)
+    (gw,) = torch.autograd.grad(want, pred)
+    got = _semantic_loss(pred, sem, present, 0.5, 0.5)
+    (gg,) = torch.autograd.grad(got, pred)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(gg, gw, rtol=1e-10, atol=1e-14)
+
+
+def test_yolo26_seg_step_without_objects_matches():
+    """No object in the batch: ultralytics skips the mask and semantic losses (their terms are
+    `(t * 0).sum()`); so does the patched step."""
+    import detloss_cuda.integrations.ultralytics as dl
+
+    _require("ultralytics")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batch = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4),
+             "masks": torch.zeros(2, 16, 16), "sem_masks": torch.zeros(2, 16, 16, dtype=torch.long)}
+    model = _yolo_model("yolo26n-seg.yaml")
+    l32, g32 = _yolo_step(model, x, batch, patched=False)
+    lp, gp = _yolo_step(model, x, batch, patched=True)
+    assert l32.keys() == lp.keys() and lp["sem_loss"] == 0 and lp["seg_loss"] == 0
+    for k in l32:
+        torch.testing.assert_close(lp[k], l32[k], rtol=1e-5, atol=1e-7)
+    assert dl.is_patched() is False
 
 
 def test_ultralytics_assigner_class_is_routed_and_subclasses_are_not():
@@ -228,7 +278,8 @@ def test_ultralytics_unpatch_restores_the_originals():
                 T.TaskAlignedAssigner.__dict__["forward"],
                 L.DFLoss.__dict__["__call__"], L.VarifocalLoss.__dict__["forward"],
                 L.FocalLoss.__dict__["forward"],
-                L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"]]
+                L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"],
+                L.v8SegmentationLoss.__dict__["loss"]]
 
     before = snapshot()
     dl.patch()

@@ -35,7 +35,11 @@ original):
   synchronisation; both ``overlap_mask`` forms. One difference: ultralytics adds
   ``(proto * 0).sum() + (pred_masks * 0).sum()`` for an image without positives, which is 0
   unless those hold inf or NaN (then its loss is NaN, ours is not). (YOLO26-seg's mask-aware
-  assigner and the semantic branch stay ultralytics' for now.)
+  assigner stays ultralytics' for now.)
+* ``v8SegmentationLoss.loss`` with a semantic head (YOLO26-seg): the semantic branch's
+  ``BCEDiceLoss`` on class indices (each pixel's class, background where no instance is:
+  ultralytics' ``present``), no ``[B, C, H, W]`` one-hot: the BCE on the index-target kernel,
+  the Dice from per-class sums; the rest of the step is ultralytics' ``loss``.
 * ``DFLoss``: ``distribution_focal_loss``, same clamp of the target and mean over sides;
 * ``VarifocalLoss`` and ``FocalLoss`` (not used by the default detection loss; the RT-DETR
   and custom criteria use them): our VFL and focal kernels. VFL's ``label`` is read as a
@@ -270,10 +274,14 @@ def _wrap_focal_forward(orig):
     return forward
 
 
+_SEG_FG = "_detloss_seg_fg"  # set on a criterion: calculate_segmentation_loss ran this call
+
+
 def _wrap_seg_loss(orig, xyxy2xywh):
     @functools.wraps(orig)
     def calculate_segmentation_loss(self, fg_mask, masks, target_gt_idx, target_bboxes,
                                     batch_idx, proto, pred_masks, imgsz):
+        setattr(self, _SEG_FG, True)  # (ultralytics calls it when there are positives)
         if (not ours(proto, pred_masks, target_bboxes) or proto.dim() != 4
                 or pred_masks.dim() != 3 or proto.dtype != pred_masks.dtype
                 or pred_masks.shape[-1] != proto.shape[1] or proto.shape[1] > 64
@@ -304,6 +312,67 @@ def _wrap_seg_loss(orig, xyxy2xywh):
     return calculate_segmentation_loss
 
 
+def _semantic_loss(pred, sem_idx, present, weight_bce, weight_dice):
+    """BCEDiceLoss(pred, one-hot of sem_idx zeroed where no instance is) on class indices:
+    each pixel's class, C (background) where nothing is present; no [B, C, H, W] target.
+    BCE: the index-target kernel on the [B, H, W, C] view of the logits (the mean over B·C·H·W
+    as BCEWithLogitsLoss'). Dice (MultiChannelDiceLoss, smooth 1): per image and class, the
+    intersection is the sum of sigmoid(pred) over the pixels of that class, the target's sum
+    their count."""
+    B, C, h, w = pred.shape
+    label = torch.where(present, sem_idx, torch.full_like(sem_idx, C))
+    if tuple(label.shape[-2:]) != (h, w):  # nearest, as BCEDiceLoss resizes the one-hot
+        label = torch.nn.functional.interpolate(label[:, None].float(), (h, w), mode="nearest")[:, 0].long()
+    bce = DF.binary_cross_entropy_with_logits(pred.permute(0, 2, 3, 1), label, reduction="mean")
+    p = pred.sigmoid()
+    flat = label.view(B, 1, h * w)
+    hit = p.flatten(2).gather(1, flat.clamp(max=C - 1)) * (flat < C)
+    inter = p.new_zeros(B, C + 1).scatter_add_(1, flat[:, 0], hit[:, 0])[:, :C]
+    count = p.new_zeros(B, C + 1).scatter_add_(1, flat[:, 0], torch.ones_like(hit[:, 0]))[:, :C]
+    dice = (2.0 * inter + 1) / (p.sum(dim=(2, 3)) + count + 1)
+    return weight_bce * bce + weight_dice * (1.0 - dice).mean(dim=1).mean()
+
+
+def _wrap_seg_call(orig, bcedice_cls):
+    """v8SegmentationLoss.loss with a semantic head (YOLO26-seg): ultralytics' step without the
+    semantic branch, then the branch on class indices (_semantic_loss) where ultralytics
+    computes it (when there are positives), its gain and batch-size scale."""
+    @functools.wraps(orig)
+    def loss(self, preds, batch):
+        proto = preds.get("proto") if isinstance(preds, dict) else None
+        bd = getattr(self, "bcedice_loss", None)
+        if (not (isinstance(proto, tuple) and len(proto) == 2) or not ours(proto[1])
+                or type(bd) is not bcedice_cls or type(getattr(bd, "dice", None)).__name__ != "MultiChannelDiceLoss"
+                or bd.dice.smooth != 1 or bd.dice.reduction != "mean"
+                or "sem_masks" not in batch or "masks" not in batch):
+            return orig(self, preds, batch)
+        pred_semantic = proto[1]
+        setattr(self, _SEG_FG, False)
+        total, items = orig(self, dict(preds, proto=proto[0]), batch)
+        if getattr(self, _SEG_FG):
+            masks = batch["masks"].to(self.device)
+            sem_idx = batch["sem_masks"].to(self.device).long()
+            if self.overlap:
+                present = masks != 0
+            else:  # any of the image's instance masks
+                bs = pred_semantic.shape[0]
+                bi = batch["batch_idx"].view(-1).long().to(self.device)
+                present = torch.zeros(bs, *masks.shape[-2:], device=masks.device).index_add_(
+                    0, bi, masks.float()) != 0
+            sem = _semantic_loss(pred_semantic, sem_idx, present, bd.weight_bce, bd.weight_dice)
+        else:
+            sem = (pred_semantic * 0).sum()  # ultralytics' term for a step without positives
+        sem = sem * self.hyp.box
+        scale = total.new_zeros(total.shape)
+        scale[4] = pred_semantic.shape[0]  # ultralytics returns loss * batch_size
+        total = total + scale * sem
+        items = dict(items)
+        name = self.loss_names[4]
+        items[name] = (items[name] + sem).detach()
+        return total, items
+    return loss
+
+
 def _fused_bbox_iou(*args, **kwargs):
     return DF.bbox_iou(*args, **kwargs)  # DF read at call time (tests spy on it)
 
@@ -325,6 +394,8 @@ def _apply(ps):
         (T, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
         (ps.original(L, "v8SegmentationLoss"), "calculate_segmentation_loss",
          lambda o: _wrap_seg_loss(o, xyxy2xywh)),
+        (ps.original(L, "v8SegmentationLoss"), "loss",
+         lambda o: _wrap_seg_call(o, ps.original(L, "BCEDiceLoss"))),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
