@@ -333,7 +333,7 @@ def _semantic_loss(pred, sem_idx, present, weight_bce, weight_dice):
     return weight_bce * bce + weight_dice * (1.0 - dice).mean(dim=1).mean()
 
 
-def _wrap_seg_call(orig, bcedice_cls):
+def _wrap_seg_call(orig, bcedice_cls, dice_cls):
     """v8SegmentationLoss.loss with a semantic head (YOLO26-seg): ultralytics' step without the
     semantic branch, then the branch on class indices (_semantic_loss) where ultralytics
     computes it (when there are positives), its gain and batch-size scale."""
@@ -342,7 +342,7 @@ def _wrap_seg_call(orig, bcedice_cls):
         proto = preds.get("proto") if isinstance(preds, dict) else None
         bd = getattr(self, "bcedice_loss", None)
         if (not (isinstance(proto, tuple) and len(proto) == 2) or not ours(proto[1])
-                or type(bd) is not bcedice_cls or type(getattr(bd, "dice", None)).__name__ != "MultiChannelDiceLoss"
+                or type(bd) is not bcedice_cls or type(getattr(bd, "dice", None)) is not dice_cls
                 or bd.dice.smooth != 1 or bd.dice.reduction != "mean"
                 or "sem_masks" not in batch or "masks" not in batch):
             return orig(self, preds, batch)
@@ -395,7 +395,8 @@ def _apply(ps):
         (ps.original(L, "v8SegmentationLoss"), "calculate_segmentation_loss",
          lambda o: _wrap_seg_loss(o, xyxy2xywh)),
         (ps.original(L, "v8SegmentationLoss"), "loss",
-         lambda o: _wrap_seg_call(o, ps.original(L, "BCEDiceLoss"))),
+         lambda o: _wrap_seg_call(o, ps.original(L, "BCEDiceLoss"),
+                                  ps.original(L, "MultiChannelDiceLoss"))),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
