@@ -76,6 +76,24 @@ DETLOSS_HD void sigmoid_pair(V x, V& p, V& q, V& e) {
   q = dl_where(nonneg, s, r);
 }
 
+// The pixel indices i in [0, n) with a <= i < b, as [lo, hi): ultralytics' crop_mask (the mask
+// loss, the mask-aware assigner); its test on integer indices is i >= ceil(a) and i < ceil(b).
+// A NaN edge selects nothing (the comparisons are false), infinite ones clamp.
+template <class S>
+DETLOSS_HD void mask_span(S a, S b, int64_t n, int64_t& lo, int64_t& hi) {
+  S l = dl_ceil(a), h = dl_ceil(b);
+  if (!(l == l) || !(h == h)) {
+    lo = hi = 0;
+    return;
+  }
+  const S top = static_cast<S>(n);
+  l = l < S(0) ? S(0) : (l > top ? top : l);
+  h = h < S(0) ? S(0) : (h > top ? top : h);
+  lo = static_cast<int64_t>(l);
+  hi = static_cast<int64_t>(h);
+  if (hi < lo) hi = lo;
+}
+
 }  // namespace DETLOSS_CAPABILITY_NS
 }  // namespace math
 }  // namespace detloss

@@ -19,24 +19,6 @@ constexpr int kMaskMaxCoef = 64;  // nm: ultralytics and YOLACT use 32
 
 inline namespace DETLOSS_CAPABILITY_NS {
 
-// The pixel indices i in [0, n) with a <= i < b, as [lo, hi): crop_mask's test on integer
-// indices is i >= ceil(a) and i < ceil(b). A NaN edge selects nothing (the comparisons are
-// false), infinite ones clamp.
-template <class S>
-DETLOSS_HD void mask_span(S a, S b, int64_t n, int64_t& lo, int64_t& hi) {
-  S l = dl_ceil(a), h = dl_ceil(b);
-  if (!(l == l) || !(h == h)) {
-    lo = hi = 0;
-    return;
-  }
-  const S top = static_cast<S>(n);
-  l = l < S(0) ? S(0) : (l > top ? top : l);
-  h = h < S(0) ? S(0) : (h > top ? top : h);
-  lo = static_cast<int64_t>(l);
-  hi = static_cast<int64_t>(h);
-  if (hi < lo) hi = lo;
-}
-
 // The BCE of one pixel and, when GRAD, d/dz (the classification family's stable form).
 template <bool GRAD, class S>
 DETLOSS_HD void mask_pixel(S z, S t, S& loss, S& dz) {
