@@ -254,6 +254,14 @@ def _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bbo
             pd_scores.new_empty((B, A), dtype=torch.long))
 
 
+@_register_fake("tal_assign_seg")
+def _tal_assign_seg_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                         pd_coef, mask_scale, proto, gt_masks, topk, topk2, alpha, beta,
+                         stride_val, eps, scores_are_logits):
+    return _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            topk, topk2, alpha, beta, stride_val, eps, scores_are_logits)
+
+
 # --------------------------------------------------------------------------- mask family
 # The kernels return the loss (coef's leading shape for 'none', else 0-dim) and contiguous gradients shaped
 # like coef [P, nm] and proto [B, nm, H, W], whatever their inputs' strides.

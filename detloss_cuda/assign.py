@@ -41,8 +41,11 @@ def _check(name, t):
 
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
                         topk=13, num_classes=80, alpha=1.0, beta=6.0, stride_val=16.0, eps=1e-9,
-                        topk2=None, scores_are_logits=False, index=False):
-    """ultralytics 8.4's ``TaskAlignedAssigner.forward``, fused.
+                        topk2=None, scores_are_logits=False, index=False, pd_coef=None,
+                        mask_scale=None, proto=None, gt_masks=None):
+    """ultralytics 8.4's ``TaskAlignedAssigner.forward``, fused; with ``pd_coef``,
+    ``mask_scale``, ``proto`` and ``gt_masks``, ``SegTaskAlignedAssigner``'s (the mask-aware
+    overlap below).
 
     Args, as there: ``pd_scores [B, A, C]`` class probabilities (or logits with
     ``scores_are_logits=True``: the sigmoid is taken only where a box's class is read),
@@ -53,6 +56,14 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     fg_mask [B, A] bool, target_gt_idx [B, A] int64)`` as ultralytics does (for ``M == 0``
     its very outputs, dtypes included), or with ``index=True`` an ``AssignResult``.
     Ties among equal metrics go to the lower anchor index (README: the assigner's contract).
+
+    The mask-aware overlap (YOLO26-seg): ``pd_coef [B, A, nm]`` each anchor's mask
+    coefficients, ``mask_scale [B, 1]`` prototype pixels per box pixel, ``proto
+    [B, nm, H, W]``, ``gt_masks [B, >= M, H, W]`` bool, box m's mask in row m. The overlap of a
+    pair is then (CIoU + mask IoU) / 2, the mask IoU computed for each box's ``3 · topk`` best
+    pairs by the box metric only (0 for the others), from the predicted mask ``coef · proto >
+    0`` cropped to the predicted box times ``mask_scale``; nothing of size (B, M, A) or
+    (pairs, H, W) is built (csrc/math/assign.h: the rules, and where the threshold decides).
     """
     for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
                     ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
@@ -67,6 +78,15 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     for name, v in (("alpha", alpha), ("beta", beta), ("stride_val", stride_val), ("eps", eps)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"task_aligned_assign: {name} must be a number, got {type(v).__name__}")
+    seg = (pd_coef, mask_scale, proto, gt_masks)
+    if any(t is not None for t in seg):
+        for name, t in zip(("pd_coef", "mask_scale", "proto", "gt_masks"), seg):
+            if t is None:
+                raise TypeError(f"task_aligned_assign: the mask-aware overlap needs pd_coef, "
+                                f"mask_scale, proto and gt_masks together; {name} is missing")
+            _check(name, t)
+    else:
+        seg = None
     topk2 = topk2 or topk
     if gt_bboxes.dim() == 3 and gt_bboxes.shape[1] == 0 and pd_scores.dim() == 3:
         # ultralytics' early return, dtypes included (float labels and indices)
@@ -81,9 +101,15 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
         return (torch.full_like(pd_scores[..., 0], num_classes), torch.zeros_like(pd_bboxes),
                 torch.zeros_like(pd_scores), torch.zeros_like(pd_scores[..., 0], dtype=torch.bool),
                 torch.zeros_like(pd_scores[..., 0]))
-    labels, bboxes, score, fg, gt_idx = _ops.ops.tal_assign(
-        pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
-        float(alpha), float(beta), float(stride_val), float(eps), bool(scores_are_logits))
+    params = (topk, topk2, float(alpha), float(beta), float(stride_val), float(eps),
+              bool(scores_are_logits))
+    if seg is None:
+        out = _ops.ops.tal_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                                  *params)
+    else:
+        out = _ops.ops.tal_assign_seg(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                                      mask_gt, *seg, *params)
+    labels, bboxes, score, fg, gt_idx = out
     if index:
         return AssignResult(torch.where(fg, labels, num_classes), score, labels, bboxes, fg, gt_idx)
     # ultralytics: one-hot (int8) * fg, times the normalised metric; here one zero fill and

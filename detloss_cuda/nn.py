@@ -26,6 +26,7 @@ __all__ = [
     "CIoULoss",
     "DistributionFocalLoss",
     "TaskAlignedAssigner",
+    "SegTaskAlignedAssigner",
 ]
 
 
@@ -219,3 +220,27 @@ class TaskAlignedAssigner(nn.Module):
     def extra_repr(self):
         return (f"topk={self.topk}, topk2={self.topk2}, num_classes={self.num_classes}, "
                 f"alpha={self.alpha}, beta={self.beta}, stride={self.stride}")
+
+
+class SegTaskAlignedAssigner(TaskAlignedAssigner):
+    """ultralytics 8.4's ``ultralytics.utils.tal.SegTaskAlignedAssigner`` (YOLO26-seg), fused:
+    the overlap of a pair is the mean of its CIoU and the IoU of the anchor's binarised, cropped
+    predicted mask with the box's ground-truth mask, the latter for each box's ``3 · topk``
+    best pairs by the box metric (``detloss_cuda.assign.task_aligned_assign``); no
+    ``(batch, boxes, anchors)`` or ``(pairs, H, W)`` tensor. ``forward`` takes ultralytics'
+    ``pd_coef [B, A, nm]``, ``mask_scale [B, 1]``, ``proto [B, nm, H, W]`` and bool
+    ``gt_masks [B, M, H, W]``, and ``scores_are_logits`` / ``index`` as the detection one."""
+
+    @torch.no_grad()
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, pd_coef,
+                mask_scale, proto, gt_masks, *, scores_are_logits=False, index=False):
+        from .assign import task_aligned_assign
+
+        self.bs = pd_scores.shape[0]
+        self.n_max_boxes = gt_bboxes.shape[1]
+        return task_aligned_assign(
+            pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
+            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
+            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
+            scores_are_logits=scores_are_logits, index=index, pd_coef=pd_coef,
+            mask_scale=mask_scale, proto=proto, gt_masks=gt_masks)

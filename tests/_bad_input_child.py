@@ -159,6 +159,11 @@ def cases():
     yield ("ops.tal_assign", "topk", "zero", lambda **k: ops.tal_assign(
         T(2, 30, 4), boxes(2, 30), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)), boxes(2, 3),
         torch.ones(2, 3, 1), k["topk"], 5, 1.0, 6.0, 16.0, 1e-9, False), {"topk": 0}, True)
+    yield ("ops.tal_assign_seg", "gt_masks", "too few rows", lambda **k: ops.tal_assign_seg(
+        T(2, 30, 4), boxes(2, 30), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)), boxes(2, 3),
+        torch.ones(2, 3, 1), torch.randn(2, 30, 4), torch.ones(2, 1), torch.randn(2, 4, 8, 8),
+        k["gt_masks"], 10, 10, 1.0, 6.0, 16.0, 1e-9, False),
+        {"gt_masks": torch.ones(2, 2, 8, 8, dtype=torch.bool)}, True)
 
 
 def describe(out, kwargs):

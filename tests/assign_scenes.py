@@ -66,3 +66,36 @@ def adversarial(kind, dtype=torch.float64):
     elif kind == "bad_predictions":  # every CIoU <= 0: all metrics 0, ties everywhere
         p[:] = torch.tensor([1000.0, 1000.0, 1001.0, 1001.0], dtype=dtype)
     return (s, p, a, lab, gt, m)
+
+
+def seg_parts(inputs, nm=8, H=40, size=160, seed=0, kind=None):
+    """SegTaskAlignedAssigner's extra arguments for a scene: coefficients ``[B, A, nm]`` (a
+    head's ``[B, nm, A]`` permuted, as ultralytics passes them), prototypes, the per-image
+    scale and bool masks rasterised from the gt boxes with holes. Dyadic values (quarters and
+    eighths): every sum ``coef · proto`` is exact in float32 whatever its order, so the
+    binarisation is decided by the same values on every side (csrc/math/assign.h); some sums
+    are exactly 0 (not in the mask). ``kind``: "zero_coef" (no predicted mask anywhere),
+    "full_coef" (every anchor's mask covers its crop), "empty_gt" (boxes without a mask),
+    "fractional" (a scale that puts crop edges off the pixel grid)."""
+    s, p, a, lab, gt, m = inputs
+    dtype = p.dtype
+    B, A, M = s.shape[0], a.shape[0], gt.shape[1]
+    g = torch.Generator().manual_seed(seed + 100)
+    coef = torch.randint(-4, 5, (B, nm, A), generator=g) / 4
+    proto = torch.randint(-4, 5, (B, nm, H, H), generator=g) / 8
+    if kind == "zero_coef":
+        coef.zero_()
+    elif kind == "full_coef":
+        coef.fill_(0.25)
+        proto = proto.abs() + 0.125
+    scale = H / size if kind != "fractional" else H / size * 1.3
+    gb = gt.double() * (H / size)
+    ys = torch.arange(H, dtype=torch.float64)[:, None] + 0.5
+    xs = torch.arange(H, dtype=torch.float64)[None, :] + 0.5
+    inside = ((xs >= gb[..., 0, None, None]) & (xs < gb[..., 2, None, None]) &
+              (ys >= gb[..., 1, None, None]) & (ys < gb[..., 3, None, None]))
+    gm = inside & (torch.rand(B, M, H, H, generator=g) < 0.8)
+    if kind == "empty_gt":
+        gm[:, ::2] = False
+    return (coef.to(dtype).permute(0, 2, 1), torch.full((B, 1), scale, dtype=dtype),
+            proto.to(dtype), gm)

@@ -22,7 +22,7 @@ import torch
 
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
-from assign_scenes import adversarial, scene
+from assign_scenes import adversarial, scene, seg_parts
 from conftest import DTYPES
 from emulated_cases import both, boxes, close, cls_fn, cls_variants, loss_and_grads
 from emulated_cuda import emu_ops, emulated, kernels
@@ -350,6 +350,38 @@ def test_assigner_nan_anchors_the_same_on_both_devices():
 
 def a_last(inputs):
     return inputs[2].shape[0] - 1
+
+
+def seg_both(inputs, seg, **kw):
+    cpu = DN.SegTaskAlignedAssigner(**kw)(*inputs, *seg)
+    with emulated():
+        cuda = DN.SegTaskAlignedAssigner(**kw)(*inputs, *seg)
+    for i, (a, b) in enumerate(zip(cpu, cuda)):
+        assert a.dtype == b.dtype and a.shape == b.shape, i
+        assert torch.equal(a, b), f"output {i}: {int((a != b).sum())} values differ ({kw})"
+
+
+@pytest.mark.parametrize("box_dtype", [torch.float32, torch.float64], ids=str)
+def test_mask_aware_assigner_bit_equal(box_dtype):
+    """SegTaskAlignedAssigner's overlap: the 3·topk lists (SelectUnit on the box metric), the
+    mask pixel counts a crop row a unit, the quotients; half coefficients and prototypes too
+    (converted to the boxes' arithmetic), and lists longer than a warp (topk 21: 63 a box)."""
+    for seed in range(2):
+        inputs = scene(B=3, M=7, dtype=box_dtype, seed=seed, big=seed % 2 == 0)
+        seg = seg_parts(inputs, seed=seed)
+        for kw in KW[:4] + [dict(topk=21, alpha=0.5, beta=6.0)]:
+            seg_both(inputs, seg, num_classes=5, **kw)
+    half = tuple(t.half() if t.is_floating_point() else t for t in seg)
+    seg_both(inputs, half, num_classes=5, **KW[0])
+
+
+@pytest.mark.parametrize("masks", ["zero_coef", "full_coef", "empty_gt", "fractional"])
+@pytest.mark.parametrize("kind", ["overlapping", "outside", "no_boxes_in_one_image", "bad_predictions"])
+def test_mask_aware_assigner_adversarial_bit_equal(kind, masks):
+    inputs = adversarial(kind)
+    seg = seg_parts(inputs, kind=masks)
+    for kw in (KW[0], KW[2]):
+        seg_both(inputs, seg, num_classes=5, **kw)
 
 
 @pytest.mark.slow

@@ -160,6 +160,27 @@ def test_assigner_layouts(driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_mask_aware_assigner_layouts(driver):
+    """ultralytics' permuted [B, nm, A] coefficients, channels-last and strided prototypes,
+    a [B] scale; the same outputs as from contiguous inputs."""
+    ops, dev = ops_of(driver)
+    from assign_scenes import scene, seg_parts
+
+    inputs = tuple(t.to(dev) for t in scene(B=2, M=4, pad=1))
+    coef, scale, proto, gm = (t.to(dev) for t in seg_parts(inputs))
+    want = ops.tal_assign_seg(*inputs, coef.contiguous(), scale, proto, gm, 10, 3, 0.5, 6.0,
+                              16.0, 1e-9, False)
+    wide = torch.zeros(*proto.shape[:-1], 2 * proto.shape[-1], device=dev)
+    wide[..., ::2] = proto
+    for c, sc, pr in ((coef, scale, proto), (coef, scale.view(-1), proto.to(memory_format=torch.channels_last)),
+                      (coef.contiguous(), scale, wide[..., ::2])):
+        args = (*inputs, c, sc, pr, gm, 10, 3, 0.5, 6.0, 16.0, 1e-9, False)
+        torch.library.opcheck(ops.tal_assign_seg.default, args)
+        for x, y in zip(want, ops.tal_assign_seg(*args)):
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_mask_layouts(driver):
     """Contiguous gradients whatever the inputs' strides: a transposed coef view, channels-last
     and strided prototypes, int32 indices, integer and bool masks."""

@@ -19,6 +19,45 @@ namespace detloss {
 namespace cpu {
 namespace {
 
+// Phase 0 of the mask-aware overlap, image b (csrc/math/assign.h): each valid box's list, then
+// for each listed pair the pixel counts over the crop of the anchor's predicted mask, a row at
+// a time (every pixel's sum in math::tal_seg_pixel's order, so the bits of the CUDA driver).
+template <class S, class TS>
+void seg_overlaps(const math::TalView<S, TS>& vpre, const math::TalSegView<S>& sv, int64_t b,
+                  int64_t* list, S* iou, S* row) {
+  const int64_t M = sv.M, K = vpre.k, H = sv.H, W = sv.W, hw = H * W;
+  for (int64_t m = 0; m < M; ++m) {
+    const int64_t bm = b * M + m;
+    math::tal_select_box(vpre, b, m, list + bm * K);
+    const bool* gt = sv.gt_masks + (b * sv.Mg + m) * hw;
+    int64_t gsum = -1;  // counted once a pair needs it
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t an = list[bm * K + j];
+      if (an < 0) break;
+      if (gsum < 0) gsum = std::count(gt, gt + hw, true);
+      int64_t x0, x1, y0, y1;
+      math::tal_seg_crop(sv, b, an, x0, x1, y0, y1);
+      const S* c = sv.coef + b * sv.coef_stride[0] + an * sv.coef_stride[1];
+      int64_t pm = 0, inter = 0;
+      for (int64_t y = y0; y < y1 && x0 < x1; ++y) {
+        std::fill(row + x0, row + x1, S(0));
+        for (int64_t k = 0; k < sv.nm; ++k) {
+          const S ck = c[k * sv.coef_stride[2]];
+          const S* p = sv.proto + (b * sv.nm + k) * hw + y * W;
+          for (int64_t x = x0; x < x1; ++x) row[x] = math::tal_add(row[x], math::tal_mul(ck, p[x]));
+        }
+        const bool* g = gt + y * W;
+        for (int64_t x = x0; x < x1; ++x) {
+          const bool on = row[x] > S(0);
+          pm += on;
+          inter += on && g[x];
+        }
+      }
+      iou[bm * K + j] = math::tal_seg_quotient<S>(gsum, pm, inter);
+    }
+  }
+}
+
 template <class S, class TS>
 TalResult run(const TalArgs& a) {
   const int64_t B = a.B, A = a.A, M = a.M, K = a.topk;
@@ -65,6 +104,33 @@ TalResult run(const TalArgs& a) {
   v.eps = static_cast<S>(a.eps);
   v.logits = a.logits;
 
+  // the mask-aware overlap: phase 0 fills each box's list and mask IoUs, image by image,
+  // before that image's later phases read them through v
+  const int64_t SK = a.seg ? a.seg_k : 0;
+  std::vector<int64_t> seg_list(B * M * SK);
+  std::vector<S> seg_iou(B * M * SK);
+  math::TalView<S, TS> vpre = v;  // phase 0's view: the box metric + eps, 3·topk a box
+  vpre.k = static_cast<int>(SK);
+  vpre.box_only = true;
+  math::TalSegView<S> sv{};
+  if (a.seg) {
+    v.seg_list = seg_list.data();
+    v.seg_iou = seg_iou.data();
+    v.seg_k = static_cast<int>(SK);
+    sv.coef = a.coef.const_data_ptr<S>();
+    for (int d = 0; d < 3; ++d) sv.coef_stride[d] = a.coef.stride(d);
+    sv.proto = a.proto.const_data_ptr<S>();
+    sv.gt_masks = a.gt_masks.const_data_ptr<bool>();
+    sv.scale = a.scale.const_data_ptr<S>();
+    sv.pred = v.pred;
+    sv.A = A;
+    sv.M = M;
+    sv.Mg = a.Mg;
+    sv.nm = a.nm;
+    sv.H = a.H;
+    sv.W = a.W;
+  }
+
   int64_t* o_lab = labels.mutable_data_ptr<int64_t>();
   S* o_box = boxes.mutable_data_ptr<S>();
   S* o_score = score.mutable_data_ptr<S>();
@@ -76,7 +142,9 @@ TalResult run(const TalArgs& a) {
     std::vector<int32_t> cnt(A);
     std::unique_ptr<bool[]> keep(new bool[std::max<int64_t>(A, 1)]);
     std::vector<S> best_mu(M), best_ov(M);
+    std::vector<S> row(a.seg ? a.W : 0);
     for (int64_t b = b0; b < b1; ++b) {
+      if (a.seg) seg_overlaps(vpre, sv, b, seg_list.data(), seg_iou.data(), row.data());
       // 1. each box's positives
       for (int64_t m = 0; m < M; ++m) math::tal_select_box(v, b, m, sel.data() + m * K);
       // 2. anchors selected by several boxes go to the box of largest overlap
@@ -148,7 +216,8 @@ TalResult tal_assign_cpu(const TalArgs& a) {
     const int64_t* lab = a.labels.const_data_ptr<int64_t>();
     const bool* val = a.valid.const_data_ptr<bool>();
     for (int64_t i = 0, n = a.B * a.M; i < n; ++i)
-      TORCH_CHECK_VALUE(!val[i] || (lab[i] >= 0 && lab[i] < a.C), "detloss.tal_assign: gt_labels "
+      TORCH_CHECK_VALUE(!val[i] || (lab[i] >= 0 && lab[i] < a.C),
+                        a.seg ? "detloss.tal_assign_seg" : "detloss.tal_assign", ": gt_labels "
                         "of a valid box must be in [0, C) = [0, ", a.C, "), got ", lab[i],
                         " (image ", i / a.M, ", box ", i % a.M, ")");
   }
@@ -166,4 +235,5 @@ TalResult tal_assign_cpu(const TalArgs& a) {
 
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cpu>);
+  m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cpu>);
 }

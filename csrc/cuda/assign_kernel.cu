@@ -1,6 +1,6 @@
-// CUDA driver of the task-aligned assigner: the phases of csrc/math/assign.h, a warp per box
-// for the selections (each box scans its anchors, the long part), a thread per anchor for the
-// rest, on the current stream, with no host synchronisation. Memory: O(B·A + B·M·topk), never
+// CUDA driver of the task-aligned assigner (and its mask-aware overlap): the phases of
+// csrc/math/assign.h, a warp per box for the selections (each box scans its anchors, the long
+// part), a thread per anchor for the rest, on the current stream, with no host synchronisation. Memory: O(B·A + B·M·topk), never
 // (B, M, A). Deterministic: the only atomics count integers and take maxima.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -119,6 +119,68 @@ struct SelectUnit {
       }
     }
     for (int j = (n < v.k ? n : v.k) + lane; j < v.k; j += 32) out[j] = -1;
+    return 0.f;
+  }
+};
+
+// 0. the mask-aware overlap (after SelectUnit has listed each box's 3·topk pairs): the pixel
+// counts of each box's ground-truth mask, a unit per mask row; of each listed pair's cropped
+// predicted mask and its intersection, a unit per pair and crop row; then the quotients.
+// Integer atomics only: the same counts in any order.
+template <class S>
+struct GtCountUnit {
+  math::TalSegView<S> s;
+  const bool* valid;
+  int* gsum;  // [B·M]
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int64_t bm = u / s.H, y = u % s.H;
+    if (!valid[bm]) return 0.f;
+    const bool* g = s.gt_masks + ((bm / s.M) * s.Mg + bm % s.M) * s.H * s.W + y * s.W;
+    int c = 0;
+    for (int64_t x = 0; x < s.W; ++x) c += g[x];
+    if (c) atomicAdd(gsum + bm, c);
+    return 0.f;
+  }
+};
+
+template <class S>
+struct PairRowUnit {
+  math::TalSegView<S> s;
+  const int64_t* list;  // [B·M·K]
+  int64_t K;
+  int* pm;              // [B·M·K] predicted-mask pixels
+  int* inter;           // [B·M·K] of them in the ground truth
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int64_t slot = u / s.H, y = u % s.H;
+    const int64_t a = list[slot];
+    if (a < 0) return 0.f;
+    const int64_t bm = slot / K, b = bm / s.M;
+    int64_t x0, x1, y0, y1;
+    math::tal_seg_crop(s, b, a, x0, x1, y0, y1);
+    if (y < y0 || y >= y1) return 0.f;
+    const bool* g = s.gt_masks + (b * s.Mg + bm % s.M) * s.H * s.W + y * s.W;
+    int np = 0, ni = 0;
+    for (int64_t x = x0; x < x1; ++x) {
+      const bool on = math::tal_seg_pixel(s, b, a, y, x);
+      np += on;
+      ni += on && g[x];
+    }
+    if (np) atomicAdd(pm + slot, np);
+    if (ni) atomicAdd(inter + slot, ni);
+    return 0.f;
+  }
+};
+
+template <class S>
+struct SegIouUnit {
+  const int64_t* list;
+  int64_t K;
+  const int* gsum;
+  const int* pm;
+  const int* inter;
+  S* iou;
+  __device__ __forceinline__ float operator()(int64_t slot) const {
+    if (list[slot] >= 0) iou[slot] = math::tal_seg_quotient<S>(gsum[slot / K], pm[slot], inter[slot]);
     return 0.f;
   }
 };
@@ -339,6 +401,44 @@ TalResult run(const TalArgs& a) {
   v.eps = static_cast<S>(a.eps);
   v.logits = a.logits;
 
+  // 0. the mask-aware overlap: each box's 3·topk pairs by the box metric, their mask IoUs
+  at::Tensor seg_list, seg_iou;
+  if (a.seg && M > 0) {
+    const int64_t SK = a.seg_k;
+    View<S, TS> vpre = v;
+    vpre.k = static_cast<int>(SK);
+    vpre.box_only = true;
+    math::TalSegView<S> sv{};
+    sv.coef = a.coef.const_data_ptr<S>();
+    for (int d = 0; d < 3; ++d) sv.coef_stride[d] = a.coef.stride(d);
+    sv.proto = a.proto.const_data_ptr<S>();
+    sv.gt_masks = a.gt_masks.const_data_ptr<bool>();
+    sv.scale = a.scale.const_data_ptr<S>();
+    sv.pred = v.pred;
+    sv.A = A;
+    sv.M = M;
+    sv.Mg = a.Mg;
+    sv.nm = a.nm;
+    sv.H = a.H;
+    sv.W = a.W;
+    seg_list = at::empty({B * M * SK}, i64);
+    seg_iou = at::zeros({B * M * SK}, opts.dtype(a.dtype));
+    const at::Tensor counts = at::zeros({B * M + 2 * B * M * SK}, opts.dtype(at::kInt));
+    int* gsum = counts.mutable_data_ptr<int>();
+    int* pm = gsum + B * M;
+    int* inter = pm + B * M * SK;
+    const int64_t* list = seg_list.const_data_ptr<int64_t>();
+    run_units(B * M * 32, SelectUnit<S, TS>{vpre, seg_list.mutable_data_ptr<int64_t>()}, dev);
+    if (a.H * a.W > 0) {
+      run_units(B * M * a.H, GtCountUnit<S>{sv, v.valid, gsum}, dev);
+      run_units(B * M * SK * a.H, PairRowUnit<S>{sv, list, SK, pm, inter}, dev);
+    }
+    run_units(B * M * SK, SegIouUnit<S>{list, SK, gsum, pm, inter, seg_iou.mutable_data_ptr<S>()}, dev);
+    v.seg_list = list;
+    v.seg_iou = seg_iou.const_data_ptr<S>();
+    v.seg_k = static_cast<int>(SK);
+  }
+
   at::Tensor owner = at::empty({B * A}, i64);
   int64_t* own = owner.mutable_data_ptr<int64_t>();
   if (M > 0) {
@@ -405,4 +505,5 @@ TalResult tal_assign_cuda(const TalArgs& a) {
 
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cuda>);
+  m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cuda>);
 }

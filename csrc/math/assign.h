@@ -23,6 +23,19 @@
 // go to the anchors with mu = 0 of lowest index; a candidate with mu = 0 at index a is
 // among them iff a - #(candidates with mu > 0 below a) < k - #(candidates with mu > 0).
 //
+// The mask-aware overlap (ultralytics' SegTaskAlignedAssigner, YOLO26-seg), when the view
+// carries it: phase 0 lists each valid box's 3·topk best candidates by the box metric
+// mu(m, a) + eps (the order and tie rule of the top-k below; eps keeps a zero-metric candidate
+// ahead of the non-candidates), and for each listed pair the IoU of the binarised, cropped
+// predicted mask with the box's ground-truth mask:
+//   pm(y, x)  = sum_k coef[b, a, k] · proto[b, k, y, x] > 0 (k ascending, each product and sum
+//               rounded), inside the crop of pred_a · mask_scale[b] (crop_mask's pixel rule)
+//   miou      = inter / max(|gt_m| + |pm| - inter, 1), pixel counts as exact integers in float32
+// Every later phase then uses ov(m, a) = (max(CIoU, 0) + miou(m, a)) / 2, miou 0 off the list.
+// A pixel whose sum is within rounding of 0 may binarise differently from ultralytics' matmul
+// (BLAS's own order, fp16 on CUDA): exact when the products and sums are (tests use dyadic
+// values); a sum of exactly 0 is not in the mask.
+//
 // Exact replication: float32 boxes go through the same operations in the same order as
 // ultralytics' (no fused multiply-add: tal_mul/add/sub round each operation on CUDA; the CPU
 // driver is compiled with -ffp-contract=off, setup.py's exact sources), so overlaps and
@@ -178,6 +191,12 @@ struct TalView {
   int k, k2;               // topk, topk2 (k2 == k: no second selection)
   S alpha, beta, stride_val, eps;
   bool logits;
+  // the mask-aware overlap: each box's listed pairs and their mask IoU, [B, M, seg_k], -1
+  // after the last (nullptr: the box overlap alone)
+  const int64_t* seg_list = nullptr;
+  const S* seg_iou = nullptr;
+  int seg_k = 0;
+  bool box_only = false;  // phase 0's metric: the box overlap's, plus eps
 };
 
 // The score of anchor a for class c of image b, as the assigner sees it: sigmoid(logit) or
@@ -191,6 +210,15 @@ DETLOSS_HD S tal_score(const TalView<S, TS>& v, int64_t b, int64_t a, int64_t c)
   return static_cast<S>(static_cast<TS>(S(1) / (S(1) + dl_exp(-x))));
 }
 
+// The mask IoU of box bm and anchor a: listed in phase 0, else 0.
+template <class S, class TS>
+DETLOSS_HD S tal_seg_iou(const TalView<S, TS>& v, int64_t bm, int64_t a) {
+  const int64_t* list = v.seg_list + bm * v.seg_k;
+  for (int j = 0; j < v.seg_k && list[j] >= 0; ++j)
+    if (list[j] == a) return v.seg_iou[bm * v.seg_k + j];
+  return S(0);
+}
+
 // Overlap and metric of candidate a of box m (bm = b·M + m; the caller checked it is valid
 // and that a is inside its region).
 template <class S, class TS>
@@ -199,8 +227,10 @@ DETLOSS_HD void tal_metric(const TalView<S, TS>& v, int64_t b, int64_t bm, int64
   const S* g = v.gt + 4 * bm;
   const S* p = v.pred + 4 * (b * v.A + a);
   ov = tal_overlap(g[0], g[1], g[2], g[3], p[0], p[1], p[2], p[3]);
+  if (v.seg_list != nullptr) ov = tal_add(ov, tal_seg_iou(v, bm, a)) / S(2);
   const S sa = static_cast<S>(static_cast<TS>(tal_pow(tal_score(v, b, a, v.labels[bm]), v.alpha)));
   mu = tal_mul(sa, tal_pow(ov, v.beta));
+  if (v.box_only) mu = tal_add(mu, v.eps);
 }
 
 // Overlap and metric of box m and anchor a of image b: both 0 unless a is a candidate of a
@@ -333,6 +363,47 @@ DETLOSS_HD void tal_keep_topk2(const TalView<S, TS>& v, int64_t b, int64_t m, co
     }
     keep[i] = kept;
   }
+}
+
+// The inputs of the mask IoU of phase 0 (contiguous but the coefficients, read at strides).
+template <class S>
+struct TalSegView {
+  const S* coef;            // [B, A, nm] at coef_stride (ultralytics' permuted [B, nm, A] in place)
+  int64_t coef_stride[3];
+  const S* proto;           // [B, nm, H, W]
+  const bool* gt_masks;     // [B, Mg, H, W], Mg >= M: box m's ground-truth mask is row m
+  const S* scale;           // [B] prototype pixels per box pixel
+  const S* pred;            // [B, A, 4] xyxy (the assigner's pd_bboxes)
+  int64_t A, M, Mg, nm, H, W;
+};
+
+// The crop of anchor a's predicted mask: pd_bboxes · mask_scale, crop_mask's pixel rule.
+template <class S>
+DETLOSS_HD void tal_seg_crop(const TalSegView<S>& s, int64_t b, int64_t a, int64_t& x0,
+                             int64_t& x1, int64_t& y0, int64_t& y1) {
+  const S* p = s.pred + 4 * (b * s.A + a);
+  const S k = s.scale[b];
+  mask_span(tal_mul(p[0], k), tal_mul(p[2], k), s.W, x0, x1);
+  mask_span(tal_mul(p[1], k), tal_mul(p[3], k), s.H, y0, y1);
+}
+
+// Pixel (y, x) of anchor a's predicted mask, before the crop: the coefficients' sum with the
+// prototypes, k ascending, > 0 (the CPU driver sums a row at a time in the same order).
+template <class S>
+DETLOSS_HD bool tal_seg_pixel(const TalSegView<S>& s, int64_t b, int64_t a, int64_t y, int64_t x) {
+  const S* c = s.coef + b * s.coef_stride[0] + a * s.coef_stride[1];
+  const int64_t hw = s.H * s.W;
+  const S* p = s.proto + b * s.nm * hw + y * s.W + x;
+  S acc = S(0);
+  for (int64_t k = 0; k < s.nm; ++k) acc = tal_add(acc, tal_mul(c[k * s.coef_stride[2]], p[k * hw]));
+  return acc > S(0);
+}
+
+// ultralytics' inter / union.clamp(min=1) of exact float32 pixel counts, in the boxes' dtype.
+template <class S>
+DETLOSS_HD S tal_seg_quotient(int64_t gt, int64_t pm, int64_t inter) {
+  const float u = static_cast<float>(gt) + static_cast<float>(pm) - static_cast<float>(inter);
+  return static_cast<S>(static_cast<float>(inter) / (u < 1.f ? 1.f : u));
 }
 
 }  // namespace DETLOSS_CAPABILITY_NS

@@ -25,13 +25,29 @@ struct TalArgs {
   int64_t topk = 13, topk2 = 13;
   double alpha = 1.0, beta = 6.0, stride_val = 16.0, eps = 1e-9;
   bool logits = false;
+  // the mask-aware overlap (tal_assign_seg; csrc/math/assign.h), when `seg`
+  bool seg = false;
+  at::Tensor coef;       // [B, A, nm] in `dtype`, at its strides
+  at::Tensor scale;      // [B] in `dtype`
+  at::Tensor proto;      // [B, nm, H, W] contiguous, in `dtype`
+  at::Tensor gt_masks;   // [B, Mg, H, W] bool contiguous
+  int64_t nm = 0, H = 0, W = 0, Mg = 0;
+  int64_t seg_k = 0;     // min(3·topk, A): each box's listed pairs
 };
 
 TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                     const at::Tensor& anc_points, const at::Tensor& gt_labels,
                     const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                     int64_t topk2, double alpha, double beta, double stride_val, double eps,
-                    bool scores_are_logits);
+                    bool scores_are_logits, const char* op = "detloss.tal_assign");
+
+TalArgs prepare_tal_seg(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                        const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                        const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                        const at::Tensor& pd_coef, const at::Tensor& mask_scale,
+                        const at::Tensor& proto, const at::Tensor& gt_masks, int64_t topk,
+                        int64_t topk2, double alpha, double beta, double stride_val, double eps,
+                        bool scores_are_logits);
 
 // (target_labels int64 [B, A], target_bboxes [B, A, 4], target_score [B, A] (the normalised
 // alignment metric of the assigned box; 0 for background), fg_mask bool [B, A],
@@ -49,6 +65,19 @@ TalResult tal_assign_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bbo
                            double eps, bool scores_are_logits) {
   return F(prepare_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
                        topk2, alpha, beta, stride_val, eps, scores_are_logits));
+}
+
+template <TalResult (*F)(const TalArgs&)>
+TalResult tal_assign_seg_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                               const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                               const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                               const at::Tensor& pd_coef, const at::Tensor& mask_scale,
+                               const at::Tensor& proto, const at::Tensor& gt_masks, int64_t topk,
+                               int64_t topk2, double alpha, double beta, double stride_val,
+                               double eps, bool scores_are_logits) {
+  return F(prepare_tal_seg(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                           pd_coef, mask_scale, proto, gt_masks, topk, topk2, alpha, beta,
+                           stride_val, eps, scores_are_logits));
 }
 
 }  // namespace detloss
