@@ -122,7 +122,7 @@ def _yolo_batch(size):
 
 @pytest.mark.parametrize("cfg,backend", [("yolov8n.yaml", BACKEND), ("yolo11n.yaml", BACKEND),
                                          ("yolo26n.yaml", BACKEND), ("yolo11n-seg.yaml", BACKEND),
-                                         ("yolov8n.yaml", "inductor")])
+                                         ("yolo26n-seg.yaml", BACKEND), ("yolov8n.yaml", "inductor")])
 def test_ultralytics_loss_compiles(cfg, backend, capsys):
     _require("ultralytics")
     import detloss_cuda.integrations.ultralytics as dl
@@ -131,6 +131,7 @@ def test_ultralytics_loss_compiles(cfg, backend, capsys):
     batch = _yolo_batch(128)
     if "-seg" in cfg:
         batch["masks"] = _seg_masks(batch, 2, 32)
+        batch["sem_masks"] = (batch["masks"] > 0).long() * 3  # (YOLO26-seg's semantic branch)
     model = _yolo_model(cfg)
     with dl.patched():
         criterion = model.init_criterion()  # built under the patch, as a patched trainer's is

@@ -154,7 +154,8 @@ def test_yolo_seg_steps_match(cfg, overlap, monkeypatch):
     """YOLO11n-seg (v8SegmentationLoss) and YOLO26n-seg (E2ELoss of two SegmentLoss26): the
     mask loss on prototype_mask_loss (once a branch), both overlap_mask forms, an image with no
     objects; loss items and every parameter's gradient as close to float64 as ultralytics'
-    own float32 step, and ultralytics' per-image mask loss never ran."""
+    own float32 step, and ultralytics' per-image mask loss never ran. YOLO26-seg's mask-aware
+    assignment (SegTaskAlignedAssigner) on the fused assigner: its pair_overlaps never ran."""
     import detloss_cuda.integrations.ultralytics as dl
     from ultralytics.utils import loss as L
 
@@ -180,10 +181,20 @@ def test_yolo_seg_steps_match(cfg, overlap, monkeypatch):
     real_bd = L.BCEDiceLoss.forward
     monkeypatch.setattr(L.BCEDiceLoss, "forward",
                         lambda *a: bcedice.update(["x"]) or real_bd(*a))
+    from ultralytics.utils import tal as T
+
+    assigned = collections.Counter()
+    real_assign = dl.task_aligned_assign
+    monkeypatch.setattr(dl, "task_aligned_assign", lambda *a, **k: assigned.update(
+        ["seg" if k.get("pd_coef") is not None else "det"]) or real_assign(*a, **k))
+    real_po = T.SegTaskAlignedAssigner.pair_overlaps
+    monkeypatch.setattr(T.SegTaskAlignedAssigner, "pair_overlaps",
+                        lambda *a, **k: theirs.update(["pair_overlaps"]) or real_po(*a, **k))
     lp, gp = _yolo_step(model, x, batch, patched=True)
     branches = 2 if "26" in cfg else 1
+    assert assigned == {"seg" if "26" in cfg else "det": branches}, assigned
     assert spy.calls["prototype_mask_loss"] == branches, spy.calls
-    assert not theirs, "ultralytics' single_mask_loss ran"
+    assert not theirs, f"ultralytics' code ran: {theirs}"
     if "26" in cfg:  # the semantic branch on class indices: the BCE kernel, no BCEDiceLoss
         assert spy.calls["binary_cross_entropy_with_logits"] == 2 * branches, spy.calls
         assert not bcedice, "ultralytics' BCEDiceLoss ran"
@@ -264,6 +275,42 @@ def test_ultralytics_assigner_class_is_routed_and_subclasses_are_not():
             torch.testing.assert_close(a, c)  # (its CIoU is the patched bbox_iou: ulps)
             assert a.dtype == b.dtype
             torch.testing.assert_close(a, b)
+
+
+def test_ultralytics_seg_assigner_is_routed_where_the_kernels_take_it():
+    """SegTaskAlignedAssigner's forward (inherited from TaskAlignedAssigner): with its four
+    arguments and bool masks on the fused assigner, equal to ultralytics' own; float masks, a
+    topk above 21 (lists of 3·topk > 64) or a subclass: ultralytics' code."""
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import tal as T
+    from assign_scenes import scene, seg_parts
+
+    from test_assign import compare
+
+    inputs = scene(B=2, M=5, seed=3, big=True, dtype=torch.float64)
+    coef, scale, proto, gm = seg_parts(inputs, seed=3)
+    kw = dict(pd_coef=coef, mask_scale=scale, proto=proto, gt_masks=gm)
+    calls = collections.Counter()
+    real = dl.task_aligned_assign
+
+    class Sub(T.SegTaskAlignedAssigner):
+        pass
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl, "task_aligned_assign", lambda *a, **k: calls.update(["x"]) or real(*a, **k))
+        ref = T.SegTaskAlignedAssigner(topk=10, num_classes=5)(*inputs, **kw)
+        ref22 = T.SegTaskAlignedAssigner(topk=22, num_classes=5)(*inputs, **kw)
+        with dl.patched():
+            out = T.SegTaskAlignedAssigner(topk=10, num_classes=5)(*inputs, **kw)
+            assert calls["x"] == 1
+            out22 = T.SegTaskAlignedAssigner(topk=22, num_classes=5)(*inputs, **kw)
+            T.SegTaskAlignedAssigner(topk=10, num_classes=5)(*inputs, **{**kw, "gt_masks": gm.float()})
+            Sub(topk=10, num_classes=5)(*inputs, **kw)
+            assert calls["x"] == 1  # not routed: ultralytics' code ran
+    compare(ref, out, exact_scores=False)
+    for a, b in zip(ref22, out22):
+        torch.testing.assert_close(a, b)
 
 
 def test_ultralytics_unpatch_restores_the_originals():

@@ -10,12 +10,13 @@ What is routed (wrapping ultralytics' own classes and functions; each wrapper ha
 the fused ops do not take — MPS tensors, integer boxes, targets that require grad — to the
 original):
 
-* ``TaskAlignedAssigner`` (the exact class; its pose, rotated and segmentation subclasses stay
+* ``TaskAlignedAssigner`` (the exact class) and ``SegTaskAlignedAssigner`` (YOLO26-seg's
+  mask-aware overlap, with its bool ``gt_masks``; the pose and rotated subclasses stay
   ultralytics'): ``forward`` on the fused assigner (``detloss_cuda.assign``): the same five
-  outputs without its ``(batch, boxes, anchors)`` tensors;
+  outputs without its ``(batch, boxes, anchors)`` or ``(pairs, H, W)`` tensors;
 * ``v8DetectionLoss.get_assigned_targets_and_loss`` (YOLOv8/11/26 detection and
-  segmentation, and both branches of the end-to-end ``E2ELoss``), when its assigner is that
-  class: the assignment takes the head's logits (the sigmoid only where a box's class is
+  segmentation, and both branches of the end-to-end ``E2ELoss``), when its assigner is one
+  of those classes (YOLO26-seg's ``SegmentLoss26`` passes the mask arguments): the assignment takes the head's logits (the sigmoid only where a box's class is
   read) and returns each anchor's class and score, which the fused BCE takes as class
   indices: no ``[B, A, C]`` sigmoid, target or loss tensor is built; the box and DFL losses
   are ultralytics' own (``BboxLoss``, on the kernels below), weighted by the same scores.
@@ -34,8 +35,7 @@ original):
   no per-image loop, no ``(positives, H, W)`` logits, targets, BCE or crop tensors, no host
   synchronisation; both ``overlap_mask`` forms. One difference: ultralytics adds
   ``(proto * 0).sum() + (pred_masks * 0).sum()`` for an image without positives, which is 0
-  unless those hold inf or NaN (then its loss is NaN, ours is not). (YOLO26-seg's mask-aware
-  assigner stays ultralytics' for now.)
+  unless those hold inf or NaN (then its loss is NaN, ours is not).
 * ``v8SegmentationLoss.loss`` with a semantic head (YOLO26-seg): the semantic branch's
   ``BCEDiceLoss`` on class indices (each pixel's class, background where no instance is:
   ultralytics' ``present``), no ``[B, C, H, W]`` one-hot: the BCE on the index-target kernel,
@@ -56,7 +56,10 @@ inside ``bbox_iou``; the fused box kernels do not (a relative change of order ep
 fused assigner does add it, as its overlaps must rank as ultralytics' do); and where
 torch.topk chooses among equal zero alignment metrics (ultralytics' choice is arbitrary), the
 fused assigner takes the lowest anchor indices: those anchors have a target score of 0, so
-the detection losses are unchanged; a segmentation loss counts such foreground anchors.
+the detection losses are unchanged; a segmentation loss counts such foreground anchors. The
+mask-aware overlap binarises ``coef · proto > 0`` with its own summation order: a pixel whose
+sum is within rounding of 0 may differ from ultralytics' matmul (whose own result depends on
+the BLAS and, under AMP, on fp16), and its 3·topk list breaks ties by the lower anchor index.
 ``tests/test_integrations.py`` compares a YOLOv8n training step end to end.
 """
 import functools
@@ -117,17 +120,42 @@ def _plain_bce(bce):
             and bce.weight is None and bce.pos_weight is None)
 
 
-def _fused_assignment(self, tal_cls):
-    """The criterion can take the fused path: its assigner is ultralytics' own class (not a
-    subclass with another overlap) and its BCE plain."""
-    return type(getattr(self, "assigner", None)) is tal_cls and _plain_bce(getattr(self, "bce", None))
+_SEG_KW = ("pd_coef", "mask_scale", "proto", "gt_masks")  # SegTaskAlignedAssigner's extra arguments
 
 
-def _wrap_assigned(orig, tal_cls, make_anchors):
+def _seg_arguments(assigner, seg_cls, extra):
+    """The mask-aware assigner's arguments when the fused one takes them (ultralytics' own
+    class, its four arguments as tensors our kernels serve, binary gt_masks), else None."""
+    if (type(assigner) is not seg_cls or sorted(extra) != sorted(_SEG_KW)
+            or not 1 <= getattr(assigner, "topk", 0) <= 21):  # (its lists of 3·topk hold 64)
+        return None
+    t = [extra[k] for k in _SEG_KW]
+    gt_masks = t[3]
+    if (not ours(*t[:3]) or type(gt_masks) is not torch.Tensor or gt_masks.dtype != torch.bool
+            or gt_masks.device.type not in ("cpu", "cuda")):
+        return None
+    return dict(zip(_SEG_KW, t))
+
+
+def _fused_assignment(self, tal_cls, seg_cls, extra):
+    """The criterion can take the fused path: its assigner is ultralytics' own detection class
+    without extra arguments, or its own SegTaskAlignedAssigner with its four (not another
+    subclass with another overlap), and its BCE plain. Returns the assigner's extra arguments
+    for task_aligned_assign, or None."""
+    if not _plain_bce(getattr(self, "bce", None)):
+        return None
+    assigner = getattr(self, "assigner", None)
+    if type(assigner) is tal_cls and not extra:
+        return {}
+    return _seg_arguments(assigner, seg_cls, extra)
+
+
+def _wrap_assigned(orig, tal_cls, seg_cls, make_anchors):
     @functools.wraps(orig)
     def get_assigned_targets_and_loss(self, preds, batch, **assign_kwargs):
         scores = preds.get("scores") if isinstance(preds, dict) else None
-        if assign_kwargs or not _fused_assignment(self, tal_cls) or not ours(scores):
+        seg = _fused_assignment(self, tal_cls, seg_cls, assign_kwargs)
+        if seg is None or not ours(scores):
             bce = getattr(self, "bce", None)
             if not _plain_bce(bce):
                 return orig(self, preds, batch, **assign_kwargs)
@@ -160,7 +188,7 @@ def _wrap_assigned(orig, tal_cls, make_anchors):
             pred_scores.detach(), (pred_bboxes.detach() * stride_tensor).type(gt_bboxes.dtype),
             anchor_points * stride_tensor, gt_labels, gt_bboxes, mask_gt, topk=a.topk,
             num_classes=a.num_classes, alpha=a.alpha, beta=a.beta, stride_val=a.stride_val,
-            eps=a.eps, topk2=a.topk2, scores_are_logits=True, index=True)
+            eps=a.eps, topk2=a.topk2, scores_are_logits=True, index=True, **seg)
         labels, score = r
         target_scores_sum = score.sum().clamp_(min=1)  # = the one-hot target's sum, on the device
         weight = self.class_weights  # (1, 1, C) or None: broadcast over [B, A, C] in the kernel
@@ -179,18 +207,20 @@ def _wrap_assigned(orig, tal_cls, make_anchors):
     return get_assigned_targets_and_loss
 
 
-def _wrap_tal_forward(orig, tal_cls):
+def _wrap_tal_forward(orig, tal_cls, seg_cls):
+    """TaskAlignedAssigner.forward, which SegTaskAlignedAssigner inherits: either exact class
+    on the fused assigner, any other subclass ultralytics' own."""
     @functools.wraps(orig)
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
-        if (extra or type(self) is not tal_cls
-                or not ours(pd_scores, pd_bboxes, anc_points, gt_bboxes)):
+        seg = {} if type(self) is tal_cls and not extra else _seg_arguments(self, seg_cls, extra)
+        if seg is None or not ours(pd_scores, pd_bboxes, anc_points, gt_bboxes):
             return orig(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
         self.bs, self.n_max_boxes = pd_scores.shape[0], gt_bboxes.shape[1]
         with torch.no_grad():
             return task_aligned_assign(
                 pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
                 num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
-                stride_val=self.stride_val, eps=self.eps, topk2=self.topk2)
+                stride_val=self.stride_val, eps=self.eps, topk2=self.topk2, **seg)
     return forward
 
 
@@ -383,11 +413,13 @@ def _apply(ps):
     dist2bbox = ps.original(T, "dist2bbox")
     xyxy2xywh = ps.original(L, "xyxy2xywh")
     tal_cls = ps.original(T, "TaskAlignedAssigner")
+    seg_cls = ps.original(T, "SegTaskAlignedAssigner")
     make_anchors = ps.original(T, "make_anchors")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
-        (det, "get_assigned_targets_and_loss", lambda o: _wrap_assigned(o, tal_cls, make_anchors)),
-        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls)),
+        (det, "get_assigned_targets_and_loss",
+         lambda o: _wrap_assigned(o, tal_cls, seg_cls, make_anchors)),
+        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls, seg_cls)),
         (det, "__init__", _wrap_det_init),
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
         (L, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
