@@ -2,9 +2,9 @@
 reduction, with odd sizes, misaligned storage, broadcast operands and empty inputs; dense,
 class-index and class-major targets, ignore_index, score and label smoothing; upstream
 gradients of 1 and not 1 and a retained graph's second backward (the recomputing backward
-ops); the assigner with and without topk2; the mask loss. Run it with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so
-that every tensor is its own allocation and an out-of-bounds access is caught, not hidden in
-a pool.
+ops); the assigner with and without topk2, and its mask-aware overlap; the mask loss. Run it
+with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation and an
+out-of-bounds access is caught, not hidden in a pool.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/sanitize_cases.py
 
@@ -209,6 +209,14 @@ def assign_cases(quick):
                     DN.TaskAlignedAssigner(num_classes=5, alpha=0.5, **kw)(*args)
                 logits = torch.logit(args[0].float()).transpose(1, 2).contiguous().transpose(1, 2)
                 DN.TaskAlignedAssigner(num_classes=5, topk=10)(logits, *args[1:], scores_are_logits=True)
+                # the mask-aware overlap (YOLO26-seg): permuted coefficients, 40 x 40 prototypes
+                nm, H = 8, 40
+                coef = torch.randn(B, nm, A, generator=g).to(DEVICE, box_dtype).permute(0, 2, 1)
+                proto = torch.randn(B, nm, H, H, generator=g).to(DEVICE, box_dtype)
+                gm = (torch.rand(B, M, H, H, generator=g) < 0.3).to(DEVICE)
+                scale = torch.full((B, 1), H / size, device=DEVICE, dtype=box_dtype)
+                for kw in (dict(topk=10), dict(topk=7, topk2=1), dict(topk=21)):
+                    DN.SegTaskAlignedAssigner(num_classes=5, alpha=0.5, **kw)(*args, coef, scale, proto, gm)
 
 
 def main():
