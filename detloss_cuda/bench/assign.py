@@ -1,4 +1,5 @@
-"""The task-aligned assigner row: the fused assigner vs ultralytics' own (forward)."""
+"""The task-aligned assigner rows: the fused assigner vs ultralytics' own (forward), for
+detection (``assigner``) and with YOLO26-seg's mask-aware overlap (``seg_assigner``)."""
 import importlib.util
 
 import torch
@@ -58,10 +59,60 @@ def _assign_run(kind):
     return run
 
 
+def _seg_inputs(size, dtype, device, gen):
+    """YOLO26-seg's assignment at 640 px: the detection row's scene (16 images, `size` objects
+    each) plus 32 mask coefficients an anchor (a head's [B, 32, A], permuted), 160 x 160
+    prototypes, mask_scale 1/4 and each object's bool mask (its box rasterised, with holes)."""
+    inp = _assign_inputs(size, dtype, device, gen)
+    B, A = inp["x"].shape[:2]
+    M, H = inp["gt"].shape[1], 160
+    inp["coef"] = torch.randn(B, 32, A, generator=gen).to(device=device, dtype=dtype).permute(0, 2, 1)
+    inp["proto"] = torch.randn(B, 32, H, H, generator=gen).to(device=device, dtype=dtype)
+    inp["scale"] = torch.full((B, 1), H / 640, device=device)
+    gb = inp["gt"].cpu() / 4
+    r = torch.arange(H) + 0.5
+    gm = torch.empty(B, M, H, H, dtype=torch.bool)
+    for b in range(B):  # (image by image: the comparison's float temporaries stay small)
+        gm[b] = ((r[None, None, :] >= gb[b, :, 0, None, None]) & (r[None, None, :] < gb[b, :, 2, None, None]) &
+                 (r[None, :, None] >= gb[b, :, 1, None, None]) & (r[None, :, None] < gb[b, :, 3, None, None]) &
+                 (torch.rand(M, H, H, generator=gen) < 0.8))
+    inp["gt_masks"] = gm.to(device)
+    return inp
+
+
+def _seg_bytes(inp, mode):
+    B, A, _ = inp["coef"].shape
+    return _assign_bytes(inp, mode) + _nbytes(inp["proto"], inp["gt_masks"]) + B * A * 4
+
+
+def _seg_assigner(kind):
+    key = "seg-" + kind
+    if key not in _ASSIGNERS:
+        if kind == "fused":
+            from ..nn import SegTaskAlignedAssigner
+        else:
+            from ultralytics.utils.tal import SegTaskAlignedAssigner
+        _ASSIGNERS[key] = SegTaskAlignedAssigner(topk=10, num_classes=80, alpha=0.5, beta=6.0)
+    return _ASSIGNERS[key]
+
+
+def _seg_run(kind):
+    def run(i):
+        return _seg_assigner(kind)(i["x"], i["pd"], i["anc"], i["labels"], i["gt"], i["mask"],
+                                   pd_coef=i["coef"], mask_scale=i["scale"], proto=i["proto"],
+                                   gt_masks=i["gt_masks"])
+    return run
+
+
 def ops():
     if importlib.util.find_spec("ultralytics") is None:
         return {}
-    return {"assigner": BenchOp(
+    return {"seg_assigner": BenchOp(
+        name="seg_assigner", family="assign", unit="objects per image (16 images)",
+        make=_seg_inputs, fused=_seg_run("fused"), eager=_seg_run("ultralytics"),
+        bytes_moved=_seg_bytes, differentiable=False, compilable=False,
+        sizes={"quick": [8], "cpu": [8, 32, 100], "cuda": [8, 32, 100]}),
+            "assigner": BenchOp(
         name="assigner", family="assign", unit="boxes per image (16 images; 4 at 4096)",
         make=_assign_inputs, fused=_assign_run("fused"), eager=_assign_run("ultralytics"),
         bytes_moved=_assign_bytes, differentiable=False, compilable=False,

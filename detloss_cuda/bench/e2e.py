@@ -8,8 +8,8 @@ detector (forward + backward of the loss only, the model's outputs fixed), patch
 * ``yolo_seg_loss`` / ``yolo26seg_loss``: ultralytics ``v8SegmentationLoss`` of a
   YOLO11n-seg head and ``E2ELoss`` of two ``SegmentLoss26`` of a YOLO26n-seg head (its
   semantic branch too) at 640 x 640: 32 prototypes of 160 x 160, ``overlap_mask`` instance
-  maps, 8 objects per image; size = images. Includes the assignment (YOLO26-seg's is
-  ultralytics' mask-aware one, not fused yet) and the mask loss.
+  maps, 8 objects per image; size = images. Includes the assignment (YOLO26-seg's the
+  mask-aware one) and the mask loss.
 * ``retinanet_loss``: torchvision ``RetinaNet.compute_loss`` (91 classes, GIoU box loss) at
   512 x 512 (49104 anchors per image), 8 boxes per image; size = images. Includes the
   anchor matching.
@@ -321,7 +321,7 @@ def ops():
                 name=name, family="e2e", unit=f"images ({what}, 640 px)",
                 make=lambda *a, cfg=cfg: _seg_inputs(cfg, *a), fused=_seg_fused, eager=_seg_loss,
                 bytes_moved=_x_bytes, compilable=False,
-                # (YOLO26-seg's step is its unfused mask-aware assigner: not in the quick run)
+                # (YOLO26-seg's unpatched step takes seconds: not in the quick run)
                 sizes={"quick": [2] if "11" in cfg else [], "cpu": [1, 4, 16],
                        "cuda": [1, 16, 64]})
     if _have("torchvision"):
