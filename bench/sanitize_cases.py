@@ -2,9 +2,9 @@
 reduction, with odd sizes, misaligned storage, broadcast operands and empty inputs; dense,
 class-index and class-major targets, ignore_index, score and label smoothing; upstream
 gradients of 1 and not 1 and a retained graph's second backward (the recomputing backward
-ops); the assigner with and without topk2, and its mask-aware overlap; the mask loss. Run it
-with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation and an
-out-of-bounds access is caught, not hidden in a pool.
+ops); the assigner with and without topk2, its mask-aware overlap and rotated boxes; the mask
+loss. Run it with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation
+and an out-of-bounds access is caught, not hidden in a pool.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python bench/sanitize_cases.py
 
@@ -217,6 +217,14 @@ def assign_cases(quick):
                 scale = torch.full((B, 1), H / size, device=DEVICE, dtype=box_dtype)
                 for kw in (dict(topk=10), dict(topk=7, topk2=1), dict(topk=21)):
                     DN.SegTaskAlignedAssigner(num_classes=5, alpha=0.5, **kw)(*args, coef, scale, proto, gm)
+                # rotated boxes (YOLO-OBB): xywhr, the same centres and sides, angles in (-pi/2, pi/2)
+                def xywhr(t, n):
+                    ang = (torch.rand(*t.shape[:2], 1, generator=g) - 0.5) * 3.14
+                    return torch.cat([(t[..., :2] + t[..., 2:]) / 2, t[..., 2:] - t[..., :2], ang], -1)
+                rot = [args[0], xywhr(pd, A).to(DEVICE, box_dtype), args[2], args[3],
+                       xywhr(gt, M).to(DEVICE, box_dtype), args[5]]
+                for kw in (dict(topk=10), dict(topk=7, topk2=1)):
+                    DN.RotatedTaskAlignedAssigner(num_classes=5, alpha=0.5, **kw)(*rot)
 
 
 def main():

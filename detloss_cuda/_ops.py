@@ -248,10 +248,17 @@ def _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bbo
     B, A = pd_scores.shape[:2]
     out = torch.promote_types(pd_scores.dtype, torch.promote_types(pd_bboxes.dtype, gt_bboxes.dtype))
     return (pd_scores.new_empty((B, A), dtype=torch.long),
-            gt_bboxes.new_empty((B, A, 4)),
+            gt_bboxes.new_empty((B, A, gt_bboxes.shape[-1])),
             pd_scores.new_empty((B, A), dtype=out),
             pd_scores.new_empty((B, A), dtype=torch.bool),
             pd_scores.new_empty((B, A), dtype=torch.long))
+
+
+@_register_fake("tal_assign_rotated")
+def _tal_assign_rotated_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                             mask_gt, topk, topk2, alpha, beta, stride_val, eps, scores_are_logits):
+    return _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            topk, topk2, alpha, beta, stride_val, eps, scores_are_logits)
 
 
 @_register_fake("tal_assign_seg")

@@ -42,7 +42,7 @@ def _check(name, t):
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
                         topk=13, num_classes=80, alpha=1.0, beta=6.0, stride_val=16.0, eps=1e-9,
                         topk2=None, scores_are_logits=False, index=False, pd_coef=None,
-                        mask_scale=None, proto=None, gt_masks=None):
+                        mask_scale=None, proto=None, gt_masks=None, rotated=False):
     """ultralytics 8.4's ``TaskAlignedAssigner.forward``, fused; with ``pd_coef``,
     ``mask_scale``, ``proto`` and ``gt_masks``, ``SegTaskAlignedAssigner``'s (the mask-aware
     overlap below).
@@ -64,6 +64,11 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     pairs by the box metric only (0 for the others), from the predicted mask ``coef · proto >
     0`` cropped to the predicted box times ``mask_scale``; nothing of size (B, M, A) or
     (pairs, H, W) is built (csrc/math/assign.h: the rules, and where the threshold decides).
+
+    ``rotated=True``: ``RotatedTaskAlignedAssigner``'s (YOLO-OBB): boxes ``[..., 5]`` xywhr
+    (radians), an anchor is a candidate of a box when its projections on the box's two sides
+    (sides below ``stride_val`` enlarged to it) fall within them, and the overlap is
+    ``max(ProbIoU, 0)``; ``target_bboxes`` are ``[B, A, 5]``.
     """
     for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
                     ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
@@ -87,6 +92,9 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
             _check(name, t)
     else:
         seg = None
+    if rotated and seg is not None:
+        raise ValueError("task_aligned_assign: the mask-aware overlap takes xyxy boxes, not "
+                         "rotated ones")
     topk2 = topk2 or topk
     if gt_bboxes.dim() == 3 and gt_bboxes.shape[1] == 0 and pd_scores.dim() == 3:
         # ultralytics' early return, dtypes included (float labels and indices)
@@ -103,7 +111,10 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
                 torch.zeros_like(pd_scores[..., 0]))
     params = (topk, topk2, float(alpha), float(beta), float(stride_val), float(eps),
               bool(scores_are_logits))
-    if seg is None:
+    if rotated:
+        out = _ops.ops.tal_assign_rotated(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                                          mask_gt, *params)
+    elif seg is None:
         out = _ops.ops.tal_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                                   *params)
     else:

@@ -27,6 +27,7 @@ __all__ = [
     "DistributionFocalLoss",
     "TaskAlignedAssigner",
     "SegTaskAlignedAssigner",
+    "RotatedTaskAlignedAssigner",
 ]
 
 
@@ -244,3 +245,25 @@ class SegTaskAlignedAssigner(TaskAlignedAssigner):
             stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
             scores_are_logits=scores_are_logits, index=index, pd_coef=pd_coef,
             mask_scale=mask_scale, proto=proto, gt_masks=gt_masks)
+
+
+class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
+    """ultralytics 8.4's ``ultralytics.utils.tal.RotatedTaskAlignedAssigner`` (YOLO-OBB), fused:
+    boxes ``[..., 5]`` xywhr, the rotated candidate test (the anchor's projections on the
+    box's sides) and ``max(ProbIoU, 0)`` as the overlap
+    (``detloss_cuda.assign.task_aligned_assign(rotated=True)``); no ``(batch, boxes,
+    anchors)`` tensor. The same constructor, ``forward`` and outputs (``target_bboxes
+    [B, A, 5]``), and ``scores_are_logits`` / ``index`` as the detection one."""
+
+    @torch.no_grad()
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
+                scores_are_logits=False, index=False):
+        from .assign import task_aligned_assign
+
+        self.bs = pd_scores.shape[0]
+        self.n_max_boxes = gt_bboxes.shape[1]
+        return task_aligned_assign(
+            pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
+            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
+            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
+            scores_are_logits=scores_are_logits, index=index, rotated=True)

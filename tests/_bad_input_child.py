@@ -159,6 +159,10 @@ def cases():
     yield ("ops.tal_assign", "topk", "zero", lambda **k: ops.tal_assign(
         T(2, 30, 4), boxes(2, 30), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)), boxes(2, 3),
         torch.ones(2, 3, 1), k["topk"], 5, 1.0, 6.0, 16.0, 1e-9, False), {"topk": 0}, True)
+    yield ("ops.tal_assign_rotated", "gt_bboxes", "xyxy", lambda **k: ops.tal_assign_rotated(
+        T(2, 30, 4), torch.rand(2, 30, 5), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)),
+        k["gt_bboxes"], torch.ones(2, 3, 1), 10, 10, 1.0, 6.0, 16.0, 1e-9, False),
+        {"gt_bboxes": boxes(2, 3)}, True)
     yield ("ops.tal_assign_seg", "gt_masks", "too few rows", lambda **k: ops.tal_assign_seg(
         T(2, 30, 4), boxes(2, 30), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)), boxes(2, 3),
         torch.ones(2, 3, 1), torch.randn(2, 30, 4), torch.ones(2, 1), torch.randn(2, 4, 8, 8),

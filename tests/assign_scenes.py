@@ -1,6 +1,8 @@
 """Scenes for the task-aligned assigner's tests (tests/test_assign.py against ultralytics,
 tests/test_cuda_emulated.py the CUDA kernels against the CPU's): images with boxes, padded as
 ultralytics pads them, predictions near the boxes, and adversarial layouts."""
+import math
+
 import torch
 
 
@@ -99,3 +101,49 @@ def seg_parts(inputs, nm=8, H=40, size=160, seed=0, kind=None):
         gm[:, ::2] = False
     return (coef.to(dtype).permute(0, 2, 1), torch.full((B, 1), scale, dtype=dtype),
             proto.to(dtype), gm)
+
+
+def rotated_scene(B=3, M=7, size=160, C=5, dtype=torch.float32, seed=0, pad=2, kind=None):
+    """RotatedTaskAlignedAssigner's inputs: xywhr boxes (radians), padded as ultralytics pads
+    them, predicted rotated boxes around the anchors (some near the gt boxes), probabilities.
+    ``kind``: "angles" (0, ±π/4, π/2, -π/2 + 1e-3), "near_square", "tiny" (sides below the
+    stride), "large" (boxes wider than the image), "axis" (angle 0, edges on the anchor grid:
+    anchors exactly on the sides)."""
+    g = torch.Generator().manual_seed(seed)
+    anc = anchors(size, dtype=dtype)
+    A = anc.shape[0]
+    xy = torch.rand(B, M, 2, generator=g, dtype=torch.float64) * size * 0.8 + size * 0.1
+    wh = torch.rand(B, M, 2, generator=g, dtype=torch.float64) * size * 0.5 + 6
+    r = (torch.rand(B, M, 1, generator=g, dtype=torch.float64) - 0.5) * 3.14159
+    if kind == "angles":
+        vals = torch.tensor([0.0, math.pi / 4, -math.pi / 4, math.pi / 2, -math.pi / 2 + 1e-3],
+                            dtype=torch.float64)
+        r = vals[torch.arange(B * M) % 5].view(B, M, 1)
+    elif kind == "near_square":
+        wh[..., 1] = wh[..., 0] * (1 + 1e-4)
+    elif kind == "tiny":
+        wh = wh / 20
+    elif kind == "large":
+        wh = wh * 4
+    elif kind == "axis":
+        r.zero_()
+        xy = torch.round(xy / 8) * 8
+        wh = torch.round(wh / 8) * 8 + 8
+    gt = torch.cat([xy, wh, r], -1)
+    labels = torch.randint(0, C, (B, M, 1), generator=g).to(dtype)
+    mask = torch.ones(B, M, 1)
+    if pad:
+        gt[:, M - pad:] = 0
+        labels[:, M - pad:] = 0
+        mask[:, M - pad:] = 0
+    near = torch.randint(0, max(M, 1), (B, A), generator=g)
+    pick = torch.gather(gt, 1, near.unsqueeze(-1).expand(B, A, 5)) if M else torch.zeros(B, A, 5, dtype=torch.float64)
+    pc = anc.double().unsqueeze(0) + torch.randn(B, A, 2, generator=g, dtype=torch.float64) * 4
+    pwh = torch.rand(B, A, 2, generator=g, dtype=torch.float64) * size * 0.4 + 4
+    pr = (torch.rand(B, A, 1, generator=g, dtype=torch.float64) - 0.5) * 3.14159
+    pd = torch.cat([pc, pwh, pr], -1)
+    good = torch.rand(B, A, 1, generator=g) < 0.3  # some predictions close to a gt box
+    jitter = torch.randn(B, A, 5, generator=g, dtype=torch.float64) * torch.tensor([2, 2, 3, 3, 0.1])
+    pd = torch.where(good, pick + jitter, pd)
+    scores = torch.rand(B, A, C, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    return (scores.to(dtype), pd.to(dtype), anc, labels, gt.to(dtype), mask.to(dtype))

@@ -22,7 +22,7 @@ import torch
 
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
-from assign_scenes import adversarial, scene, seg_parts
+from assign_scenes import adversarial, rotated_scene, scene, seg_parts
 from conftest import DTYPES
 from emulated_cases import both, boxes, close, cls_fn, cls_variants, loss_and_grads
 from emulated_cuda import emu_ops, emulated, kernels
@@ -382,6 +382,24 @@ def test_mask_aware_assigner_adversarial_bit_equal(kind, masks):
     seg = seg_parts(inputs, kind=masks)
     for kw in (KW[0], KW[2]):
         seg_both(inputs, seg, num_classes=5, **kw)
+
+
+@pytest.mark.parametrize("kind", [None, "angles", "near_square", "tiny", "large", "axis"])
+def test_rotated_assigner_bit_equal(kind):
+    """RotatedTaskAlignedAssigner's candidate test (the scan bounded by the corners) and
+    ProbIoU; every box/score dtype pair for the random scene."""
+    dtypes = [(b, s) for b in (torch.float32, torch.float64) for s in DTYPES] if kind is None else \
+        [(torch.float32, torch.float32), (torch.float64, torch.float64)]
+    for box_dtype, score_dtype in dtypes:
+        s, p, a, lab, gt, m = rotated_scene(dtype=box_dtype, seed=1, kind=kind)
+        inputs = (s.to(score_dtype), p, a, lab, gt, m)
+        for kw in KW[:4]:
+            cpu = DN.RotatedTaskAlignedAssigner(num_classes=5, **kw)(*inputs)
+            with emulated():
+                cuda = DN.RotatedTaskAlignedAssigner(num_classes=5, **kw)(*inputs)
+            for i, (x, y) in enumerate(zip(cpu, cuda)):
+                assert x.dtype == y.dtype and x.shape == y.shape, i
+                assert torch.equal(x, y), f"output {i}: {int((x != y).sum())} values differ ({kw})"
 
 
 @pytest.mark.slow

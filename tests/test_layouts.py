@@ -160,6 +160,18 @@ def test_assigner_layouts(driver):
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
+def test_rotated_assigner_layouts(driver):
+    ops, dev = ops_of(driver)
+    from assign_scenes import rotated_scene
+
+    s, p, a, lab, gt, m = (t.to(dev) for t in rotated_scene(B=2, M=4, pad=1))
+    cm = s.transpose(1, 2).contiguous().transpose(1, 2)  # a head's [B, C, A], permuted
+    for scores in (s, cm):
+        torch.library.opcheck(ops.tal_assign_rotated.default,
+                              (scores, p, a, lab, gt, m, 10, 3, 0.5, 6.0, 16.0, 1e-9, False))
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
 def test_mask_aware_assigner_layouts(driver):
     """ultralytics' permuted [B, nm, A] coefficients, channels-last and strided prototypes,
     a [B] scale; the same outputs as from contiguous inputs."""

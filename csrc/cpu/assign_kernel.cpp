@@ -63,7 +63,7 @@ TalResult run(const TalArgs& a) {
   const int64_t B = a.B, A = a.A, M = a.M, K = a.topk;
   const at::TensorOptions opts = a.pred.options();
   at::Tensor labels = at::empty({B, A}, opts.dtype(at::kLong));
-  at::Tensor boxes = at::empty({B, A, 4}, opts.dtype(a.dtype));
+  at::Tensor boxes = at::empty({B, A, a.box_dim}, opts.dtype(a.dtype));
   at::Tensor score = at::empty({B, A}, opts.dtype(a.dtype));
   at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
   at::Tensor gt_idx = at::empty({B, A}, opts.dtype(at::kLong));
@@ -103,6 +103,7 @@ TalResult run(const TalArgs& a) {
   v.stride_val = static_cast<S>(a.stride_val);
   v.eps = static_cast<S>(a.eps);
   v.logits = a.logits;
+  v.box_dim = static_cast<int>(a.box_dim);
 
   // the mask-aware overlap: phase 0 fills each box's list and mask IoUs, image by image,
   // before that image's later phases read them through v
@@ -185,7 +186,8 @@ TalResult run(const TalArgs& a) {
         best_ov[owner[i]] = std::max(best_ov[owner[i]], ov);
       }
       const int64_t* lab = v.labels + b * M;
-      const S* gt = v.gt + 4 * b * M;
+      const int64_t D = a.box_dim;
+      const S* gt = v.gt + D * b * M;
       for (int64_t i = 0; i < A; ++i) {
         const int64_t bi = b * A + i;
         const bool pos = owner[i] >= 0;
@@ -193,7 +195,7 @@ TalResult run(const TalArgs& a) {
         o_fg[bi] = pos;
         o_idx[bi] = m;
         o_lab[bi] = M > 0 ? std::max<int64_t>(lab[m], 0) : 0;
-        for (int c = 0; c < 4; ++c) o_box[4 * bi + c] = M > 0 ? gt[4 * m + c] : S(0);
+        for (int64_t c = 0; c < D; ++c) o_box[D * bi + c] = M > 0 ? gt[D * m + c] : S(0);
         S sc = S(0);
         if (pos) {
           S ov, mu;
@@ -217,7 +219,9 @@ TalResult tal_assign_cpu(const TalArgs& a) {
     const bool* val = a.valid.const_data_ptr<bool>();
     for (int64_t i = 0, n = a.B * a.M; i < n; ++i)
       TORCH_CHECK_VALUE(!val[i] || (lab[i] >= 0 && lab[i] < a.C),
-                        a.seg ? "detloss.tal_assign_seg" : "detloss.tal_assign", ": gt_labels "
+                        a.seg ? "detloss.tal_assign_seg"
+                              : (a.box_dim == 5 ? "detloss.tal_assign_rotated" : "detloss.tal_assign"),
+                        ": gt_labels "
                         "of a valid box must be in [0, C) = [0, ", a.C, "), got ", lab[i],
                         " (image ", i / a.M, ", box ", i % a.M, ")");
   }
@@ -236,4 +240,5 @@ TalResult tal_assign_cpu(const TalArgs& a) {
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cpu>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cpu>);
+  m.impl("tal_assign_rotated", &detloss::tal_assign_rotated_entry<detloss::tal_assign_cpu>);
 }

@@ -75,8 +75,7 @@ struct SelectUnit {
       for (int j = lane; j < v.k; j += 32) out[j] = -1;
       return 0.f;
     }
-    const S* g = v.gt + 4 * bm;
-    const math::TalRegion<S> r = math::tal_region(g[0], g[1], g[2], g[3], true, v.stride_val);
+    const math::TalRegion<S> r = math::tal_box_region(v, bm);
     const int64_t lo = math::tal_lower_bound(v.sorted_x, v.A, r.x1);
     const int64_t hi = math::tal_scan_end(v.sorted_x, lo, v.A, r.x2);
     math::TalTopk<S> top;
@@ -342,7 +341,8 @@ struct OutputUnit {
     gt_idx[i] = m;
     labels[i] = v.labels[bm] > 0 ? v.labels[bm] : 0;
 #pragma unroll
-    for (int c = 0; c < 4; ++c) boxes[4 * i + c] = v.gt[4 * bm + c];
+    for (int c = 0; c < 5; ++c)
+      if (c < v.box_dim) boxes[v.box_dim * i + c] = v.gt[v.box_dim * bm + c];
     S sc = S(0);
     if (pos) {
       S ov, mu;
@@ -366,7 +366,7 @@ TalResult run(const TalArgs& a) {
   const at::TensorOptions opts = a.pred.options();
   const at::TensorOptions i64 = opts.dtype(at::kLong);
   at::Tensor labels = at::empty({B, A}, i64);
-  at::Tensor boxes = at::empty({B, A, 4}, opts.dtype(a.dtype));
+  at::Tensor boxes = at::empty({B, A, a.box_dim}, opts.dtype(a.dtype));
   at::Tensor score = at::empty({B, A}, opts.dtype(a.dtype));
   at::Tensor fg = at::empty({B, A}, opts.dtype(at::kBool));
   at::Tensor gt_idx = at::empty({B, A}, i64);
@@ -400,6 +400,7 @@ TalResult run(const TalArgs& a) {
   v.stride_val = static_cast<S>(a.stride_val);
   v.eps = static_cast<S>(a.eps);
   v.logits = a.logits;
+  v.box_dim = static_cast<int>(a.box_dim);
 
   // 0. the mask-aware overlap: each box's 3·topk pairs by the box metric, their mask IoUs
   at::Tensor seg_list, seg_iou;
@@ -506,4 +507,5 @@ TalResult tal_assign_cuda(const TalArgs& a) {
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cuda>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cuda>);
+  m.impl("tal_assign_rotated", &detloss::tal_assign_rotated_entry<detloss::tal_assign_cuda>);
 }

@@ -79,10 +79,13 @@ DETLOSS_HD S tal_clamp0(S x) {
 }
 
 // The candidate region of a gt box (ultralytics' select_candidates_in_gts): xyxy -> xywh,
-// sides below stride_val raised to it for valid boxes, back to xyxy.
+// sides below stride_val raised to it for valid boxes, back to xyxy. A rotated box (rot) is
+// its corner a and sides ab, ad instead, x1/x2 then only bounding the anchors' scan.
 template <class S>
 struct TalRegion {
   S x1, y1, x2, y2;
+  bool rot = false;
+  S ax, ay, abx, aby, adx, ady, nab, nad;
 };
 
 template <class S>
@@ -97,11 +100,91 @@ DETLOSS_HD TalRegion<S> tal_region(S x1, S y1, S x2, S y2, bool valid, S stride_
   return {tal_sub(cx, hw), tal_sub(cy, hh), tal_add(cx, hw), tal_add(cy, hh)};
 }
 
+// A rotated box xywhr (RotatedTaskAlignedAssigner.select_candidates_in_gts): sides below
+// stride_val raised to it, the corners of xywhr2xyxyxyxy, a = pt1, ab = pt2 - pt1,
+// ad = pt4 - pt1, in ultralytics' operation order.
+template <class S>
+DETLOSS_HD TalRegion<S> tal_rregion(const S* g, S stride_val) {
+  S w = g[2], h = g[3];
+  if (w < stride_val) w = stride_val;
+  if (h < stride_val) h = stride_val;
+  const S co = dl_cos(g[4]), si = dl_sin(g[4]);
+  const S v1x = tal_mul(w / S(2), co), v1y = tal_mul(w / S(2), si);
+  const S v2x = tal_mul(-h / S(2), si), v2y = tal_mul(h / S(2), co);
+  const S px = tal_add(g[0], v1x), py = tal_add(g[1], v1y);  // ctr + vec1
+  const S qx = tal_sub(g[0], v1x), qy = tal_sub(g[1], v1y);  // ctr - vec1
+  TalRegion<S> r;
+  r.rot = true;
+  r.ax = tal_add(px, v2x);
+  r.ay = tal_add(py, v2y);
+  const S bx = tal_sub(px, v2x), by = tal_sub(py, v2y);
+  const S dx = tal_add(qx, v2x), dy = tal_add(qy, v2y);
+  const S cx = tal_sub(qx, v2x);
+  r.abx = tal_sub(bx, r.ax);
+  r.aby = tal_sub(by, r.ay);
+  r.adx = tal_sub(dx, r.ax);
+  r.ady = tal_sub(dy, r.ay);
+  r.nab = tal_add(tal_mul(r.abx, r.abx), tal_mul(r.aby, r.aby));
+  r.nad = tal_add(tal_mul(r.adx, r.adx), tal_mul(r.ady, r.ady));
+  // the scan's x-range: the corners' bounds, widened far beyond the dot products' rounding
+  // (the test below decides; a NaN corner makes an empty range)
+  const S lo = dl_min(dl_min(r.ax, bx), dl_min(cx, dx)), hi = dl_max(dl_max(r.ax, bx), dl_max(cx, dx));
+  const S margin = S(1e-3) * (S(1) + dl_abs(lo) + dl_abs(hi));
+  r.x1 = lo - margin;
+  r.x2 = hi + margin;
+  r.y1 = r.y2 = S(0);
+  return r;
+}
+
 template <class S>
 DETLOSS_HD bool tal_inside(const TalRegion<S>& r, S ax, S ay) {
+  if (r.rot) {
+    const S px = tal_sub(ax, r.ax), py = tal_sub(ay, r.ay);
+    const S dab = tal_add(tal_mul(px, r.abx), tal_mul(py, r.aby));
+    const S dad = tal_add(tal_mul(px, r.adx), tal_mul(py, r.ady));
+    return dab >= S(0) && dab <= r.nab && dad >= S(0) && dad <= r.nad;
+  }
   const S eps = S(1e-9);
   return tal_sub(ax, r.x1) > eps && tal_sub(ay, r.y1) > eps && tal_sub(r.x2, ax) > eps &&
          tal_sub(r.y2, ay) > eps;
+}
+
+// max(ProbIoU, 0) of gt box g and predicted box p, both xywhr: ultralytics'
+// probiou(g, p).clamp_(0) (eps 1e-7, floor 0), operation for operation: each box's Gaussian
+// covariance [[a, c], [c, b]] of w²/12, h²/12 rotated by r, the Bhattacharyya distance
+// t1 + t2 + t3 clamped to [eps, 100], the Hellinger distance sqrt(1 - exp(-bd) + eps).
+template <class S>
+struct TalCov {
+  S a, b, c;
+};
+
+template <class S>
+DETLOSS_HD TalCov<S> tal_cov(S w, S h, S r) {
+  const S a = tal_mul(w, w) / S(12), b = tal_mul(h, h) / S(12);
+  const S co = dl_cos(r), si = dl_sin(r);
+  const S co2 = tal_mul(co, co), si2 = tal_mul(si, si);
+  return {tal_add(tal_mul(a, co2), tal_mul(b, si2)), tal_add(tal_mul(a, si2), tal_mul(b, co2)),
+          tal_mul(tal_mul(tal_sub(a, b), co), si)};
+}
+
+template <class S>
+DETLOSS_HD S tal_probiou(const S* g, const S* p) {
+  const S eps = S(1e-7);
+  const TalCov<S> c1 = tal_cov(g[2], g[3], g[4]), c2 = tal_cov(p[2], p[3], p[4]);
+  const S A = tal_add(c1.a, c2.a), B = tal_add(c1.b, c2.b), C = tal_add(c1.c, c2.c);
+  const S dx = tal_sub(g[0], p[0]), dy = tal_sub(g[1], p[1]);
+  const S det = tal_sub(tal_mul(A, B), tal_mul(C, C));
+  const S den = tal_add(det, eps);
+  const S t1 = tal_mul(tal_add(tal_mul(A, tal_mul(dy, dy)), tal_mul(B, tal_mul(dx, dx))) / den, S(0.25));
+  const S t2 = tal_mul(tal_mul(tal_mul(C, tal_sub(p[0], g[0])), dy) / den, S(0.5));
+  const S d1 = tal_clamp0(tal_sub(tal_mul(c1.a, c1.b), tal_mul(c1.c, c1.c)));
+  const S d2 = tal_clamp0(tal_sub(tal_mul(c2.a, c2.b), tal_mul(c2.c, c2.c)));
+  const S t3 = tal_mul(dl_log(tal_add(det / tal_add(tal_mul(S(4), dl_sqrt(tal_mul(d1, d2))), eps), eps)),
+                       S(0.5));
+  S bd = tal_add(tal_add(t1, t2), t3);
+  if (bd == bd) bd = bd < eps ? eps : (bd > S(100) ? S(100) : bd);
+  const S hd = dl_sqrt(tal_add(tal_sub(S(1), dl_exp(-bd)), eps));
+  return tal_clamp0(tal_sub(S(1), hd));
 }
 
 // max(CIoU, 0) of gt box g and predicted box p, both xyxy: ultralytics' bbox_iou(g, p,
@@ -179,16 +262,17 @@ template <class S, class TS>
 struct TalView {
   const TS* scores;        // [B, A, C] at strides score_stride: probabilities, or logits
   int64_t score_stride[3];  // (a head's [B, C, A] output, permuted, is read in place)
-  const S* pred;           // [B, A, 4] xyxy
+  const S* pred;           // [B, A, box_dim]
   const S* anchor_x;       // [A]
   const S* anchor_y;       // [A]
   const S* sorted_x;       // [A] anchor x ascending
   const int64_t* order;    // [A] the anchor at each sorted position
-  const S* gt;             // [B, M, 4] xyxy
+  const S* gt;             // [B, M, box_dim]
   const int64_t* labels;   // [B, M]
   const bool* valid;       // [B, M]
   int64_t B, A, M, C;
   int k, k2;               // topk, topk2 (k2 == k: no second selection)
+  int box_dim = 4;         // 4: xyxy boxes, CIoU; 5: xywhr boxes, ProbIoU (rotated)
   S alpha, beta, stride_val, eps;
   bool logits;
   // the mask-aware overlap: each box's listed pairs and their mask IoU, [B, M, seg_k], -1
@@ -224,13 +308,22 @@ DETLOSS_HD S tal_seg_iou(const TalView<S, TS>& v, int64_t bm, int64_t a) {
 template <class S, class TS>
 DETLOSS_HD void tal_metric(const TalView<S, TS>& v, int64_t b, int64_t bm, int64_t a, S& ov,
                            S& mu) {
-  const S* g = v.gt + 4 * bm;
-  const S* p = v.pred + 4 * (b * v.A + a);
-  ov = tal_overlap(g[0], g[1], g[2], g[3], p[0], p[1], p[2], p[3]);
+  const S* g = v.gt + v.box_dim * bm;
+  const S* p = v.pred + v.box_dim * (b * v.A + a);
+  ov = v.box_dim == 5 ? tal_probiou(g, p)
+                      : tal_overlap(g[0], g[1], g[2], g[3], p[0], p[1], p[2], p[3]);
   if (v.seg_list != nullptr) ov = tal_add(ov, tal_seg_iou(v, bm, a)) / S(2);
   const S sa = static_cast<S>(static_cast<TS>(tal_pow(tal_score(v, b, a, v.labels[bm]), v.alpha)));
   mu = tal_mul(sa, tal_pow(ov, v.beta));
   if (v.box_only) mu = tal_add(mu, v.eps);
+}
+
+// The candidate region of box bm (valid).
+template <class S, class TS>
+DETLOSS_HD TalRegion<S> tal_box_region(const TalView<S, TS>& v, int64_t bm) {
+  const S* g = v.gt + v.box_dim * bm;
+  return v.box_dim == 5 ? tal_rregion(g, v.stride_val)
+                        : tal_region(g[0], g[1], g[2], g[3], true, v.stride_val);
 }
 
 // Overlap and metric of box m and anchor a of image b: both 0 unless a is a candidate of a
@@ -241,9 +334,7 @@ DETLOSS_HD void tal_pair(const TalView<S, TS>& v, int64_t b, int64_t m, int64_t 
   ov = mu = S(0);
   const int64_t bm = b * v.M + m;
   if (!v.valid[bm]) return;
-  const S* g = v.gt + 4 * bm;
-  if (tal_inside(tal_region(g[0], g[1], g[2], g[3], true, v.stride_val), v.anchor_x[a],
-                 v.anchor_y[a]))
+  if (tal_inside(tal_box_region(v, bm), v.anchor_x[a], v.anchor_y[a]))
     tal_metric(v, b, bm, a, ov, mu);
 }
 
@@ -287,8 +378,7 @@ DETLOSS_HD void tal_select_box(const TalView<S, TS>& v, int64_t b, int64_t m, in
   for (int j = 0; j < v.k; ++j) sel[j] = -1;
   const int64_t bm = b * v.M + m;
   if (!v.valid[bm]) return;
-  const S* g = v.gt + 4 * bm;
-  const TalRegion<S> r = tal_region(g[0], g[1], g[2], g[3], true, v.stride_val);
+  const TalRegion<S> r = tal_box_region(v, bm);
   const int64_t lo = tal_lower_bound(v.sorted_x, v.A, r.x1);
   TalTopk<S> top;
   top.k = v.k;

@@ -31,6 +31,12 @@ DETLOSS_HD float dl_pow(float x, float y) { return ::powf(x, y); }
 DETLOSS_HD double dl_pow(double x, double y) { return ::pow(x, y); }
 DETLOSS_HD float dl_atan(float x) { return ::atanf(x); }
 DETLOSS_HD double dl_atan(double x) { return ::atan(x); }
+DETLOSS_HD float dl_cos(float x) { return ::cosf(x); }
+DETLOSS_HD double dl_cos(double x) { return ::cos(x); }
+DETLOSS_HD float dl_sin(float x) { return ::sinf(x); }
+DETLOSS_HD double dl_sin(double x) { return ::sin(x); }
+DETLOSS_HD float dl_sqrt(float x) { return ::sqrtf(x); }
+DETLOSS_HD double dl_sqrt(double x) { return ::sqrt(x); }
 DETLOSS_HD float dl_ceil(float x) { return ::ceilf(x); }
 DETLOSS_HD double dl_ceil(double x) { return ::ceil(x); }
 // max/min that propagate NaN (as at::vec::maximum/minimum and torch.maximum do).

@@ -26,8 +26,10 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                     const at::Tensor& anc_points, const at::Tensor& gt_labels,
                     const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                     int64_t topk2, double alpha, double beta, double stride_val, double eps,
-                    bool scores_are_logits, const char* op) {
+                    bool scores_are_logits, const char* op, int64_t box_dim) {
   TalArgs a;
+  a.box_dim = box_dim;
+  const char* fmt = box_dim == 5 ? "xywhr" : "xyxy";
   TORCH_CHECK_TYPE(is_floating(pd_scores.scalar_type()), op, ": pd_scores must be a floating tensor, got ",
                    pd_scores.scalar_type());
   TORCH_CHECK_VALUE(pd_scores.dim() == 3, op, ": pd_scores must have shape [B, A, C] "
@@ -38,9 +40,10 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
   TORCH_CHECK_TYPE(is_floating(pd_bboxes.scalar_type()), op, ": pd_bboxes must be a floating tensor, got ",
                    pd_bboxes.scalar_type());
   TORCH_CHECK_VALUE(pd_bboxes.dim() == 3 && pd_bboxes.size(0) == a.B && pd_bboxes.size(1) == a.A &&
-                        pd_bboxes.size(2) == 4,
-                    op, ": pd_bboxes must have shape [B, A, 4] = [", a.B, ", ", a.A,
-                    ", 4] (xyxy, like pd_scores' first two dims), got ", pd_bboxes.sizes());
+                        pd_bboxes.size(2) == box_dim,
+                    op, ": pd_bboxes must have shape [B, A, ", box_dim, "] = [", a.B, ", ", a.A,
+                    ", ", box_dim, "] (", fmt, ", like pd_scores' first two dims), got ",
+                    pd_bboxes.sizes());
   TORCH_CHECK_TYPE(is_floating(anc_points.scalar_type()), op, ": anc_points must be a floating tensor, got ",
                    anc_points.scalar_type());
   TORCH_CHECK_VALUE(anc_points.dim() == 2 && anc_points.size(0) == a.A && anc_points.size(1) == 2,
@@ -48,9 +51,9 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                     anc_points.sizes());
   TORCH_CHECK_TYPE(is_floating(gt_bboxes.scalar_type()), op, ": gt_bboxes must be a floating tensor, got ",
                    gt_bboxes.scalar_type());
-  TORCH_CHECK_VALUE(gt_bboxes.dim() == 3 && gt_bboxes.size(0) == a.B && gt_bboxes.size(2) == 4,
-                    op, ": gt_bboxes must have shape [B, M, 4] with B = ", a.B, " (xyxy), got ",
-                    gt_bboxes.sizes());
+  TORCH_CHECK_VALUE(gt_bboxes.dim() == 3 && gt_bboxes.size(0) == a.B && gt_bboxes.size(2) == box_dim,
+                    op, ": gt_bboxes must have shape [B, M, ", box_dim, "] with B = ", a.B, " (",
+                    fmt, "), got ", gt_bboxes.sizes());
   a.M = gt_bboxes.size(1);
   TORCH_CHECK_TYPE(gt_labels.scalar_type() != at::kBool && !gt_labels.is_complex(), op,
                    ": gt_labels must hold class numbers (integer or floating), got ",
@@ -175,6 +178,11 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
       "tal_assign(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
+      "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, float alpha, float beta, "
+      "float stride_val, float eps, bool scores_are_logits) -> (Tensor target_labels, "
+      "Tensor target_bboxes, Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");
+  m.def(
+      "tal_assign_rotated(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
       "Tensor gt_bboxes, Tensor mask_gt, int topk, int topk2, float alpha, float beta, "
       "float stride_val, float eps, bool scores_are_logits) -> (Tensor target_labels, "
       "Tensor target_bboxes, Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");

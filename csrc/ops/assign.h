@@ -13,9 +13,9 @@ namespace detloss {
 
 struct TalArgs {
   at::Tensor scores;    // [B, A, C], any floating dtype and strides (read in place)
-  at::Tensor pred;      // [B, A, 4] contiguous, in `dtype`
+  at::Tensor pred;      // [B, A, box_dim] contiguous, in `dtype`
   at::Tensor anchors;   // [A, 2] contiguous, in `dtype`
-  at::Tensor gt;        // [B, M, 4] contiguous, in `dtype`
+  at::Tensor gt;        // [B, M, box_dim] contiguous, in `dtype`
   at::Tensor labels;    // [B, M] int64 contiguous (ultralytics' .long() of gt_labels)
   at::Tensor valid;     // [B, M] bool contiguous
   at::ScalarType dtype;      // the arithmetic: float (float32 / half / bf16 boxes) or double
@@ -25,6 +25,7 @@ struct TalArgs {
   int64_t topk = 13, topk2 = 13;
   double alpha = 1.0, beta = 6.0, stride_val = 16.0, eps = 1e-9;
   bool logits = false;
+  int64_t box_dim = 4;   // 4: xyxy (CIoU); 5: xywhr (ProbIoU, tal_assign_rotated)
   // the mask-aware overlap (tal_assign_seg; csrc/math/assign.h), when `seg`
   bool seg = false;
   at::Tensor coef;       // [B, A, nm] in `dtype`, at its strides
@@ -39,7 +40,8 @@ TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                     const at::Tensor& anc_points, const at::Tensor& gt_labels,
                     const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                     int64_t topk2, double alpha, double beta, double stride_val, double eps,
-                    bool scores_are_logits, const char* op = "detloss.tal_assign");
+                    bool scores_are_logits, const char* op = "detloss.tal_assign",
+                    int64_t box_dim = 4);
 
 TalArgs prepare_tal_seg(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                         const at::Tensor& anc_points, const at::Tensor& gt_labels,
@@ -78,6 +80,17 @@ TalResult tal_assign_seg_entry(const at::Tensor& pd_scores, const at::Tensor& pd
   return F(prepare_tal_seg(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                            pd_coef, mask_scale, proto, gt_masks, topk, topk2, alpha, beta,
                            stride_val, eps, scores_are_logits));
+}
+
+template <TalResult (*F)(const TalArgs&)>
+TalResult tal_assign_rotated_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                                   const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                                   const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                                   int64_t topk, int64_t topk2, double alpha, double beta,
+                                   double stride_val, double eps, bool scores_are_logits) {
+  return F(prepare_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
+                       topk2, alpha, beta, stride_val, eps, scores_are_logits,
+                       "detloss.tal_assign_rotated", 5));
 }
 
 }  // namespace detloss
