@@ -59,10 +59,10 @@ def _yolo_step(model, x, batch, patched):
 
 def _yolo_model(cfg):
     from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+    from ultralytics.nn.tasks import DetectionModel, OBBModel, SegmentationModel
 
     torch.manual_seed(0)
-    cls = SegmentationModel if "-seg" in cfg else DetectionModel
+    cls = SegmentationModel if "-seg" in cfg else OBBModel if "-obb" in cfg else DetectionModel
     model = cls(cfg, nc=80, verbose=False)  # offline: no weights
     model.args = get_cfg()
     model.train()
@@ -311,6 +311,79 @@ def test_ultralytics_seg_assigner_is_routed_where_the_kernels_take_it():
     compare(ref, out, exact_scores=False)
     for a, b in zip(ref22, out22):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n-obb.yaml", "yolo26n-obb.yaml"])
+def test_yolo_obb_steps_match(cfg, monkeypatch):
+    """YOLO11n-obb (v8OBBLoss) and YOLO26n-obb (E2ELoss of two v8OBBLoss branches), an image
+    without objects, rotated boxes at 0, ±π/4, π/2, near-square and tiny (sides below the
+    stride): the assignment on the fused rotated assigner (ultralytics' candidate test and
+    ProbIoU of the assigner never ran); loss items and every parameter's gradient as close to
+    float64 as ultralytics' own float32 step."""
+    import math
+
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import loss as L
+    from ultralytics.utils import tal as T
+
+    x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    batch = {"batch_idx": torch.tensor([0.0, 0.0, 0.0, 2.0, 2.0, 2.0]),
+             "cls": torch.tensor([[1.0], [5.0], [7.0], [2.0], [7.0], [3.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4, 0.0], [0.3, 0.6, 0.2, 0.2001, math.pi / 4],
+                                     [0.7, 0.3, 0.3, 0.1, -math.pi / 4], [0.6, 0.4, 0.5, 0.3, math.pi / 2],
+                                     [0.2, 0.2, 0.1, 0.15, 0.3], [0.8, 0.75, 0.06, 0.05, 1.0]])}
+    model = _yolo_model(cfg)
+    m64 = copy.deepcopy(model).double()
+    with monkeypatch.context() as mp:  # float64 targets for the float64 step
+        prep = L.v8OBBLoss.preprocess
+        mp.setattr(L.v8OBBLoss, "preprocess", lambda *a, **k: prep(*a, **k).double())
+        l64, g64 = _yolo_step(m64, x.double(), batch, patched=False)
+    l32, g32 = _yolo_step(model, x, batch, patched=False)
+    assigned = collections.Counter()
+    real = dl.task_aligned_assign
+    monkeypatch.setattr(dl, "task_aligned_assign", lambda *a, **k: assigned.update(
+        [k.get("rotated")]) or real(*a, **k))
+    theirs = collections.Counter()
+    for name in ("select_candidates_in_gts", "iou_calculation"):
+        orig = getattr(T.RotatedTaskAlignedAssigner, name)
+        monkeypatch.setattr(T.RotatedTaskAlignedAssigner, name,
+                            lambda *a, _o=orig, _n=name, **k: theirs.update([_n]) or _o(*a, **k))
+    lp, gp = _yolo_step(model, x, batch, patched=True)
+    branches = 2 if "26" in cfg else 1
+    assert assigned == {True: branches}, assigned
+    assert not theirs, f"ultralytics' assigner ran: {theirs}"
+    assert lp["box_loss"] > 0
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+def test_ultralytics_rotated_assigner_is_routed():
+    """RotatedTaskAlignedAssigner (v8OBBLoss's): the exact class on the fused assigner, its
+    outputs ultralytics' (float64: the scores to 1e-13); a subclass keeps ultralytics' code."""
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import tal as T
+    from assign_scenes import rotated_scene
+
+    from test_assign import compare
+
+    inputs = rotated_scene(B=2, M=6, seed=1, dtype=torch.float64)
+    calls = collections.Counter()
+    real = dl.task_aligned_assign
+
+    class Sub(T.RotatedTaskAlignedAssigner):
+        pass
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl, "task_aligned_assign", lambda *a, **k: calls.update([k.get("rotated")]) or real(*a, **k))
+        ref = T.RotatedTaskAlignedAssigner(topk=10, num_classes=5, alpha=0.5, beta=6.0)(*inputs)
+        with dl.patched():
+            out = T.RotatedTaskAlignedAssigner(topk=10, num_classes=5, alpha=0.5, beta=6.0)(*inputs)
+            assert calls == {True: 1}, calls
+            sub = Sub(topk=10, num_classes=5, alpha=0.5, beta=6.0)(*inputs)
+            assert calls == {True: 1}, calls  # not routed
+    compare(ref, out, exact_scores=False)
+    for a, b in zip(ref, sub):
+        assert torch.equal(a, b)
 
 
 def test_ultralytics_unpatch_restores_the_originals():

@@ -10,10 +10,12 @@ What is routed (wrapping ultralytics' own classes and functions; each wrapper ha
 the fused ops do not take — MPS tensors, integer boxes, targets that require grad — to the
 original):
 
-* ``TaskAlignedAssigner`` (the exact class) and ``SegTaskAlignedAssigner`` (YOLO26-seg's
-  mask-aware overlap, with its bool ``gt_masks``; the pose and rotated subclasses stay
-  ultralytics'): ``forward`` on the fused assigner (``detloss_cuda.assign``): the same five
-  outputs without its ``(batch, boxes, anchors)`` or ``(pairs, H, W)`` tensors;
+* ``TaskAlignedAssigner`` (the exact class), ``SegTaskAlignedAssigner`` (YOLO26-seg's
+  mask-aware overlap, with its bool ``gt_masks``) and ``RotatedTaskAlignedAssigner``
+  (YOLO-OBB's: xywhr boxes, the rotated candidate test, ProbIoU; ``v8OBBLoss`` calls it; the
+  pose subclass stays ultralytics'): ``forward`` on the fused assigner
+  (``detloss_cuda.assign``): the same five outputs without its ``(batch, boxes, anchors)`` or
+  ``(pairs, H, W)`` tensors;
 * ``v8DetectionLoss.get_assigned_targets_and_loss`` (YOLOv8/11/26 detection and
   segmentation, and both branches of the end-to-end ``E2ELoss``), when its assigner is one
   of those classes (YOLO26-seg's ``SegmentLoss26`` passes the mask arguments): the assignment takes the head's logits (the sigmoid only where a box's class is
@@ -207,12 +209,17 @@ def _wrap_assigned(orig, tal_cls, seg_cls, make_anchors):
     return get_assigned_targets_and_loss
 
 
-def _wrap_tal_forward(orig, tal_cls, seg_cls):
-    """TaskAlignedAssigner.forward, which SegTaskAlignedAssigner inherits: either exact class
-    on the fused assigner, any other subclass ultralytics' own."""
+def _wrap_tal_forward(orig, tal_cls, seg_cls, rot_cls):
+    """TaskAlignedAssigner.forward, which SegTaskAlignedAssigner and RotatedTaskAlignedAssigner
+    inherit: those exact classes on the fused assigner, any other subclass ultralytics' own."""
     @functools.wraps(orig)
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
-        seg = {} if type(self) is tal_cls and not extra else _seg_arguments(self, seg_cls, extra)
+        if type(self) is tal_cls and not extra:
+            seg = {}
+        elif type(self) is rot_cls and not extra:
+            seg = {"rotated": True}
+        else:
+            seg = _seg_arguments(self, seg_cls, extra)
         if seg is None or not ours(pd_scores, pd_bboxes, anc_points, gt_bboxes):
             return orig(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra)
         self.bs, self.n_max_boxes = pd_scores.shape[0], gt_bboxes.shape[1]
@@ -414,12 +421,13 @@ def _apply(ps):
     xyxy2xywh = ps.original(L, "xyxy2xywh")
     tal_cls = ps.original(T, "TaskAlignedAssigner")
     seg_cls = ps.original(T, "SegTaskAlignedAssigner")
+    rot_cls = ps.original(T, "RotatedTaskAlignedAssigner")
     make_anchors = ps.original(T, "make_anchors")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
         (det, "get_assigned_targets_and_loss",
          lambda o: _wrap_assigned(o, tal_cls, seg_cls, make_anchors)),
-        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls, seg_cls)),
+        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls, seg_cls, rot_cls)),
         (det, "__init__", _wrap_det_init),
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
         (L, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
