@@ -1,5 +1,6 @@
 """The task-aligned assigner rows: the fused assigner vs ultralytics' own (forward), for
-detection (``assigner``) and with YOLO26-seg's mask-aware overlap (``seg_assigner``)."""
+detection (``assigner``), with YOLO26-seg's mask-aware overlap (``seg_assigner``) and for
+YOLO-OBB's rotated boxes (``rotated_assigner``)."""
 import importlib.util
 
 import torch
@@ -104,10 +105,57 @@ def _seg_run(kind):
     return run
 
 
+def _rotated_inputs(size, dtype, device, gen, num_classes=15):
+    """A DOTA-like assignment (YOLO-OBB at 1024 px): 21,504 anchors (strides 8, 16, 32), 8
+    images of `size` rotated boxes (xywhr, sides 8-72 px, any angle), predicted rotated boxes
+    around the anchors, 15 classes' probabilities."""
+    M, B, S = max(1, int(size)), 8, 1024
+    pts = []
+    for s in (8, 16, 32):
+        n = S // s
+        y, x = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+        pts.append(torch.stack([x, y], -1).view(-1, 2) * s)
+    anc = torch.cat(pts)
+    A = anc.shape[0]
+    ang = lambda *shape: (torch.rand(*shape, 1, generator=gen) - 0.5) * 3.14
+    gt = torch.cat([torch.rand(B, M, 2, generator=gen) * (S - 80) + 40,
+                    torch.rand(B, M, 2, generator=gen) * 64 + 8, ang(B, M)], -1)
+    pd = torch.cat([anc + torch.randn(B, A, 2, generator=gen) * 4,
+                    torch.rand(B, A, 2, generator=gen) * 64 + 8, ang(B, A)], -1)
+    scores = torch.rand(B, A, num_classes, generator=gen) * 0.1
+    labels = torch.randint(0, num_classes, (B, M, 1), generator=gen).float()
+    return {"x": scores.to(device=device, dtype=dtype), "pd": pd.to(device), "anc": anc.to(device),
+            "labels": labels.to(device), "gt": gt.to(device),
+            "mask": torch.ones(B, M, 1, device=device)}
+
+
+def _rotated_assigner(kind):
+    key = "rot-" + kind
+    if key not in _ASSIGNERS:
+        if kind == "fused":
+            from ..nn import RotatedTaskAlignedAssigner
+        else:
+            from ultralytics.utils.tal import RotatedTaskAlignedAssigner
+        _ASSIGNERS[key] = RotatedTaskAlignedAssigner(topk=10, num_classes=15, alpha=0.5, beta=6.0)
+    return _ASSIGNERS[key]
+
+
+def _rotated_run(kind):
+    def run(i):
+        return _rotated_assigner(kind)(i["x"], i["pd"], i["anc"], i["labels"], i["gt"], i["mask"])
+    return run
+
+
 def ops():
     if importlib.util.find_spec("ultralytics") is None:
         return {}
-    return {"seg_assigner": BenchOp(
+    return {"rotated_assigner": BenchOp(
+        name="rotated_assigner", family="assign", unit="rotated boxes per image (8 images, 1024 px)",
+        make=_rotated_inputs, fused=_rotated_run("fused"), eager=_rotated_run("ultralytics"),
+        bytes_moved=_assign_bytes, differentiable=False, compilable=False,
+        # (2,000 boxes: ultralytics' (B, M, A) tensors are 1.4 GB each; on a GPU only)
+        sizes={"quick": [64], "cpu": [64, 500], "cuda": [64, 500, 2000]}),
+            "seg_assigner": BenchOp(
         name="seg_assigner", family="assign", unit="objects per image (16 images)",
         make=_seg_inputs, fused=_seg_run("fused"), eager=_seg_run("ultralytics"),
         bytes_moved=_seg_bytes, differentiable=False, compilable=False,

@@ -21,7 +21,7 @@ def _fmt_size(n):
     return f"{m:.0f}e{e}" if m == int(m) else f"{m:.1f}e{e}"
 
 
-HEADER = (f"{'op':<15}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
+HEADER = (f"{'op':<17}{'dev':<5}{'dtype':<6}{'size':>6} {'mode':<7}"
           f"{'fused':>10}{'eager':>10}{'compile':>10}{'x eager':>9}{'x comp':>8}"
           f"{'GB/s':>8}{'% copy':>8}{'mem fused/eager':>18}")
 
@@ -42,7 +42,7 @@ def format_row(r):
     copy_ok = (r.get("copy_spread") or 0) <= timing.SPREAD_MAX
     mf, me = f.get("peak_bytes"), r.get("eager", {}).get("peak_bytes")
     mem = "-" if mf is None or me is None else f"{mf / 2**20:.1f}/{me / 2**20:.1f}MiB"
-    line = (f"{r['op']:<15}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
+    line = (f"{r['op']:<17}{r['device']:<5}{r['dtype']:<6}{_fmt_size(r['size']):>6} "
             f"{r['mode']:<7}{t('fused'):>10}{t('eager'):>10}{t('compile'):>10}"
             f"{x('speedup_vs_eager'):>9}{x('speedup_vs_compile'):>8}"
             f"{(bw / 1e9 if bw else 0):>8.1f}"
