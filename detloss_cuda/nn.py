@@ -208,6 +208,12 @@ class TaskAlignedAssigner(nn.Module):
     @torch.no_grad()
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
                 scores_are_logits=False, index=False):
+        return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            scores_are_logits=scores_are_logits, index=index)
+
+    def _assign(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **kw):
+        """task_aligned_assign with this assigner's settings (and ultralytics' bs, n_max_boxes
+        attributes); kw: the forward's flags and a subclass's overlap arguments."""
         from .assign import task_aligned_assign
 
         self.bs = pd_scores.shape[0]
@@ -215,8 +221,7 @@ class TaskAlignedAssigner(nn.Module):
         return task_aligned_assign(
             pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
             num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
-            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
-            scores_are_logits=scores_are_logits, index=index)
+            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2, **kw)
 
     def extra_repr(self):
         return (f"topk={self.topk}, topk2={self.topk2}, num_classes={self.num_classes}, "
@@ -235,16 +240,9 @@ class SegTaskAlignedAssigner(TaskAlignedAssigner):
     @torch.no_grad()
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, pd_coef,
                 mask_scale, proto, gt_masks, *, scores_are_logits=False, index=False):
-        from .assign import task_aligned_assign
-
-        self.bs = pd_scores.shape[0]
-        self.n_max_boxes = gt_bboxes.shape[1]
-        return task_aligned_assign(
-            pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
-            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
-            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
-            scores_are_logits=scores_are_logits, index=index, pd_coef=pd_coef,
-            mask_scale=mask_scale, proto=proto, gt_masks=gt_masks)
+        return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            scores_are_logits=scores_are_logits, index=index, pd_coef=pd_coef,
+                            mask_scale=mask_scale, proto=proto, gt_masks=gt_masks)
 
 
 class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
@@ -258,12 +256,5 @@ class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
     @torch.no_grad()
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
                 scores_are_logits=False, index=False):
-        from .assign import task_aligned_assign
-
-        self.bs = pd_scores.shape[0]
-        self.n_max_boxes = gt_bboxes.shape[1]
-        return task_aligned_assign(
-            pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk=self.topk,
-            num_classes=self.num_classes, alpha=self.alpha, beta=self.beta,
-            stride_val=self.stride_val, eps=self.eps, topk2=self.topk2,
-            scores_are_logits=scores_are_logits, index=index, rotated=True)
+        return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            scores_are_logits=scores_are_logits, index=index, rotated=True)

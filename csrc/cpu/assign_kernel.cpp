@@ -118,18 +118,7 @@ TalResult run(const TalArgs& a) {
     v.seg_list = seg_list.data();
     v.seg_iou = seg_iou.data();
     v.seg_k = static_cast<int>(SK);
-    sv.coef = a.coef.const_data_ptr<S>();
-    for (int d = 0; d < 3; ++d) sv.coef_stride[d] = a.coef.stride(d);
-    sv.proto = a.proto.const_data_ptr<S>();
-    sv.gt_masks = a.gt_masks.const_data_ptr<bool>();
-    sv.scale = a.scale.const_data_ptr<S>();
-    sv.pred = v.pred;
-    sv.A = A;
-    sv.M = M;
-    sv.Mg = a.Mg;
-    sv.nm = a.nm;
-    sv.H = a.H;
-    sv.W = a.W;
+    sv = tal_seg_view<S>(a, v.pred);
   }
 
   int64_t* o_lab = labels.mutable_data_ptr<int64_t>();
@@ -240,5 +229,5 @@ TalResult tal_assign_cpu(const TalArgs& a) {
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cpu>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cpu>);
-  m.impl("tal_assign_rotated", &detloss::tal_assign_rotated_entry<detloss::tal_assign_cpu>);
+  m.impl("tal_assign_rotated", &detloss::tal_assign_entry<detloss::tal_assign_cpu, 5>);
 }

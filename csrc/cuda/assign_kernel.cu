@@ -409,19 +409,7 @@ TalResult run(const TalArgs& a) {
     View<S, TS> vpre = v;
     vpre.k = static_cast<int>(SK);
     vpre.box_only = true;
-    math::TalSegView<S> sv{};
-    sv.coef = a.coef.const_data_ptr<S>();
-    for (int d = 0; d < 3; ++d) sv.coef_stride[d] = a.coef.stride(d);
-    sv.proto = a.proto.const_data_ptr<S>();
-    sv.gt_masks = a.gt_masks.const_data_ptr<bool>();
-    sv.scale = a.scale.const_data_ptr<S>();
-    sv.pred = v.pred;
-    sv.A = A;
-    sv.M = M;
-    sv.Mg = a.Mg;
-    sv.nm = a.nm;
-    sv.H = a.H;
-    sv.W = a.W;
+    const math::TalSegView<S> sv = tal_seg_view<S>(a, v.pred);
     seg_list = at::empty({B * M * SK}, i64);
     seg_iou = at::zeros({B * M * SK}, opts.dtype(a.dtype));
     const at::Tensor counts = at::zeros({B * M + 2 * B * M * SK}, opts.dtype(at::kInt));
@@ -507,5 +495,5 @@ TalResult tal_assign_cuda(const TalArgs& a) {
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cuda>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cuda>);
-  m.impl("tal_assign_rotated", &detloss::tal_assign_rotated_entry<detloss::tal_assign_cuda>);
+  m.impl("tal_assign_rotated", &detloss::tal_assign_entry<detloss::tal_assign_cuda, 5>);
 }

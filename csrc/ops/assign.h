@@ -59,14 +59,16 @@ using TalResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at:
 TalResult tal_assign_cpu(const TalArgs& a);
 TalResult tal_assign_cuda(const TalArgs& a);
 
-template <TalResult (*F)(const TalArgs&)>
+// BoxDim 4: tal_assign (xyxy); 5: tal_assign_rotated (xywhr).
+template <TalResult (*F)(const TalArgs&), int64_t BoxDim = 4>
 TalResult tal_assign_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                            const at::Tensor& anc_points, const at::Tensor& gt_labels,
                            const at::Tensor& gt_bboxes, const at::Tensor& mask_gt, int64_t topk,
                            int64_t topk2, double alpha, double beta, double stride_val,
                            double eps, bool scores_are_logits) {
   return F(prepare_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
-                       topk2, alpha, beta, stride_val, eps, scores_are_logits));
+                       topk2, alpha, beta, stride_val, eps, scores_are_logits,
+                       BoxDim == 5 ? "detloss.tal_assign_rotated" : "detloss.tal_assign", BoxDim));
 }
 
 template <TalResult (*F)(const TalArgs&)>
@@ -82,15 +84,23 @@ TalResult tal_assign_seg_entry(const at::Tensor& pd_scores, const at::Tensor& pd
                            stride_val, eps, scores_are_logits));
 }
 
-template <TalResult (*F)(const TalArgs&)>
-TalResult tal_assign_rotated_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
-                                   const at::Tensor& anc_points, const at::Tensor& gt_labels,
-                                   const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
-                                   int64_t topk, int64_t topk2, double alpha, double beta,
-                                   double stride_val, double eps, bool scores_are_logits) {
-  return F(prepare_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
-                       topk2, alpha, beta, stride_val, eps, scores_are_logits,
-                       "detloss.tal_assign_rotated", 5));
+// The mask IoU's inputs of a seg call (a.seg), for either driver; pred: the boxes in `dtype`.
+template <class S>
+math::TalSegView<S> tal_seg_view(const TalArgs& a, const S* pred) {
+  math::TalSegView<S> sv{};
+  sv.coef = a.coef.const_data_ptr<S>();
+  for (int d = 0; d < 3; ++d) sv.coef_stride[d] = a.coef.stride(d);
+  sv.proto = a.proto.const_data_ptr<S>();
+  sv.gt_masks = a.gt_masks.const_data_ptr<bool>();
+  sv.scale = a.scale.const_data_ptr<S>();
+  sv.pred = pred;
+  sv.A = a.A;
+  sv.M = a.M;
+  sv.Mg = a.Mg;
+  sv.nm = a.nm;
+  sv.H = a.H;
+  sv.W = a.W;
+  return sv;
 }
 
 }  // namespace detloss

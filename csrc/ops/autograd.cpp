@@ -441,6 +441,8 @@ Pair mask_backward_autograd(const at::Tensor& grad, DETLOSS_MASK_PARAMS) {
 
 // ------------------------------------------------------------------------------- assigner
 // The assignment has no gradient (ultralytics runs it under no_grad): below autograd.
+// Rotated: tal_assign_rotated, the same schema with xywhr boxes.
+template <bool Rotated>
 TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
                               const at::Tensor& anc_points, const at::Tensor& gt_labels,
                               const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
@@ -450,21 +452,8 @@ TalResult tal_assign_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_
   using Sig = TalResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                         const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                         int64_t, double, double, double, double, bool);
-  static const auto op = find_op<Sig>(DETLOSS_OP("tal_assign"));
-  return op.call(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
-                 alpha, beta, stride_val, eps, scores_are_logits);
-}
-
-TalResult tal_assign_rotated_autograd(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
-                                      const at::Tensor& anc_points, const at::Tensor& gt_labels,
-                                      const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
-                                      int64_t topk, int64_t topk2, double alpha, double beta,
-                                      double stride_val, double eps, bool scores_are_logits) {
-  at::AutoDispatchBelowADInplaceOrView below;
-  using Sig = TalResult(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                        const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                        int64_t, double, double, double, double, bool);
-  static const auto op = find_op<Sig>(DETLOSS_OP("tal_assign_rotated"));
+  static const auto op =
+      find_op<Sig>(Rotated ? DETLOSS_OP("tal_assign_rotated") : DETLOSS_OP("tal_assign"));
   return op.call(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk, topk2,
                  alpha, beta, stride_val, eps, scores_are_logits);
 }
@@ -500,9 +489,9 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("dfl_backward", &detloss::dfl_backward_autograd);
   m.impl("dfl_integral", &detloss::dfl_integral_autograd);
   m.impl("dfl_integral_backward", &detloss::dfl_integral_backward_autograd);
-  m.impl("tal_assign", &detloss::tal_assign_autograd);
+  m.impl("tal_assign", &detloss::tal_assign_autograd<false>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_autograd);
-  m.impl("tal_assign_rotated", &detloss::tal_assign_rotated_autograd);
+  m.impl("tal_assign_rotated", &detloss::tal_assign_autograd<true>);
   m.impl("prototype_mask_loss", &detloss::mask_loss_autograd);
   m.impl("prototype_mask_backward", &detloss::mask_backward_autograd);
 }
