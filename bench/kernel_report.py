@@ -179,6 +179,8 @@ def classify(k: Kernel) -> None:
         k.dtype = "int64"
     if k.family in ("cls", "scale"):
         k.expected_load_bits = 128
+    elif k.family == "box" and re.search(r"BoxKind\)[45]\b", n):
+        k.expected_load_bits = 0  # ProbIoU: rows of 5 (20 or 40 bytes) have no vector load
     elif k.family in ("box", "dfl"):
         k.expected_load_bits = 128 if k.dtype in ("fp32", "fp64") else 64
 

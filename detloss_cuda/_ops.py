@@ -159,39 +159,40 @@ def _cls_backward_fake(driver, grad, input, target, weight, pos_weight, label, k
 
 
 # ---------------------------------------------------------------------------- box family
-def _box_shape(pred, target):
-    torch._check(pred.dim() >= 1 and pred.shape[-1] == 4,
-                 lambda: f"detloss.box_loss: pred must have shape [..., 4], got {tuple(pred.shape)}")
-    torch._check(target.dim() >= 1 and target.shape[-1] == 4,
-                 lambda: f"detloss.box_loss: target must have shape [..., 4], got {tuple(target.shape)}")
-    return torch.broadcast_shapes(pred.shape[:-1], target.shape[:-1])
+def _box_shape(pred, target, box_format):
+    r = 5 if box_format == "xywhr" else 4
+    torch._check(pred.dim() >= 1 and pred.shape[-1] == r,
+                 lambda: f"detloss.box_loss: pred must have shape [..., {r}], got {tuple(pred.shape)}")
+    torch._check(target.dim() >= 1 and target.shape[-1] == r,
+                 lambda: f"detloss.box_loss: target must have shape [..., {r}], got {tuple(target.shape)}")
+    return torch.broadcast_shapes(pred.shape[:-1], target.shape[:-1]), r
 
 
 @_register_fake("box_loss")
-def _box_loss_fake(driver, pred, target, weight, kind, box_format, eps, reduction):
-    shape = _box_shape(pred, target)
+def _box_loss_fake(driver, pred, target, weight, kind, box_format, eps, reduction, floor=0.0):
+    shape, _ = _box_shape(pred, target, box_format)
     return pred.new_empty(shape if reduction == "none" else ())
 
 
 @_register_fake("box_loss_with_grad")
 def _box_loss_with_grad_fake(driver, pred, target, weight, kind, box_format, eps, reduction,
-                             output_mask):
-    shape = (*_box_shape(pred, target), 4)
+                             output_mask, floor=0.0):
+    shape, r = _box_shape(pred, target, box_format)
     return (_box_loss_fake(driver, pred, target, weight, kind, box_format, eps, reduction),
-            pred.new_empty(shape) if output_mask[0] else None,
-            pred.new_empty(shape) if output_mask[1] else None)
+            pred.new_empty((*shape, r)) if output_mask[0] else None,
+            pred.new_empty((*shape, r)) if output_mask[1] else None)
 
 
 @_register_fake("box_backward")
 def _box_backward_fake(driver, grad, pred, target, weight, kind, box_format, eps, reduction,
-                       output_mask):
-    shape = (*_box_shape(pred, target), 4)
-    return (pred.new_empty(shape) if output_mask[0] else None,
-            pred.new_empty(shape) if output_mask[1] else None)
+                       output_mask, floor=0.0):
+    shape, r = _box_shape(pred, target, box_format)
+    return (pred.new_empty((*shape, r)) if output_mask[0] else None,
+            pred.new_empty((*shape, r)) if output_mask[1] else None)
 
 
 @_register_fake("box_iou_matrix")
-def _box_iou_matrix_fake(driver, boxes1, boxes2, kind, box_format, eps):
+def _box_iou_matrix_fake(driver, boxes1, boxes2, kind, box_format, eps, floor=0.0):
     dtype = torch.result_type(boxes1, boxes2)
     if not dtype.is_floating_point:
         dtype = torch.float32

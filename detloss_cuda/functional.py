@@ -39,6 +39,9 @@ __all__ = [
     "complete_box_iou_loss",
     "bbox_iou",
     "box_iou_matrix",
+    "probiou",
+    "probiou_loss",
+    "batch_probiou",
     "distribution_focal_loss",
     "distribution_integral",
     "prototype_mask_loss",
@@ -161,11 +164,15 @@ def _check_box_args(kind, box_format):
 
 
 def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="mean",
-             weight=None):
-    """``1 - metric`` of box pairs, metric one of IoU, GIoU, DIoU, CIoU (``kind``).
+             weight=None, floor=0.0):
+    """``1 - metric`` of box pairs, metric one of IoU, GIoU, DIoU, CIoU, or of rotated box
+    pairs ProbIoU and ProbIoU with CIoU's aspect term (``kind``: 'iou', 'giou', 'diou',
+    'ciou', 'probiou', 'probiou_ciou').
 
     ``pred`` and ``target`` are ``[..., 4]`` with broadcastable leading dims, as corners
-    ``(x1, y1, x2, y2)`` or, with ``box_format='xywh'``, centre and size ``(cx, cy, w, h)``.
+    ``(x1, y1, x2, y2)`` or, with ``box_format='xywh'``, centre and size ``(cx, cy, w, h)``;
+    the rotated kinds take ``[..., 5]`` rows ``(cx, cy, w, h, angle)``, ``box_format='xywhr'``,
+    and ``floor`` (added to each variance, ultralytics' ``RotatedBboxLoss.floor``).
     The unreduced loss has the broadcast leading shape; ``weight`` broadcasts to it.
     Differentiable with respect to both boxes (CIoU's trade-off alpha is a constant, as in
     ultralytics, torchvision and mmdet).
@@ -173,7 +180,7 @@ def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="m
     _check_tensor("pred", pred)
     _check_tensor("target", target)
     _check_tensor("weight", weight, optional=True)
-    return _ops.ops.box_loss(pred, target, weight, kind, box_format, eps, reduction)
+    return _ops.ops.box_loss(pred, target, weight, kind, box_format, eps, reduction, floor)
 
 
 def _check_box_pair(n1, b1, n2, b2):
@@ -230,16 +237,72 @@ def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7
     return (1 - iou_loss(box1, box2, kind, fmt, eps, "none")).unsqueeze(-1)
 
 
-def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
+def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7, floor=0.0):
     """The metric of every pair: ``[N, 4] x [M, 4] -> [N, M]``, or batched
-    ``[B, N, 4] x [B, M, 4] -> [B, N, M]`` — what label assigners compute.
+    ``[B, N, 4] x [B, M, 4] -> [B, N, M]`` — what label assigners compute (rows of 5 and
+    ``box_format='xywhr'`` for the 'probiou' kinds).
 
     Forward only: it has no gradient (calling backward through it raises). Integer boxes are
     computed in float32, as ``torchvision.ops.box_iou`` does.
     """
     _check_tensor("boxes1", boxes1)
     _check_tensor("boxes2", boxes2)
-    return _ops.ops.box_iou_matrix(boxes1, boxes2, kind, box_format, eps)
+    return _ops.ops.box_iou_matrix(boxes1, boxes2, kind, box_format, eps, floor)
+
+
+def _check_obb_pair(n1, b1, n2, b2):
+    _check_tensor(n1, b1)
+    _check_tensor(n2, b2)
+    for n, b in ((n1, b1), (n2, b2)):
+        if b.dim() == 0 or b.shape[-1] != 5:
+            raise ValueError(f"{n} must have shape [..., 5] (xywhr), got {list(b.shape)}")
+        if not b.is_floating_point():
+            raise TypeError(f"{n} must be a floating tensor of rotated boxes, got {b.dtype}")
+    if b1.device != b2.device:
+        raise ValueError(f"{n2} is on {b2.device} but {n1} is on {b1.device}; all tensors must "
+                         "be on one device")
+
+
+def probiou(obb1, obb2, CIoU=False, eps=1e-7, floor=0.0):  # noqa: N803
+    """ultralytics' ``probiou``: the probabilistic IoU of rotated box pairs ``[..., 5]``
+    (xywhr), shaped like theirs (broadcast leading dims, last dim 1), differentiable with
+    respect to both boxes; ``CIoU`` subtracts the aspect term (its alpha a constant).
+
+    One fused kernel (forward and gradient in one pass) instead of ~60 elementwise ops;
+    ``1 - exp(-bd)`` is formed without cancellation (see docs/api.md, "ProbIoU")."""
+    _check_obb_pair("obb1", obb1, "obb2", obb2)
+    kind = "probiou_ciou" if CIoU else "probiou"
+    dtype = obb1.dtype
+    if dtype in (torch.float16, torch.bfloat16):  # as bbox_iou: the metric formed in float32
+        metric = 1 - iou_loss(obb1.float(), obb2.float(), kind, "xywhr", eps, "none", floor=floor)
+        return metric.to(dtype).unsqueeze(-1)
+    return (1 - iou_loss(obb1, obb2, kind, "xywhr", eps, "none", floor=floor)).unsqueeze(-1)
+
+
+def probiou_loss(pred, target, CIoU=False, eps=1e-7, floor=0.0, reduction="mean",  # noqa: N803
+                 weight=None):
+    """``(1 - ProbIoU)·weight`` of rotated box pairs (xywhr), reduced: ultralytics'
+    ``RotatedBboxLoss`` box term is ``probiou_loss(pred, target, floor=0.01,
+    weight=score_sum, reduction='sum') / target_scores_sum``."""
+    _check_obb_pair("pred", pred, "target", target)
+    return iou_loss(pred, target, "probiou_ciou" if CIoU else "probiou", "xywhr", eps, reduction,
+                    weight, floor)
+
+
+def batch_probiou(obb1, obb2, eps=1e-7):
+    """ultralytics' ``batch_probiou``: ProbIoU of every pair, ``[N, 5] x [M, 5] -> [N, M]``
+    (or batched ``[B, N, 5] x [B, M, 5]``); forward only. NumPy arrays are accepted, as there."""
+    import numpy as np
+    if isinstance(obb1, np.ndarray):
+        obb1 = torch.from_numpy(obb1)
+    if isinstance(obb2, np.ndarray):
+        obb2 = torch.from_numpy(obb2)
+    _check_obb_pair("obb1", obb1, "obb2", obb2)
+    if not (obb1.dim() == obb2.dim() == 2 or (obb1.dim() == obb2.dim() == 3
+                                              and obb1.shape[0] == obb2.shape[0])):
+        raise ValueError(f"obb1 and obb2 must be [N, 5] and [M, 5], or [B, N, 5] and [B, M, 5]; "
+                         f"got {list(obb1.shape)} and {list(obb2.shape)}")
+    return box_iou_matrix(obb1, obb2, "probiou", "xywhr", eps)
 
 
 # ------------------------------------------------------------------- distribution (DFL)

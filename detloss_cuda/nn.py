@@ -24,6 +24,7 @@ __all__ = [
     "GIoULoss",
     "DIoULoss",
     "CIoULoss",
+    "ProbIoULoss",
     "DistributionFocalLoss",
     "TaskAlignedAssigner",
     "SegTaskAlignedAssigner",
@@ -135,6 +136,23 @@ class _BoxLoss(nn.Module):
 
     def extra_repr(self):
         return f"box_format={self.box_format!r}, eps={self.eps}, reduction={self.reduction!r}"
+
+
+class ProbIoULoss(nn.Module):
+    """``(1 - ProbIoU)·weight`` of rotated box pairs ``[..., 5]`` (xywhr), reduced (see
+    ``functional.probiou_loss``); ``floor`` as ultralytics' ``RotatedBboxLoss.floor``."""
+
+    def __init__(self, CIoU=False, eps=1e-7, floor=0.0, reduction="mean"):  # noqa: N803
+        super().__init__()
+        _check_reduction(reduction)
+        self.CIoU, self.eps, self.floor, self.reduction = CIoU, eps, floor, reduction
+
+    def forward(self, pred, target, weight=None):
+        return F.probiou_loss(pred, target, self.CIoU, self.eps, self.floor, self.reduction, weight)
+
+    def extra_repr(self):
+        return (f"CIoU={self.CIoU}, eps={self.eps}, floor={self.floor}, "
+                f"reduction={self.reduction!r}")
 
 
 class IoULoss(_BoxLoss):

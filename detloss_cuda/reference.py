@@ -20,6 +20,8 @@ __all__ = [
     "complete_box_iou_loss",
     "bbox_iou",
     "box_iou_matrix",
+    "probiou",
+    "probiou_loss",
     "distribution_focal_loss",
     "distribution_integral",
     "task_aligned_assign",
@@ -137,7 +139,45 @@ def _aspect(w, h, eps):
     return torch.where(point, torch.atan(w.detach() / (h.detach() + eps)), torch.atan(w / (h + eps)))
 
 
-def _box_metric(a, b, kind, box_format, eps):
+def _positive(x):
+    """max(x, 0) passing the gradient only where x > 0 (torch >= 2.14's clamp rule)."""
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+def _probiou_metric(p, q, kind, eps, floor):
+    """ProbIoU of xywhr pairs (arXiv 2106.06072, ultralytics' probiou), from the formula."""
+    def cov(o):
+        w, h, r = o[..., 2], o[..., 3], o[..., 4]
+        A, B = w * w / 12 + floor, h * h / 12 + floor
+        c, s = torch.cos(r), torch.sin(r)
+        return A * c * c + B * s * s, A * s * s + B * c * c, (A - B) * c * s
+    a1, b1, c1 = cov(p)
+    a2, b2, c2 = cov(q)
+    dx, dy = p[..., 0] - q[..., 0], p[..., 1] - q[..., 1]
+    sa, sb, sc = a1 + a2, b1 + b2, c1 + c2
+    det = sa * sb - sc * sc
+    t1 = (sa * dy * dy + sb * dx * dx) / (det + eps) / 4
+    t2 = -sc * dx * dy / (det + eps) / 2
+    prod = _positive(a1 * b1 - c1 * c1) * _positive(a2 * b2 - c2 * c2)
+    # sqrt's derivative at 0 (a singular covariance) taken as 0, not inf·0
+    root = torch.where(prod > 0, prod, torch.ones_like(prod)).sqrt() * (prod > 0)
+    t3 = torch.log(det / (4 * root + eps) + eps) / 2
+    raw = t1 + t2 + t3
+    # clamp(raw, eps, 100), the gradient passing strictly inside only
+    inside = (raw > eps) & (raw < 100)
+    bd = torch.where(inside, raw, raw.detach().clamp(eps, 100.0))
+    iou = 1 - torch.sqrt(-torch.expm1(-bd) + eps)
+    if kind == "probiou":
+        return iou
+    v = (4 / math.pi**2) * (torch.atan(q[..., 2] / q[..., 3]) - torch.atan(p[..., 2] / p[..., 3])) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - v * alpha
+
+
+def _box_metric(a, b, kind, box_format, eps, floor=0.0):
+    if kind.startswith("probiou"):
+        return _probiou_metric(a, b, kind, eps, floor)
     ax1, ay1, ax2, ay2 = _xyxy(a, box_format)
     bx1, by1, bx2, by2 = _xyxy(b, box_format)
     wa, ha, wb, hb = ax2 - ax1, ay2 - ay1, bx2 - bx1, by2 - by1
@@ -173,8 +213,8 @@ def _box_metric(a, b, kind, box_format, eps):
 
 
 def iou_loss(pred, target, kind="iou", box_format="xyxy", eps=1e-7, reduction="mean",
-             weight=None):
-    return _reduce(1 - _box_metric(pred, target, kind, box_format, eps), weight, reduction)
+             weight=None, floor=0.0):
+    return _reduce(1 - _box_metric(pred, target, kind, box_format, eps, floor), weight, reduction)
 
 
 def generalized_box_iou_loss(boxes1, boxes2, reduction="none", eps=1e-7):
@@ -194,12 +234,23 @@ def bbox_iou(box1, box2, xywh=True, GIoU=False, DIoU=False, CIoU=False, eps=1e-7
     return _box_metric(box1, box2, kind, "xywh" if xywh else "xyxy", eps).unsqueeze(-1)
 
 
-def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7):
+def box_iou_matrix(boxes1, boxes2, kind="iou", box_format="xyxy", eps=1e-7, floor=0.0):
     if not boxes1.is_floating_point():
         boxes1 = boxes1.float()
     if not boxes2.is_floating_point():
         boxes2 = boxes2.float()
-    return _box_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, box_format, eps)
+    return _box_metric(boxes1.unsqueeze(-2), boxes2.unsqueeze(-3), kind, box_format, eps, floor)
+
+
+def probiou(obb1, obb2, CIoU=False, eps=1e-7, floor=0.0):  # noqa: N803
+    return _probiou_metric(obb1, obb2, "probiou_ciou" if CIoU else "probiou", eps,
+                           floor).unsqueeze(-1)
+
+
+def probiou_loss(pred, target, CIoU=False, eps=1e-7, floor=0.0, reduction="mean",  # noqa: N803
+                 weight=None):
+    return iou_loss(pred, target, "probiou_ciou" if CIoU else "probiou", "xywhr", eps, reduction,
+                    weight, floor)
 
 
 # ------------------------------------------------------------------- distribution (DFL)

@@ -23,6 +23,10 @@ def boxes(*lead):
     return torch.cat([xy, xy + 1 + torch.rand(*lead, 2)], -1)
 
 
+def obbs(*lead):
+    return torch.cat([torch.rand(*lead, 2) * 10, 1 + torch.rand(*lead, 2), torch.rand(*lead, 1)], -1)
+
+
 # function -> (positional names, valid keyword arguments, names of the tensor arguments that
 # may be None, names of number arguments)
 CLS_OPT = {"weight", "pos_weight", "score", "label"}
@@ -59,6 +63,13 @@ SPECS = {
     "bbox_iou": (DF.bbox_iou, lambda: {"box1": boxes(6, 1), "box2": boxes(1, 4)}, set(), {"eps"}),
     "box_iou_matrix": (DF.box_iou_matrix,
         lambda: {"boxes1": boxes(6), "boxes2": boxes(3), "kind": "giou"}, set(), {"eps"}),
+    "probiou": (DF.probiou, lambda: {"obb1": obbs(6).requires_grad_(), "obb2": obbs(6),
+                                     "CIoU": True, "floor": 0.01}, set(), {"eps", "floor"}),
+    "probiou_loss": (DF.probiou_loss,
+        lambda: {"pred": obbs(6).requires_grad_(), "target": obbs(1, 6), "floor": 0.01,
+                 "reduction": "sum", "weight": T(6)}, {"weight"}, {"eps", "floor"}),
+    "batch_probiou": (DF.batch_probiou, lambda: {"obb1": obbs(6), "obb2": obbs(4)}, set(),
+                      {"eps"}),
     "distribution_focal_loss": (DF.distribution_focal_loss,
         lambda: {"pred": torch.randn(6, 16, requires_grad=True), "target": T(6) * 15,
                  "reduction": "mean", "weight": T(6)}, {"weight"}, set()),

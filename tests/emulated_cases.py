@@ -130,3 +130,15 @@ def boxes(shape, dtype, g, offset=0):
         base[offset:] = p.reshape(-1)
         p = base[offset:].view(n, 4)
     return p.to(dtype).view(*shape, 4), t.to(dtype).view(*shape, 4)
+
+
+def rboxes(shape, dtype, g):
+    """Rotated boxes (xywhr) and targets near them."""
+    n = int(torch.tensor(shape).prod()) if shape else 1
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 40
+    wh = torch.rand(n, 2, generator=g, dtype=torch.float64) * 20 + 1
+    r = (torch.rand(n, 1, generator=g, dtype=torch.float64) * 2 - 1) * 3.2
+    t = torch.cat([xy, wh, r], -1)
+    p = t + torch.randn(n, 5, generator=g, dtype=torch.float64) * torch.tensor([3, 3, 2, 2, 0.3])
+    p[:, 2:4] = p[:, 2:4].abs() + 0.1
+    return p.to(dtype).view(*shape, 5), t.to(dtype).view(*shape, 5)

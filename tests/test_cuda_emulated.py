@@ -24,7 +24,7 @@ import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
 from assign_scenes import adversarial, rotated_scene, scene, seg_parts
 from conftest import DTYPES
-from emulated_cases import both, boxes, close, cls_fn, cls_variants, loss_and_grads
+from emulated_cases import both, boxes, close, cls_fn, cls_variants, loss_and_grads, rboxes
 from emulated_cuda import emu_ops, emulated, kernels
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -152,6 +152,42 @@ def test_box_matrix(kind, dtype):
         close(cpu, cuda, dtype, f"batched matrix {kind} {fmt}")
         cpu, cuda = both(lambda: (DF.box_iou_matrix(a[:, :0], b, kind, fmt),))
         close(cpu, cuda, dtype, f"empty matrix {kind} {fmt}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["probiou", "probiou_ciou"])
+def test_rotated_box_loss(kind, dtype):
+    """ProbIoU (rows of 5: scalar loads; the float gradient units held to 64 / 85 registers)."""
+    g = torch.Generator().manual_seed(0)
+    p0, t0 = rboxes((5, 8), dtype, g)
+    w = torch.rand(5, 8, generator=g).to(dtype)
+    variants = [("plain", p0, t0, None), ("broadcast-weight", p0[:, :1].contiguous(), t0, w),
+                ("empty", p0[:0], t0[:0], None)]
+    for name, pv, tv, wv in variants:
+        for need in ((), ("pred",), ("pred", "target")):
+            for reduction in REDUCTIONS:
+                for floor in (0.0, 0.01):
+                    p = pv.detach().clone().requires_grad_("pred" in need)
+                    t = tv.detach().clone().requires_grad_("target" in need)
+                    cpu, cuda = both(lambda: loss_and_grads(
+                        lambda: DF.iou_loss(p, t, kind, "xywhr", reduction=reduction, weight=wv,
+                                            floor=floor),
+                        [p, t], reduction, 1 if need else 0, retain=bool(need)))
+                    close(cpu, cuda, dtype, f"{kind} {name} {need} {reduction} floor={floor}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["probiou", "probiou_ciou"])
+def test_rotated_box_matrix(kind, dtype):
+    g = torch.Generator().manual_seed(0)
+    a, _ = rboxes((37,), dtype, g)
+    _, b = rboxes((45,), dtype, g)
+    cpu, cuda = both(lambda: (DF.box_iou_matrix(a, b, kind, "xywhr"),))
+    close(cpu, cuda, dtype, f"matrix {kind}")
+    a, _ = rboxes((2, 70), dtype, g)  # batched; tiles cut at 32 both ways
+    _, b = rboxes((2, 33), dtype, g)
+    cpu, cuda = both(lambda: (DF.box_iou_matrix(a, b, kind, "xywhr", floor=0.01),))
+    close(cpu, cuda, dtype, f"batched matrix {kind}")
 
 
 # ---------------------------------------------------------------------------- distribution

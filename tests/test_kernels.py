@@ -54,8 +54,11 @@ def test_occupancy_is_sane(kernels):
     # 256 threads per block: at least one block (8 warps) fits on an SM for every kernel, and
     # the fp32 element-wise kernels keep at least 4 resident (50% of the SM's 64 warps)
     assert all(k.blocks_per_sm >= 1 for k in kernels)
+    # (but ProbIoU with CIoU's aspect term: three, as 64 registers spill there and the unit
+    # is bound by its arithmetic; csrc/cuda/box_kernel.cu)
     low = [(k.name, k.registers, k.occupancy) for k in kernels
-           if k.family in ("cls", "box") and k.dtype == "fp32" and k.occupancy < 0.5]
+           if k.family in ("cls", "box") and k.dtype == "fp32"
+           and k.occupancy < (0.375 if "BoxKind)5" in k.name else 0.5)]
     assert not low, low
 
 

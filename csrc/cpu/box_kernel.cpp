@@ -25,12 +25,13 @@ BoxLoopArgs<T> loop_args(const BoxArgs& a) {
   la.kind = a.kind;
   la.xywh = a.xywh;
   la.eps = static_cast<O>(a.eps);
+  la.floor = static_cast<O>(a.floor);
   return la;
 }
 
-std::vector<int64_t> with_row(const std::vector<int64_t>& shape) {
-  std::vector<int64_t> s(shape);
-  s.push_back(4);
+std::vector<int64_t> with_row(const BoxArgs& a) {
+  std::vector<int64_t> s(a.shape);
+  s.push_back(a.row);
   return s;
 }
 
@@ -59,8 +60,8 @@ BoxTriple box_forward_grad(const BoxArgs& a, bool with_loss, bool need_pred, boo
   const bool reduce = a.reduction != Reduction::kNone;
   at::Tensor out, gp, gt;
   if (with_loss) out = reduce ? at::empty({}, a.options) : at::empty(a.shape, a.options);
-  if (need_pred) gp = at::empty(with_row(a.shape), a.options);
-  if (need_target) gt = at::empty(with_row(a.shape), a.options);
+  if (need_pred) gp = at::empty(with_row(a), a.options);
+  if (need_target) gt = at::empty(with_row(a), a.options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.options.dtype().toScalarType(),
                                   "detloss_box_forward_grad_cpu", [&] {
     using O = at::opmath_type<scalar_t>;
@@ -97,6 +98,7 @@ at::Tensor box_matrix(const BoxMatrixArgs& a) {
     la.kind = a.kind;
     la.xywh = a.xywh;
     la.eps = static_cast<O>(a.eps);
+    la.floor = static_cast<O>(a.floor);
     const int64_t grain = std::max<int64_t>(1, kBoxChunk / std::max<int64_t>(M, 1));
     chunked_for(B * N, grain, [&](int64_t b, int64_t e) {
       DETLOSS_CPU_DISPATCH(box_matrix_rows, la, b, e);

@@ -16,27 +16,29 @@ namespace cpu {
 template <typename T>
 struct BoxLoopArgs {
   using opmath = at::opmath_type<T>;
-  Operand<T> pred, target;  // rows of 4
+  Operand<T> pred, target;  // rows of math::box_row(kind)
   Operand<T> weight;
   opmath grad_scale = 1;    // forward_grad: 1/numel for 'mean', else 1
   T* out = nullptr;         // per-pair loss ('none') or null (reduced)
-  T* grad_pred = nullptr;   // forward_grad: d(loss)/d(pred) at upstream 1, [n, 4], or null
+  T* grad_pred = nullptr;   // forward_grad: d(loss)/d(pred) at upstream 1, [n, row], or null
   T* grad_target = nullptr;
   math::BoxKind kind = math::BoxKind::kIoU;
   bool xywh = false;
   opmath eps = 0;
+  opmath floor = 0;
 };
 
 template <typename T>
 struct BoxMatrixLoopArgs {
   using opmath = at::opmath_type<T>;
-  const T* boxes1 = nullptr;  // [B, N, 4]
-  const T* boxes2 = nullptr;  // [B, M, 4]
+  const T* boxes1 = nullptr;  // [B, N, row]
+  const T* boxes2 = nullptr;  // [B, M, row]
   T* out = nullptr;           // [B, N, M]
   int64_t n = 0, m = 0;
   math::BoxKind kind = math::BoxKind::kIoU;
   bool xywh = false;
   opmath eps = 0;
+  opmath floor = 0;
 };
 
 // forward: writes out[begin:end) if set and returns the sum of the losses in fixed order;

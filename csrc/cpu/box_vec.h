@@ -19,39 +19,36 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-using math::Box;
 using math::BoxKind;
 
-// Coordinates of rows i .. i+count of a row operand, as one vector per coordinate
-// (lanes past count are 0: a zero box gives finite values in every formula).
-template <class O, class T>
-Box<at::vec::Vectorized<O>> gather_boxes(const Operand<T>& o, int64_t i, int64_t count) {
+// Coordinates of rows i .. i+count of a row operand (R values a row), as one vector per
+// coordinate (lanes past count are 0: a zero box gives finite values in every formula
+// but the rotated CIoU's w/h, whose lanes are never stored).
+template <int R, class O, class T>
+void gather_rows(const Operand<T>& o, int64_t i, int64_t count, at::vec::Vectorized<O>* v) {
   using V = at::vec::Vectorized<O>;
   constexpr int64_t W = V::size();
-  O c[4][W] = {};
+  O c[R][W] = {};
   if (o.mode == OperandMode::kFull && count == W) {  // the common case: de-interleave rows
-    const T* p = o.ptr + 4 * i;
+    const T* p = o.ptr + R * i;
     for (int64_t j = 0; j < W; ++j)
-      for (int k = 0; k < 4; ++k) c[k][j] = static_cast<O>(p[4 * j + k]);
+      for (int k = 0; k < R; ++k) c[k][j] = static_cast<O>(p[R * j + k]);
   } else {
     for (int64_t j = 0; j < count; ++j) {
-      const T* p = o.ptr + 4 * math::operand_index(o, i + j);
-      for (int k = 0; k < 4; ++k) c[k][j] = static_cast<O>(p[k]);
+      const T* p = o.ptr + R * math::operand_index(o, i + j);
+      for (int k = 0; k < R; ++k) c[k][j] = static_cast<O>(p[k]);
     }
   }
-  return {V::loadu(c[0]), V::loadu(c[1]), V::loadu(c[2]), V::loadu(c[3])};
+  for (int k = 0; k < R; ++k) v[k] = V::loadu(c[k]);
 }
 
-template <class O, class T>
-void scatter_boxes(T* out, const Box<at::vec::Vectorized<O>>& b, int64_t count) {
+template <int R, class O, class T>
+void scatter_rows(T* out, const at::vec::Vectorized<O>* v, int64_t count) {
   using V = at::vec::Vectorized<O>;
-  O c[4][V::size()];
-  b.x1.store(c[0]);
-  b.y1.store(c[1]);
-  b.x2.store(c[2]);
-  b.y2.store(c[3]);
+  O c[R][V::size()];
+  for (int k = 0; k < R; ++k) v[k].store(c[k]);
   for (int64_t j = 0; j < count; ++j)
-    for (int k = 0; k < 4; ++k) out[4 * j + k] = static_cast<T>(c[k][j]);
+    for (int k = 0; k < R; ++k) out[R * j + k] = static_cast<T>(c[k][j]);
 }
 
 // One pass over pairs [begin, end): the loss (stored and/or summed) and, with GRAD, the
@@ -61,29 +58,24 @@ at::opmath_type<T> box_loop(const BoxLoopArgs<T>& a, int64_t begin, int64_t end)
   using O = at::opmath_type<T>;
   using V = at::vec::Vectorized<O>;
   constexpr int64_t W = V::size();
+  constexpr int R = math::box_row(K);
   const V zero(O(0)), one(O(1));
   simd::LaneSum<O> acc;
   for (int64_t i = begin; i < end; i += W) {
     const int64_t n = std::min<int64_t>(W, end - i);
-    Box<V> pa = gather_boxes<O>(a.pred, i, n), pb = gather_boxes<O>(a.target, i, n);
-    if (a.xywh) {
-      pa = math::xywh_to_xyxy(pa);
-      pb = math::xywh_to_xyxy(pb);
-    }
+    V pa[R], pb[R], ga[R], gb[R];
+    gather_rows<R, O>(a.pred, i, n, pa);
+    gather_rows<R, O>(a.target, i, n, pb);
     const V w = simd::load_operand<O>(a.weight, i, n, O(1));
-    Box<V> ga, gb;
     // loss = (1 - metric)·w: the metric's upstream gradient is -w·scale
-    const V metric = math::box_element<K, GRAD>(pa, pb, a.eps, zero - w * V(a.grad_scale), ga, gb);
+    const V metric = math::box_pair<K, GRAD>(pa, pb, a.eps, a.floor, a.xywh,
+                                             zero - w * V(a.grad_scale), ga, gb);
     const V loss = (one - metric) * w;
     if (a.out != nullptr) simd::store(a.out + i, loss, n);
     acc.add(n == W ? loss : V::set(zero, loss, n));
     if constexpr (GRAD) {
-      if (a.xywh) {
-        ga = math::xyxy_grad_to_xywh(ga);
-        gb = math::xyxy_grad_to_xywh(gb);
-      }
-      if (a.grad_pred != nullptr) scatter_boxes<O>(a.grad_pred + 4 * i, ga, n);
-      if (a.grad_target != nullptr) scatter_boxes<O>(a.grad_target + 4 * i, gb, n);
+      if (a.grad_pred != nullptr) scatter_rows<R, O>(a.grad_pred + R * i, ga, n);
+      if (a.grad_target != nullptr) scatter_rows<R, O>(a.grad_target + R * i, gb, n);
     }
   }
   return static_cast<O>(acc.sum());
@@ -100,22 +92,22 @@ void matrix_rows(const BoxMatrixLoopArgs<T>& a, int64_t begin, int64_t end) {
   using O = at::opmath_type<T>;
   using V = at::vec::Vectorized<O>;
   constexpr int64_t W = V::size();
+  constexpr int R = math::box_row(K);
   Operand<T> col;
   col.mode = OperandMode::kFull;
   for (int64_t r = begin; r < end; ++r) {
     const int64_t batch = r / a.n;
-    const T* p = a.boxes1 + 4 * r;
-    Box<V> pa{V(static_cast<O>(p[0])), V(static_cast<O>(p[1])), V(static_cast<O>(p[2])),
-              V(static_cast<O>(p[3]))};
-    if (a.xywh) pa = math::xywh_to_xyxy(pa);
-    col.ptr = a.boxes2 + 4 * batch * a.m;
+    const T* p = a.boxes1 + R * r;
+    V pa[R], pb[R], unused[R];
+    for (int k = 0; k < R; ++k) pa[k] = V(static_cast<O>(p[k]));
+    col.ptr = a.boxes2 + R * batch * a.m;
     T* out = a.out + r * a.m;
     for (int64_t j = 0; j < a.m; j += W) {
       const int64_t n = std::min<int64_t>(W, a.m - j);
-      Box<V> pb = gather_boxes<O>(col, j, n);
-      if (a.xywh) pb = math::xywh_to_xyxy(pb);
-      Box<V> ga, gb;
-      simd::store(out + j, math::box_element<K, false>(pa, pb, a.eps, V(O(0)), ga, gb), n);
+      gather_rows<R, O>(col, j, n, pb);
+      simd::store(out + j,
+                  math::box_pair<K, false>(pa, pb, a.eps, a.floor, a.xywh, V(O(0)), unused, unused),
+                  n);
     }
   }
 }

@@ -21,7 +21,15 @@ template <class T>
 using Vec = at::vec::Vectorized<T>;
 
 template <class T> inline Vec<T> dl_exp(const Vec<T>& x) { return x.exp(); }
+template <class T> inline Vec<T> dl_expm1(const Vec<T>& x) { return x.expm1(); }
 template <class T> inline Vec<T> dl_log(const Vec<T>& x) { return x.log(); }
+template <class T> inline Vec<T> dl_sqrt(const Vec<T>& x) { return x.sqrt(); }
+template <class T> inline Vec<T> dl_cos(const Vec<T>& x) { return x.cos(); }
+template <class T> inline Vec<T> dl_sin(const Vec<T>& x) { return x.sin(); }
+template <class T> inline void dl_sincos(const Vec<T>& x, Vec<T>& s, Vec<T>& c) {
+  s = x.sin();
+  c = x.cos();
+}
 // log1p(x) for x in [0, 1] (the softplus term log1p(exp(-|x|))), without a log call:
 //   log1p(x) = 2·atanh(s) = 2s·(1 + s^2/3 + s^4/5 + ...),  s = x / (2 + x) in [0, 1/3],
 // the series cut where its tail is below half an ulp (s^2 <= 1/9: 7 terms for float, 16 for

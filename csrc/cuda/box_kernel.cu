@@ -1,5 +1,5 @@
 // CUDA kernels of the box family: one thread per pair for the losses (rows of 4 read with
-// one vector load each), a shared-memory tiled kernel for the pairwise matrix; the formula is
+// one vector load each; ProbIoU's rows of 5 element by element), a shared-memory tiled kernel for the pairwise matrix; the formula is
 // csrc/math/box.h, the launch and deterministic reduction csrc/cuda/launch.cuh.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -16,32 +16,36 @@ namespace detloss {
 namespace cuda {
 namespace {
 
-using math::Box;
 using math::BoxKind;
 
-template <typename T, typename O>
-__device__ __forceinline__ Box<O> load_row(const T* __restrict__ p, bool aligned) {
-  if (aligned) {
-    const Pack<T, 4> v = *reinterpret_cast<const Pack<T, 4>*>(p);
-    return {static_cast<O>(v.v[0]), static_cast<O>(v.v[1]), static_cast<O>(v.v[2]),
-            static_cast<O>(v.v[3])};
+// A row of R values as opmath; rows of 4 with one vector access when aligned.
+template <int R, typename T, typename O>
+__device__ __forceinline__ void load_row(const T* __restrict__ p, bool aligned, O* v) {
+  if constexpr (R == 4) {
+    if (aligned) {
+      const Pack<T, 4> x = *reinterpret_cast<const Pack<T, 4>*>(p);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) v[k] = static_cast<O>(x.v[k]);
+      return;
+    }
   }
-  return {static_cast<O>(p[0]), static_cast<O>(p[1]), static_cast<O>(p[2]), static_cast<O>(p[3])};
+#pragma unroll
+  for (int k = 0; k < R; ++k) v[k] = static_cast<O>(p[k]);
 }
 
-template <typename T, typename O>
-__device__ __forceinline__ void store_row(T* __restrict__ p, const Box<O>& b, bool aligned) {
-  Pack<T, 4> v;
-  v.v[0] = static_cast<T>(b.x1);
-  v.v[1] = static_cast<T>(b.y1);
-  v.v[2] = static_cast<T>(b.x2);
-  v.v[3] = static_cast<T>(b.y2);
-  if (aligned) {
-    *reinterpret_cast<Pack<T, 4>*>(p) = v;
-  } else {
+template <int R, typename T, typename O>
+__device__ __forceinline__ void store_row(T* __restrict__ p, const O* v, bool aligned) {
+  if constexpr (R == 4) {
+    if (aligned) {
+      Pack<T, 4> x;
 #pragma unroll
-    for (int k = 0; k < 4; ++k) p[k] = v.v[k];
+      for (int k = 0; k < 4; ++k) x.v[k] = static_cast<T>(v[k]);
+      *reinterpret_cast<Pack<T, 4>*>(p) = x;
+      return;
+    }
   }
+#pragma unroll
+  for (int k = 0; k < R; ++k) p[k] = static_cast<T>(v[k]);
 }
 
 // One thread per pair: the loss and, with GRAD, the gradients for an upstream gradient of 1
@@ -49,34 +53,34 @@ __device__ __forceinline__ void store_row(T* __restrict__ p, const Box<O>& b, bo
 template <typename T, BoxKind K, bool GRAD>
 struct BoxUnit {
   using O = at::opmath_type<T>;
+  static constexpr int R = math::box_row(K);
+  // ProbIoU's gradient in float takes ~80 registers at ptxas's own target: held to 64 (four
+  // blocks, half the SM's warps, as every fp32 box unit); with CIoU's aspect term 64 spill,
+  // so three blocks (85): no spill, and the unit is bound by its arithmetic (two sincos,
+  // log, expm1, exp, sqrt, atan), not by memory latency that more warps would hide
+  static constexpr int kMinBlocks =
+      GRAD && math::is_rotated(K) && sizeof(O) == 4 ? (K == BoxKind::kProbCIoU ? 3 : 4) : 0;
   Operand<T> pred, target, weight;
   T* __restrict__ out;  // per-pair loss or null
   T* __restrict__ grad_pred;
   T* __restrict__ grad_target;
   O grad_scale;
-  O eps;
+  O eps, floor;
   bool xywh;
-  bool aligned;  // every row pointer is 4·sizeof(T)-aligned: one vector access per row
+  bool aligned;  // rows of 4 and every row pointer 4·sizeof(T)-aligned: one vector access a row
 
   __device__ __forceinline__ O operator()(int64_t i) const {
-    Box<O> a = load_row<T, O>(pred.ptr + 4 * math::operand_index(pred, i), aligned);
-    Box<O> b = load_row<T, O>(target.ptr + 4 * math::operand_index(target, i), aligned);
-    if (xywh) {
-      a = math::xywh_to_xyxy(a);
-      b = math::xywh_to_xyxy(b);
-    }
+    O a[R], b[R], ga[R], gb[R];
+    load_row<R>(pred.ptr + R * math::operand_index(pred, i), aligned, a);
+    load_row<R>(target.ptr + R * math::operand_index(target, i), aligned, b);
     const O w = math::operand_at(weight, i, O(1));
-    Box<O> ga, gb;
     // loss = (1 - metric)·w: the metric's upstream gradient is -w·scale
-    const O loss = (O(1) - math::box_element<K, GRAD>(a, b, eps, -(w * grad_scale), ga, gb)) * w;
+    const O loss =
+        (O(1) - math::box_pair<K, GRAD>(a, b, eps, floor, xywh, -(w * grad_scale), ga, gb)) * w;
     if (out != nullptr) out[i] = static_cast<T>(loss);
     if constexpr (GRAD) {
-      if (xywh) {
-        ga = math::xyxy_grad_to_xywh(ga);
-        gb = math::xyxy_grad_to_xywh(gb);
-      }
-      if (grad_pred != nullptr) store_row(grad_pred + 4 * i, ga, aligned);
-      if (grad_target != nullptr) store_row(grad_target + 4 * i, gb, aligned);
+      if (grad_pred != nullptr) store_row<R>(grad_pred + R * i, ga, aligned);
+      if (grad_target != nullptr) store_row<R>(grad_target + R * i, gb, aligned);
     }
     return loss;
   }
@@ -99,10 +103,11 @@ void launch(const BoxArgs& a, T* out, T* sum_out, T* gp, T* gt) {
   f.grad_pred = gp;
   f.grad_target = gt;
   f.eps = static_cast<O>(a.eps);
+  f.floor = static_cast<O>(a.floor);
   f.xywh = a.xywh;
   const int64_t n = a.numel();
   f.grad_scale = reduction_scale<O>(a.reduction, n);
-  f.aligned = row_aligned<T>(f.pred.ptr) && row_aligned<T>(f.target.ptr) &&
+  f.aligned = Unit::R == 4 && row_aligned<T>(f.pred.ptr) && row_aligned<T>(f.target.ptr) &&
               row_aligned<T>(gp) && row_aligned<T>(gt);
   launch_map_reduce<O, T>(n, f, sum_out, f.grad_scale, a.options.device());
 }
@@ -119,10 +124,12 @@ constexpr int kTile = 32;
 template <typename T, BoxKind K>
 __global__ void __launch_bounds__(kBlock)
     box_matrix_kernel(const T* __restrict__ b1, const T* __restrict__ b2, T* __restrict__ out,
-                      int64_t N, int64_t M, at::opmath_type<T> eps, bool xywh) {
+                      int64_t N, int64_t M, at::opmath_type<T> eps, at::opmath_type<T> floor,
+                      bool xywh) {
   using O = at::opmath_type<T>;
-  __shared__ O s1[4][kTile];
-  __shared__ O s2[4][kTile];
+  constexpr int R = math::box_row(K);
+  __shared__ O s1[R][kTile];
+  __shared__ O s2[R][kTile];
   const int64_t batch = blockIdx.z;
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile;
@@ -131,32 +138,27 @@ __global__ void __launch_bounds__(kBlock)
     const bool first = tid < kTile;
     const int64_t j = (first ? n0 : m0) + (tid % kTile);
     const int64_t lim = first ? N : M;
-    Box<O> b{O(0), O(0), O(0), O(0)};
-    if (j < lim) {
-      const T* p = (first ? b1 + 4 * (batch * N + j) : b2 + 4 * (batch * M + j));
-      b = {static_cast<O>(p[0]), static_cast<O>(p[1]), static_cast<O>(p[2]),
-           static_cast<O>(p[3])};
-      if (xywh) b = math::xywh_to_xyxy(b);
-    }
     O(*s)[kTile] = first ? s1 : s2;
-    s[0][tid % kTile] = b.x1;
-    s[1][tid % kTile] = b.y1;
-    s[2][tid % kTile] = b.x2;
-    s[3][tid % kTile] = b.y2;
+    const T* p = first ? b1 + R * (batch * N + j) : b2 + R * (batch * M + j);
+#pragma unroll
+    for (int k = 0; k < R; ++k) s[k][tid % kTile] = j < lim ? static_cast<O>(p[k]) : O(0);
   }
   __syncthreads();
   const int tx = tid % kTile, ty = tid / kTile;  // 32 x 8 threads
   const int64_t m = m0 + tx;
   if (m >= M) return;
-  const Box<O> bm{s2[0][tx], s2[1][tx], s2[2][tx], s2[3][tx]};
-  Box<O> ga, gb;
+  O bm[R], bn[R], unused[R];
+#pragma unroll
+  for (int k = 0; k < R; ++k) bm[k] = s2[k][tx];
 #pragma unroll
   for (int k = 0; k < kTile / (kBlock / kTile); ++k) {
     const int r = ty + k * (kBlock / kTile);
     const int64_t n = n0 + r;
     if (n < N) {
-      const Box<O> bn{s1[0][r], s1[1][r], s1[2][r], s1[3][r]};
-      out[(batch * N + n) * M + m] = static_cast<T>(math::box_element<K, false>(bn, bm, eps, O(0), ga, gb));
+#pragma unroll
+      for (int c = 0; c < R; ++c) bn[c] = s1[c][r];
+      out[(batch * N + n) * M + m] = static_cast<T>(
+          math::box_pair<K, false>(bn, bm, eps, floor, xywh, O(0), unused, unused));
     }
   }
 }
@@ -170,7 +172,8 @@ void launch_matrix(const BoxMatrixArgs& a, at::Tensor& out) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(a.boxes1.device().index()).stream();
   launch_kernel<box_matrix_kernel<T, K>>(
       grid, kBlock, stream, a.boxes1.const_data_ptr<T>(), a.boxes2.const_data_ptr<T>(),
-      out.mutable_data_ptr<T>(), N, M, static_cast<at::opmath_type<T>>(a.eps), a.xywh);
+      out.mutable_data_ptr<T>(), N, M, static_cast<at::opmath_type<T>>(a.eps),
+      static_cast<at::opmath_type<T>>(a.floor), a.xywh);
 }
 
 }  // namespace
@@ -194,7 +197,7 @@ BoxTriple box_forward_grad_cuda(const BoxArgs& a, bool with_loss, bool need_pred
   const c10::cuda::CUDAGuard guard(a.options.device());
   const bool reduce = a.reduction != Reduction::kNone;
   std::vector<int64_t> shape(a.shape);
-  shape.push_back(4);
+  shape.push_back(a.row);
   at::Tensor out, gp, gt;
   if (with_loss) out = reduce ? at::empty({}, a.options) : at::empty(a.shape, a.options);
   if (need_pred) gp = at::empty(shape, a.options);

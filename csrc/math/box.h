@@ -1,4 +1,5 @@
-// The IoU family of box losses: IoU, GIoU, DIoU, CIoU, and the pairwise metric.
+// The IoU family of box losses: IoU, GIoU, DIoU, CIoU, ProbIoU (rotated boxes), and the
+// pairwise metric.
 // Written once, as templates over the value type (see common.h); CPU (scalar and SIMD) and
 // CUDA kernels call box_element, so a CPU gradcheck exercises what the GPU runs.
 //
@@ -29,7 +30,15 @@
 namespace detloss {
 namespace math {
 
-enum class BoxKind : int32_t { kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3 };
+enum class BoxKind : int32_t {
+  kIoU = 0, kGIoU = 1, kDIoU = 2, kCIoU = 3,  // boxes xyxy or xywh: rows of 4
+  kProbIoU = 4, kProbCIoU = 5                 // rotated boxes xywhr: rows of 5
+};
+
+DETLOSS_HD constexpr bool is_rotated(BoxKind k) {
+  return k == BoxKind::kProbIoU || k == BoxKind::kProbCIoU;
+}
+DETLOSS_HD constexpr int box_row(BoxKind k) { return is_rotated(k) ? 5 : 4; }
 
 // The one switch from a run-time kind to the code compiled for it (host code): calls
 // f(std::integral_constant<BoxKind, K>()).
@@ -39,6 +48,8 @@ inline decltype(auto) with_box_kind(BoxKind kind, F&& f) {
     case BoxKind::kGIoU: return f(std::integral_constant<BoxKind, BoxKind::kGIoU>());
     case BoxKind::kDIoU: return f(std::integral_constant<BoxKind, BoxKind::kDIoU>());
     case BoxKind::kCIoU: return f(std::integral_constant<BoxKind, BoxKind::kCIoU>());
+    case BoxKind::kProbIoU: return f(std::integral_constant<BoxKind, BoxKind::kProbIoU>());
+    case BoxKind::kProbCIoU: return f(std::integral_constant<BoxKind, BoxKind::kProbCIoU>());
     default: return f(std::integral_constant<BoxKind, BoxKind::kIoU>());
   }
 }
@@ -46,6 +57,11 @@ inline decltype(auto) with_box_kind(BoxKind kind, F&& f) {
 template <class V>
 struct Box {
   V x1, y1, x2, y2;
+};
+
+template <class V>
+struct RBox {  // centre, size, angle (radians)
+  V x, y, w, h, r;
 };
 
 inline namespace DETLOSS_CAPABILITY_NS {
@@ -188,6 +204,162 @@ DETLOSS_HD V box_element(const Box<V>& a, const Box<V>& b, S eps_s, V gm, Box<V>
     ga.x2 = ga.x2 + g_wa; ga.x1 = ga.x1 - g_wa; ga.y2 = ga.y2 + g_ha; ga.y1 = ga.y1 - g_ha;
     gb.x2 = gb.x2 + g_wb; gb.x1 = gb.x1 - g_wb; gb.y2 = gb.y2 + g_hb; gb.y1 = gb.y1 - g_hb;
     return metric;
+  }
+}
+
+// ---------------------------------------------------------------------------- ProbIoU
+// ultralytics' probiou(obb1, obb2, CIoU, eps, floor) (arXiv 2106.06072), p = obb1 (pred),
+// q = obb2 (target), xywhr. Each box is a Gaussian of covariance [[a, c], [c, b]]:
+//   A = w²/12 + floor, B = h²/12 + floor,
+//   a = A·cos²r + B·sin²r,  b = A·sin²r + B·cos²r,  c = (A - B)·cos r·sin r
+// With SA = a1 + a2, SB = b1 + b2, SC = c1 + c2, det = SA·SB - SC², den = det + eps:
+//   t1 = (SA·(y1 - y2)² + SB·(x1 - x2)²) / den / 4
+//   t2 = SC·(x2 - x1)·(y1 - y2) / den / 2
+//   t3 = log(det / (4·sqrt(max(a1b1 - c1², 0)·max(a2b2 - c2², 0)) + eps) + eps) / 2
+//   bd = clamp(t1 + t2 + t3, eps, 100),  hd = sqrt(1 - exp(-bd) + eps),  ProbIoU = 1 - hd
+//   CIoU: - alpha·v, v = (4/pi²)·(atan(w2/h2) - atan(w1/h1))², alpha = v / (v - ProbIoU + 1 + eps)
+//   a constant for the gradient (computed under no_grad there)
+// 1 - exp(-bd) is formed as -expm1(-bd): bd is often near eps, where 1 - exp(-bd) loses
+// every digit (ultralytics' float32 error there is ~1e-5; this one's, ~1e-7).
+// Gradients follow autograd of the formula: the clamps pass none at or beyond their bounds
+// (torch >= 2.14's rule), and where a box's covariance is singular (w = h = 0 without a
+// floor) sqrt's derivative at 0 is taken as 0 (autograd: inf·0 = NaN).
+template <class V>
+struct RCov {
+  V A, B, co, si, a, b, c;
+};
+
+template <class V, class S>
+DETLOSS_HD RCov<V> probiou_cov(const RBox<V>& o, S floor_s) {
+  RCov<V> k;
+  k.A = o.w * o.w / V(S(12)) + V(floor_s);
+  k.B = o.h * o.h / V(S(12)) + V(floor_s);
+  dl_sincos(o.r, k.si, k.co);
+  const V c2 = k.co * k.co, s2 = k.si * k.si;
+  k.a = k.A * c2 + k.B * s2;
+  k.b = k.A * s2 + k.B * c2;
+  k.c = (k.A - k.B) * k.co * k.si;
+  return k;
+}
+
+// (ga, gb, gc) = the gradients of a, b, c -> added to g's w, h, r
+template <class V>
+DETLOSS_HD void probiou_cov_grad(const RBox<V>& o, const RCov<V>& k, V ga, V gb, V gc,
+                                 RBox<V>& g) {
+  const V two(2), six(6);
+  const V c2 = k.co * k.co, s2 = k.si * k.si, cs = k.co * k.si, d = k.A - k.B;
+  const V gA = ga * c2 + gb * s2 + gc * cs;
+  const V gB = ga * s2 + gb * c2 - gc * cs;
+  const V gco = two * k.co * (ga * k.A + gb * k.B) + gc * d * k.si;
+  const V gsi = two * k.si * (ga * k.B + gb * k.A) + gc * d * k.co;
+  g.w = g.w + gA * o.w / six;
+  g.h = g.h + gB * o.h / six;
+  g.r = g.r + k.co * gsi - k.si * gco;
+}
+
+// The metric of one pair and, when GRAD, gm·d(metric)/d(p) and gm·d(metric)/d(q).
+template <bool CIOU, bool GRAD, class V, class S>
+DETLOSS_HD V probiou_element(const RBox<V>& p, const RBox<V>& q, S eps_s, S floor_s, V gm,
+                             RBox<V>& gp, RBox<V>& gq) {
+  const V zero(0), one(1), two(2), half(0.5), quarter(0.25), eps(eps_s), hundred(100);
+  const RCov<V> k1 = probiou_cov(p, floor_s), k2 = probiou_cov(q, floor_s);
+  const V SA = k1.a + k2.a, SB = k1.b + k2.b, SC = k1.c + k2.c;
+  const V dx = p.x - q.x, dy = p.y - q.y, ex = q.x - p.x;
+  const V det = SA * SB - SC * SC;
+  const V den = det + eps;
+  const V n1 = SA * (dy * dy) + SB * (dx * dx), n2 = SC * ex * dy;
+  const V t1 = n1 / den * quarter, t2 = n2 / den * half;
+  const V d1r = k1.a * k1.b - k1.c * k1.c, d2r = k2.a * k2.b - k2.c * k2.c;
+  const V d1 = dl_max(d1r, zero), d2 = dl_max(d2r, zero);
+  const V P = d1 * d2, sq = dl_sqrt(P);
+  const V qd = V(S(4)) * sq + eps;
+  const V u = det / qd + eps;
+  const V bdr = t1 + t2 + dl_log(u) * half;
+  const V bd = dl_min(dl_max(bdr, eps), hundred);
+  const V em = zero - dl_expm1(zero - bd);  // 1 - exp(-bd)
+  const V hd = dl_sqrt(em + eps);
+  const V iou = one - hd;
+  V metric = iou, alpha = zero, dv = zero, xp = zero, xq = zero;
+  constexpr double kAspect = 0.40528473456935108578;  // 4 / pi^2
+  if constexpr (CIOU) {
+    xp = p.w / p.h;
+    xq = q.w / q.h;
+    dv = dl_atan(xq) - dl_atan(xp);
+    const V v = V(S(kAspect)) * dv * dv;
+    alpha = v / (v - iou + (one + eps));
+    metric = iou - v * alpha;
+  }
+  if constexpr (GRAD) {
+    gp = {zero, zero, zero, zero, zero};
+    gq = {zero, zero, zero, zero, zero};
+    // CIoU's term last, from one value kept (fewer live registers on a GPU)
+    const V g_dv = CIOU ? (zero - gm * alpha) * V(S(2 * kAspect)) * dv : zero;
+    // ProbIoU = 1 - sqrt(1 - exp(-bd) + eps); the clamp passes eps < bd < 100 only
+    const V g_bd = (zero - gm) * dl_exp(zero - bd) / (two * hd);
+    const V g = dl_where(bdr > eps, dl_where(bdr < hundred, g_bd, zero), zero);
+    // t3 = log(det / qd + eps) / 2, qd = 4·sqrt(P) + eps
+    const V g_u = g * half / u;
+    const V g_qd = zero - g_u * det / (qd * qd);
+    const V g_P = dl_where(P > zero, g_qd * two / sq, zero);
+    const V g_d1 = dl_where(d1r > zero, g_P * d2, zero);
+    const V g_d2 = dl_where(d2r > zero, g_P * d1, zero);
+    // t1 = n1 / den / 4, t2 = n2 / den / 2
+    const V g_n1 = g * quarter / den, g_n2 = g * half / den;
+    const V g_det = g_u / qd - (g_n1 * n1 + g_n2 * n2) / den;
+    const V g_SA = g_det * SB + g_n1 * (dy * dy);
+    const V g_SB = g_det * SA + g_n1 * (dx * dx);
+    const V g_SC = g_n2 * ex * dy - two * SC * g_det;
+    const V g_dx = two * g_n1 * SB * dx - g_n2 * SC * dy;  // ex = -dx
+    const V g_dy = two * g_n1 * SA * dy + g_n2 * SC * ex;
+    gp.x = g_dx;
+    gq.x = zero - g_dx;
+    gp.y = g_dy;
+    gq.y = zero - g_dy;
+    probiou_cov_grad(p, k1, g_SA + g_d1 * k1.b, g_SB + g_d1 * k1.a, g_SC - two * k1.c * g_d1, gp);
+    probiou_cov_grad(q, k2, g_SA + g_d2 * k2.b, g_SB + g_d2 * k2.a, g_SC - two * k2.c * g_d2, gq);
+    if constexpr (CIOU) {  // metric -= alpha·v, alpha constant; x = w / h
+      xp = p.w / p.h;
+      xq = q.w / q.h;
+      const V g_xq = g_dv / (one + xq * xq), g_xp = (zero - g_dv) / (one + xp * xp);
+      gq.w = gq.w + g_xq / q.h;
+      gq.h = gq.h - g_xq * xq / q.h;
+      gp.w = gp.w + g_xp / p.h;
+      gp.h = gp.h - g_xp * xp / p.h;
+    }
+  }
+  return metric;
+}
+
+// One pair of rows (box_row(K) values each) in the op's format: the metric and, when GRAD,
+// the gradients of both rows (the same format). Shared by every loop of every driver.
+template <BoxKind K, bool GRAD, class V, class S>
+DETLOSS_HD V box_pair(const V* a, const V* b, S eps, S floor, bool xywh, V gm, V* ga, V* gb) {
+  if constexpr (is_rotated(K)) {
+    const RBox<V> p{a[0], a[1], a[2], a[3], a[4]}, q{b[0], b[1], b[2], b[3], b[4]};
+    RBox<V> gp, gq;
+    const V m = probiou_element<K == BoxKind::kProbCIoU, GRAD>(p, q, eps, floor, gm, gp, gq);
+    if constexpr (GRAD) {
+      ga[0] = gp.x; ga[1] = gp.y; ga[2] = gp.w; ga[3] = gp.h; ga[4] = gp.r;
+      gb[0] = gq.x; gb[1] = gq.y; gb[2] = gq.w; gb[3] = gq.h; gb[4] = gq.r;
+    }
+    return m;
+  } else {
+    Box<V> p{a[0], a[1], a[2], a[3]}, q{b[0], b[1], b[2], b[3]};
+    if (xywh) {
+      p = xywh_to_xyxy(p);
+      q = xywh_to_xyxy(q);
+    }
+    Box<V> gp, gq;
+    const V m = box_element<K, GRAD>(p, q, eps, gm, gp, gq);
+    if constexpr (GRAD) {
+      if (xywh) {
+        gp = xyxy_grad_to_xywh(gp);
+        gq = xyxy_grad_to_xywh(gq);
+      }
+      ga[0] = gp.x1; ga[1] = gp.y1; ga[2] = gp.x2; ga[3] = gp.y2;
+      gb[0] = gq.x1; gb[1] = gq.y1; gb[2] = gq.x2; gb[3] = gq.y2;
+    }
+    return m;
   }
 }
 

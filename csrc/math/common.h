@@ -20,6 +20,8 @@ inline namespace DETLOSS_CAPABILITY_NS {
 // ---- scalar shims (float / double); Vectorized overloads are in csrc/cpu/vec_ops.h ----
 DETLOSS_HD float dl_exp(float x) { return ::expf(x); }
 DETLOSS_HD double dl_exp(double x) { return ::exp(x); }
+DETLOSS_HD float dl_expm1(float x) { return ::expm1f(x); }
+DETLOSS_HD double dl_expm1(double x) { return ::expm1(x); }
 DETLOSS_HD float dl_log(float x) { return ::logf(x); }
 DETLOSS_HD double dl_log(double x) { return ::log(x); }
 // log1p(x) for x in [0, 1]; the SIMD overload exploits the range (csrc/cpu/vec_ops.h)
@@ -39,6 +41,38 @@ DETLOSS_HD float dl_sqrt(float x) { return ::sqrtf(x); }
 DETLOSS_HD double dl_sqrt(double x) { return ::sqrt(x); }
 DETLOSS_HD float dl_ceil(float x) { return ::ceilf(x); }
 DETLOSS_HD double dl_ceil(double x) { return ::ceil(x); }
+// sin and cos of x together, for kernels that must not carry libm's slow-path range
+// reduction (Payne-Hanek keeps a 7-word array on the stack: a CUDA stack frame): the
+// reduction by pi/2 in three parts and fdlibm's kernel polynomials, in double (float: then
+// rounded once, so within an ulp of sinf/cosf). The three-part reduction is exact in its
+// first product for |x| < 2^20·pi/2 (1.6e6 rad; a float angle there has an ulp of 0.125
+// rad); beyond, digits go. NaN and ±inf give NaN, as sin/cos.
+DETLOSS_HD void dl_sincos_d(double x, double& s, double& c) {
+  const double k = ::rint(x * 6.36619772367581382433e-01);  // x·2/pi
+  const double y = ((x - k * 1.57079632673412561417e+00) - k * 6.07710050630396597660e-11) -
+                   k * 2.02226624879595063154e-21;
+  const double z = y * y;
+  const double sp = y + y * z * (-1.66666666666666324348e-01 +
+                    z * (8.33333333332248946124e-03 + z * (-1.98412698298579493134e-04 +
+                    z * (2.75573137070700676789e-06 + z * (-2.50507602534068634195e-08 +
+                    z * 1.58969099521155010221e-10)))));
+  const double cp = 1.0 - 0.5 * z + z * z * (4.16666666666666019037e-02 +
+                    z * (-1.38888888888741095749e-03 + z * (2.48015872894767294178e-05 +
+                    z * (-2.75573143513906633035e-07 + z * (2.08757232129817482790e-09 +
+                    z * -1.13596475577881948265e-11)))));
+  // the quadrant (k mod 4); a NaN or huge k has none (y is NaN or meaningless there)
+  const int q = ::fabs(k) < 4503599627370496.0 ? static_cast<int>(static_cast<int64_t>(k) & 3) : 0;
+  s = q == 0 ? sp : q == 1 ? cp : q == 2 ? -sp : -cp;
+  c = q == 0 ? cp : q == 1 ? -sp : q == 2 ? -cp : sp;
+}
+DETLOSS_HD void dl_sincos(double x, double& s, double& c) { dl_sincos_d(x, s, c); }
+DETLOSS_HD void dl_sincos(float x, float& s, float& c) {
+  double sd, cd;
+  dl_sincos_d(static_cast<double>(x), sd, cd);
+  s = static_cast<float>(sd);
+  c = static_cast<float>(cd);
+}
+
 // max/min that propagate NaN (as at::vec::maximum/minimum and torch.maximum do).
 DETLOSS_HD float dl_max(float a, float b) { return (a != a || a > b) ? a : b; }
 DETLOSS_HD double dl_max(double a, double b) { return (a != a || a > b) ? a : b; }

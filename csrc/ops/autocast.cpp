@@ -37,13 +37,14 @@ at::Tensor cls_loss_autocast(DETLOSS_CLS_PARAMS) {
 template <c10::DispatchKey key, c10::DeviceType device>
 at::Tensor box_loss_autocast(const at::Tensor& pred, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, c10::string_view kind,
-                             c10::string_view fmt, double eps, c10::string_view reduction) {
+                             c10::string_view fmt, double eps, c10::string_view reduction,
+                             double floor) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   using Sig = at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                         c10::string_view, c10::string_view, double, c10::string_view);
+                         c10::string_view, c10::string_view, double, c10::string_view, double);
   static const auto op = find_op<Sig>(DETLOSS_OP("box_loss"));
   return op.call(f32<device>(pred), f32<device>(target), f32<device>(weight), kind, fmt, eps,
-                 reduction);
+                 reduction, floor);
 }
 
 using Pair = std::tuple<at::Tensor, at::Tensor>;

@@ -108,15 +108,16 @@ at::Tensor cls_backward_autograd(const at::Tensor& grad, DETLOSS_CLS_PARAMS) {
 // ---------------------------------------------------------------------------------- boxes
 using BoxLossSig = at::Tensor(const at::Tensor&, const at::Tensor&,
                               const std::optional<at::Tensor>&, c10::string_view,
-                              c10::string_view, double, c10::string_view);
+                              c10::string_view, double, c10::string_view, double);
 using BoxLossGradSig = BoxTriple(const at::Tensor&, const at::Tensor&,
                                  const std::optional<at::Tensor>&, c10::string_view,
-                                 c10::string_view, double, c10::string_view, std::array<bool, 2>);
+                                 c10::string_view, double, c10::string_view, std::array<bool, 2>,
+                                 double);
 using BoxBackwardSig = std::tuple<at::Tensor, at::Tensor>(
     const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-    c10::string_view, c10::string_view, double, c10::string_view, std::array<bool, 2>);
+    c10::string_view, c10::string_view, double, c10::string_view, std::array<bool, 2>, double);
 using BoxMatrixSig = at::Tensor(const at::Tensor&, const at::Tensor&, c10::string_view,
-                                c10::string_view, double);
+                                c10::string_view, double, double);
 
 // Returns only the gradients asked for (autograd cannot wrap undefined outputs);
 // box_grads() puts them back in their slots.
@@ -125,10 +126,11 @@ class BoxBackwardFunction : public torch::autograd::Function<BoxBackwardFunction
   static variable_list forward(AutogradContext*, const at::Tensor& grad, const at::Tensor& pred,
                                const at::Tensor& target, const std::optional<at::Tensor>& weight,
                                c10::string_view kind, c10::string_view fmt, double eps,
-                               c10::string_view reduction, std::array<bool, 2> mask) {
+                               c10::string_view reduction, std::array<bool, 2> mask,
+                               double floor) {
     at::AutoDispatchBelowADInplaceOrView below;
     static const auto op = find_op<BoxBackwardSig>(DETLOSS_OP("box_backward"));
-    auto [gp, gt] = op.call(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
+    auto [gp, gt] = op.call(grad, pred, target, weight, kind, fmt, eps, reduction, mask, floor);
     variable_list out;
     if (mask[0]) out.push_back(gp);
     if (mask[1]) out.push_back(gt);
@@ -142,10 +144,10 @@ class BoxBackwardFunction : public torch::autograd::Function<BoxBackwardFunction
 std::tuple<at::Tensor, at::Tensor> box_grads(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, c10::string_view kind, c10::string_view fmt,
-    double eps, c10::string_view reduction, std::array<bool, 2> mask) {
+    double eps, c10::string_view reduction, std::array<bool, 2> mask, double floor) {
   if (!mask[0] && !mask[1]) return {at::Tensor(), at::Tensor()};
-  const auto r =
-      BoxBackwardFunction::apply(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
+  const auto r = BoxBackwardFunction::apply(grad, pred, target, weight, kind, fmt, eps, reduction,
+                                            mask, floor);
   size_t i = 0;
   at::Tensor gp = mask[0] ? r[i++] : at::Tensor();
   at::Tensor gt = mask[1] ? r[i++] : at::Tensor();
@@ -159,24 +161,26 @@ class BoxLossFunction : public torch::autograd::Function<BoxLossFunction> {
   static at::Tensor forward(AutogradContext* ctx, bool need_pred, bool need_target,
                             const at::Tensor& pred, const at::Tensor& target,
                             const std::optional<at::Tensor>& weight, c10::string_view kind,
-                            c10::string_view fmt, double eps, c10::string_view reduction) {
+                            c10::string_view fmt, double eps, c10::string_view reduction,
+                            double floor) {
     at::AutoDispatchBelowADInplaceOrView below;
     at::Tensor out;
     if (need_pred || need_target) {
       static const auto op = find_op<BoxLossGradSig>(DETLOSS_OP("box_loss_with_grad"));
       at::Tensor gp, gt;
-      std::tie(out, gp, gt) =
-          op.call(pred, target, weight, kind, fmt, eps, reduction, {need_pred, need_target});
+      std::tie(out, gp, gt) = op.call(pred, target, weight, kind, fmt, eps, reduction,
+                                      {need_pred, need_target}, floor);
       protocol::keep_grads<2>(ctx, {gp, gt});
     } else {
       static const auto op = find_op<BoxLossSig>(DETLOSS_OP("box_loss"));
-      out = op.call(pred, target, weight, kind, fmt, eps, reduction);
+      out = op.call(pred, target, weight, kind, fmt, eps, reduction, floor);
     }
     ctx->save_for_backward({pred, target, weight.value_or(at::Tensor())});
     ctx->saved_data["kind"] = std::string(kind);
     ctx->saved_data["fmt"] = std::string(fmt);
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["floor"] = floor;
     return out;
   }
 
@@ -193,22 +197,24 @@ class BoxLossFunction : public torch::autograd::Function<BoxLossFunction> {
       std::tie(gp, gt) = box_grads(grads[0], s[0], s[1], opt(s[2]),
                                    ctx->saved_data["kind"].toStringRef(),
                                    ctx->saved_data["fmt"].toStringRef(),
-                                   ctx->saved_data["eps"].toDouble(), reduction, mask);
+                                   ctx->saved_data["eps"].toDouble(), reduction, mask,
+                                   ctx->saved_data["floor"].toDouble());
     }
     if (gp.defined()) gp = at::sum_to(gp, s[0].sizes());
     if (gt.defined()) gt = at::sum_to(gt, s[1].sizes()).to(s[1].scalar_type());
     return {at::Tensor(), at::Tensor(), gp, gt, at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor(), at::Tensor()};
+            at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
 class BoxMatrixFunction : public torch::autograd::Function<BoxMatrixFunction> {
  public:
   static at::Tensor forward(AutogradContext*, const at::Tensor& b1, const at::Tensor& b2,
-                            c10::string_view kind, c10::string_view fmt, double eps) {
+                            c10::string_view kind, c10::string_view fmt, double eps,
+                            double floor) {
     at::AutoDispatchBelowADInplaceOrView below;
     static const auto op = find_op<BoxMatrixSig>(DETLOSS_OP("box_iou_matrix"));
-    return op.call(b1, b2, kind, fmt, eps);
+    return op.call(b1, b2, kind, fmt, eps, floor);
   }
   static variable_list backward(AutogradContext*, variable_list) {
     TORCH_CHECK(false, "detloss: box_iou_matrix is forward-only (it is what label assigners "
@@ -219,7 +225,8 @@ class BoxMatrixFunction : public torch::autograd::Function<BoxMatrixFunction> {
 
 at::Tensor box_loss_autograd(const at::Tensor& pred, const at::Tensor& target,
                              const std::optional<at::Tensor>& weight, c10::string_view kind,
-                             c10::string_view fmt, double eps, c10::string_view reduction) {
+                             c10::string_view fmt, double eps, c10::string_view reduction,
+                             double floor) {
   const bool grad_mode = torch::autograd::GradMode::is_enabled();
   if (grad_mode) {
     protocol::check_detached(weight, "weight",
@@ -227,19 +234,19 @@ at::Tensor box_loss_autograd(const at::Tensor& pred, const at::Tensor& target,
   }
   return BoxLossFunction::apply(grad_mode && pred.requires_grad(),
                                 grad_mode && target.requires_grad(), pred, target, weight, kind,
-                                fmt, eps, reduction);
+                                fmt, eps, reduction, floor);
 }
 
 std::tuple<at::Tensor, at::Tensor> box_backward_autograd(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, c10::string_view kind, c10::string_view fmt,
-    double eps, c10::string_view reduction, std::array<bool, 2> mask) {
-  return box_grads(grad, pred, target, weight, kind, fmt, eps, reduction, mask);
+    double eps, c10::string_view reduction, std::array<bool, 2> mask, double floor) {
+  return box_grads(grad, pred, target, weight, kind, fmt, eps, reduction, mask, floor);
 }
 
 at::Tensor box_matrix_autograd(const at::Tensor& b1, const at::Tensor& b2, c10::string_view kind,
-                               c10::string_view fmt, double eps) {
-  return BoxMatrixFunction::apply(b1, b2, kind, fmt, eps);
+                               c10::string_view fmt, double eps, double floor) {
+  return BoxMatrixFunction::apply(b1, b2, kind, fmt, eps, floor);
 }
 
 // ---------------------------------------------------------------------------- distribution

@@ -19,20 +19,36 @@ math::BoxKind parse_box_kind(std::string_view kind, const char* op) {
   if (kind == "giou") return math::BoxKind::kGIoU;
   if (kind == "diou") return math::BoxKind::kDIoU;
   if (kind == "ciou") return math::BoxKind::kCIoU;
-  TORCH_CHECK_VALUE(false, op, ": kind must be one of 'iou', 'giou', 'diou', 'ciou', got '",
-                    std::string(kind), "'");
+  if (kind == "probiou") return math::BoxKind::kProbIoU;
+  if (kind == "probiou_ciou") return math::BoxKind::kProbCIoU;
+  TORCH_CHECK_VALUE(false, op, ": kind must be one of 'iou', 'giou', 'diou', 'ciou' (boxes), "
+                    "'probiou', 'probiou_ciou' (rotated boxes), got '", std::string(kind), "'");
 }
 
-bool parse_box_format(std::string_view f, const char* op) {
-  if (f == "xyxy") return false;
-  if (f == "xywh") return true;
-  TORCH_CHECK_VALUE(false, op, ": box_format must be 'xyxy' (corners) or 'xywh' (centre, size), "
-                    "got '", std::string(f), "'");
+// Returns xywh; the rotated kinds take 'xywhr' and only they do.
+bool parse_box_format(std::string_view f, std::string_view kind, const char* op) {
+  const bool rotated = math::is_rotated(parse_box_kind(kind, op));
+  TORCH_CHECK_VALUE(f == "xyxy" || f == "xywh" || f == "xywhr", op,
+                    ": box_format must be 'xyxy' (corners), 'xywh' (centre, size) or 'xywhr' "
+                    "(centre, size, angle: rotated boxes), got '", std::string(f), "'");
+  TORCH_CHECK_VALUE(rotated == (f == "xywhr"), op, ": kind '", std::string(kind),
+                    "' takes box_format ",
+                    rotated ? "'xywhr' (rotated boxes)" : "'xyxy' or 'xywh'", ", got '",
+                    std::string(f), "'");
+  return f == "xywh";
 }
 
 void check_eps(double eps, const char* op) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op,
                     ": eps must be a finite number >= 0, got ", eps);
+}
+
+void check_floor(double floor, math::BoxKind kind, const char* op) {
+  TORCH_CHECK_VALUE(std::isfinite(floor) && floor >= 0.0, op,
+                    ": floor must be a finite number >= 0, got ", floor);
+  TORCH_CHECK_VALUE(floor == 0.0 || math::is_rotated(kind), op,
+                    ": floor (added to a rotated box's variances) applies to the 'probiou' "
+                    "kinds only, got ", floor);
 }
 
 void check_boxes_dtype(const at::Tensor& t, const char* arg, const char* op, bool integers_ok) {
@@ -56,21 +72,27 @@ std::vector<int64_t> leading(const at::Tensor& t) {
 
 BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, std::string_view kind,
-                    std::string_view box_format, double eps, std::string_view reduction) {
+                    std::string_view box_format, double eps, std::string_view reduction,
+                    double floor) {
   constexpr const char* op = "detloss.box_loss";
   BoxArgs a;
   a.kind = parse_box_kind(kind, op);
-  a.xywh = parse_box_format(box_format, op);
+  a.xywh = parse_box_format(box_format, kind, op);
+  a.row = math::box_row(a.kind);
   a.reduction = parse_reduction(reduction, op);
   check_eps(eps, op);
+  check_floor(floor, a.kind, op);
   a.eps = eps;
+  a.floor = floor;
   check_boxes_dtype(pred, "pred", op, false);
   check_boxes_dtype(target, "target", op, true);
   check_same_device(target, pred, "target", "pred", op);
-  TORCH_CHECK_VALUE(pred.dim() >= 1 && pred.size(-1) == 4, op,
-                    ": pred must have shape [..., 4], got ", pred.sizes());
-  TORCH_CHECK_VALUE(target.dim() >= 1 && target.size(-1) == 4, op,
-                    ": target must have shape [..., 4], got ", target.sizes());
+  const int64_t R = a.row;
+  TORCH_CHECK_VALUE(pred.dim() >= 1 && pred.size(-1) == R, op, ": pred must have shape [..., ",
+                    R, "], got ", pred.sizes(), " (box_format '", std::string(box_format), "')");
+  TORCH_CHECK_VALUE(target.dim() >= 1 && target.size(-1) == R, op,
+                    ": target must have shape [..., ", R, "], got ", target.sizes(),
+                    " (box_format '", std::string(box_format), "')");
   const auto lp = leading(pred), lt = leading(target);
   const size_t nd = std::max(lp.size(), lt.size());
   a.shape.assign(nd, 1);
@@ -83,9 +105,10 @@ BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
   }
   const auto dtype = pred.scalar_type();
   check_representable(eps, dtype, "eps", op);
+  check_representable(floor, dtype, "floor", op);
   a.options = pred.options();
-  a.pred = describe_rows(pred, a.shape, 4, dtype, "pred", op);
-  a.target = describe_rows(target, a.shape, 4, dtype, "target", op);
+  a.pred = describe_rows(pred, a.shape, R, dtype, "pred", op);
+  a.target = describe_rows(target, a.shape, R, dtype, "target", op);
   if (weight.has_value() && weight->defined()) {
     check_floating(*weight, "weight", op);
     check_same_device(*weight, pred, "weight", "pred", op);
@@ -111,25 +134,31 @@ void check_box_grad(const at::Tensor& grad, const BoxArgs& a) {
 
 BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& boxes2,
                                  std::string_view kind, std::string_view box_format,
-                                 double eps) {
+                                 double eps, double floor) {
   constexpr const char* op = "detloss.box_iou_matrix";
   BoxMatrixArgs a;
   a.kind = parse_box_kind(kind, op);
-  a.xywh = parse_box_format(box_format, op);
+  a.xywh = parse_box_format(box_format, kind, op);
+  a.row = math::box_row(a.kind);
   check_eps(eps, op);
+  check_floor(floor, a.kind, op);
   a.eps = eps;
+  a.floor = floor;
   check_boxes_dtype(boxes1, "boxes1", op, true);
   check_boxes_dtype(boxes2, "boxes2", op, true);
   check_same_device(boxes2, boxes1, "boxes2", "boxes1", op);
+  const int64_t R = a.row;
   const bool ok = (boxes1.dim() == 2 || boxes1.dim() == 3) && boxes2.dim() == boxes1.dim() &&
-                  boxes1.size(-1) == 4 && boxes2.size(-1) == 4 &&
+                  boxes1.size(-1) == R && boxes2.size(-1) == R &&
                   (boxes1.dim() == 2 || boxes1.size(0) == boxes2.size(0));
-  TORCH_CHECK_VALUE(ok, op, ": boxes1 and boxes2 must be [N, 4] and [M, 4], or [B, N, 4] and "
-                    "[B, M, 4]; got ", boxes1.sizes(), " and ", boxes2.sizes());
+  TORCH_CHECK_VALUE(ok, op, ": boxes1 and boxes2 must be [N, ", R, "] and [M, ", R, "], or [B, N, ",
+                    R, "] and [B, M, ", R, "] (box_format '", std::string(box_format), "'); got ",
+                    boxes1.sizes(), " and ", boxes2.sizes());
   // integer boxes are computed in float32 (as torchvision.ops.box_iou does)
   auto dt = at::result_type(boxes1, boxes2);
   if (!at::isFloatingType(dt)) dt = at::kFloat;
   check_representable(eps, dt, "eps", op);
+  check_representable(floor, dt, "floor", op);
   a.batched = boxes1.dim() == 3;
   a.boxes1 = (a.batched ? boxes1 : boxes1.unsqueeze(0)).to(dt).contiguous();
   a.boxes2 = (a.batched ? boxes2 : boxes2.unsqueeze(0)).to(dt).contiguous();
@@ -142,16 +171,17 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
       "box_loss(Tensor pred, Tensor target, Tensor? weight, str kind, str box_format, "
-      "float eps, str reduction) -> Tensor");
+      "float eps, str reduction, float floor=0.) -> Tensor");
   // the loss and d(loss)/d(pred), d(loss)/d(target) (where asked) at upstream 1, in one pass
   m.def(
       "box_loss_with_grad(Tensor pred, Tensor target, Tensor? weight, str kind, "
-      "str box_format, float eps, str reduction, bool[2] output_mask) "
+      "str box_format, float eps, str reduction, bool[2] output_mask, float floor=0.) "
       "-> (Tensor loss, Tensor grad_pred, Tensor grad_target)");
   m.def(
       "box_backward(Tensor grad, Tensor pred, Tensor target, Tensor? weight, str kind, "
-      "str box_format, float eps, str reduction, bool[2] output_mask) -> (Tensor, Tensor)");
+      "str box_format, float eps, str reduction, bool[2] output_mask, float floor=0.) "
+      "-> (Tensor, Tensor)");
   m.def(
-      "box_iou_matrix(Tensor boxes1, Tensor boxes2, str kind, str box_format, float eps) "
-      "-> Tensor");
+      "box_iou_matrix(Tensor boxes1, Tensor boxes2, str kind, str box_format, float eps, "
+      "float floor=0.) -> Tensor");
 }

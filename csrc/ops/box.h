@@ -1,4 +1,4 @@
-// The box family (IoU, GIoU, DIoU, CIoU losses; the pairwise metric matrix): validated,
+// The box family (IoU, GIoU, DIoU, CIoU, ProbIoU losses; the pairwise metric matrix): validated,
 // device-independent arguments and the device entry points csrc/cpu and csrc/cuda implement.
 #pragma once
 
@@ -16,13 +16,15 @@
 namespace detloss {
 
 struct BoxArgs {
-  OperandDesc pred, target;  // rows of 4, in pred's dtype
+  OperandDesc pred, target;  // rows of `row`, in pred's dtype
   OperandDesc weight;
   std::vector<int64_t> shape;  // the unreduced loss: broadcast of the leading dims
   at::TensorOptions options;   // dtype and device of the loss
   math::BoxKind kind = math::BoxKind::kIoU;
+  int row = 4;        // 4 (xyxy, xywh) or 5 (xywhr: the rotated kinds)
   bool xywh = false;
   double eps = 1e-7;
+  double floor = 0;   // ProbIoU: added to each variance (w²/12, h²/12)
   Reduction reduction = Reduction::kMean;
 
   int64_t numel() const {
@@ -34,27 +36,30 @@ struct BoxArgs {
 
 BoxArgs prepare_box(const at::Tensor& pred, const at::Tensor& target,
                     const std::optional<at::Tensor>& weight, std::string_view kind,
-                    std::string_view box_format, double eps, std::string_view reduction);
+                    std::string_view box_format, double eps, std::string_view reduction,
+                    double floor);
 // The upstream gradient of box_loss: 0-dim for 'mean'/'sum', broadcastable to the pairs for
 // 'none'.
 void check_box_grad(const at::Tensor& grad, const BoxArgs& a);
 
 struct BoxMatrixArgs {
-  at::Tensor boxes1, boxes2;  // [B, N, 4], [B, M, 4], contiguous, one floating dtype
+  at::Tensor boxes1, boxes2;  // [B, N, row], [B, M, row], contiguous, one floating dtype
   bool batched = false;
   math::BoxKind kind = math::BoxKind::kIoU;
+  int row = 4;
   bool xywh = false;
   double eps = 1e-7;
+  double floor = 0;
 };
 
 BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& boxes2,
                                  std::string_view kind, std::string_view box_format,
-                                 double eps);
+                                 double eps, double floor);
 
 // Device kernels. forward: 1 - metric per pair ('none', shaped a.shape) or its mean/sum.
 // forward_grad: the same (undefined unless with_loss) and, in the same pass, d(loss)/d(pred)
 // and d(loss)/d(target) for an upstream gradient of 1 ('mean' scale included), each
-// [shape..., 4] (the caller sums them to the inputs' shapes), undefined where not asked for.
+// [shape..., row] (the caller sums them to the inputs' shapes), undefined where not asked for.
 using BoxTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 at::Tensor box_forward_cpu(const BoxArgs& a);
 BoxTriple box_forward_grad_cpu(const BoxArgs& a, bool with_loss, bool need_pred,
@@ -68,17 +73,21 @@ at::Tensor box_matrix_cuda(const BoxMatrixArgs& a);
 template <at::Tensor (*Forward)(const BoxArgs&)>
 at::Tensor box_loss_entry(const at::Tensor& pred, const at::Tensor& target,
                           const std::optional<at::Tensor>& weight, c10::string_view kind,
-                          c10::string_view box_format, double eps, c10::string_view reduction) {
-  return Forward(prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction)));
+                          c10::string_view box_format, double eps, c10::string_view reduction,
+                          double floor) {
+  return Forward(
+      prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction), floor));
 }
 
 template <BoxTriple (*ForwardGrad)(const BoxArgs&, bool, bool, bool)>
 BoxTriple box_loss_with_grad_entry(const at::Tensor& pred, const at::Tensor& target,
                                    const std::optional<at::Tensor>& weight, c10::string_view kind,
                                    c10::string_view box_format, double eps,
-                                   c10::string_view reduction, std::array<bool, 2> output_mask) {
-  return ForwardGrad(prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction)),
-                     true, output_mask[0], output_mask[1]);
+                                   c10::string_view reduction, std::array<bool, 2> output_mask,
+                                   double floor) {
+  return ForwardGrad(
+      prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction), floor),
+      true, output_mask[0], output_mask[1]);
 }
 
 // The recomputing backward: the gradients at upstream 1, then scaled as the forward-computed
@@ -87,9 +96,9 @@ template <BoxTriple (*ForwardGrad)(const BoxArgs&, bool, bool, bool)>
 std::tuple<at::Tensor, at::Tensor> box_backward_entry(
     const at::Tensor& grad, const at::Tensor& pred, const at::Tensor& target,
     const std::optional<at::Tensor>& weight, c10::string_view kind, c10::string_view box_format,
-    double eps, c10::string_view reduction, std::array<bool, 2> output_mask) {
+    double eps, c10::string_view reduction, std::array<bool, 2> output_mask, double floor) {
   const BoxArgs a =
-      prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction));
+      prepare_box(pred, target, weight, sv(kind), sv(box_format), eps, sv(reduction), floor);
   check_box_grad(grad, a);
   auto [loss, gp, gt] = ForwardGrad(a, false, output_mask[0], output_mask[1]);
   if (gp.defined()) gp = scale_by_upstream(gp, grad, a.reduction, true, true);
@@ -99,8 +108,9 @@ std::tuple<at::Tensor, at::Tensor> box_backward_entry(
 
 template <at::Tensor (*Matrix)(const BoxMatrixArgs&)>
 at::Tensor box_matrix_entry(const at::Tensor& boxes1, const at::Tensor& boxes2,
-                            c10::string_view kind, c10::string_view box_format, double eps) {
-  return Matrix(prepare_box_matrix(boxes1, boxes2, sv(kind), sv(box_format), eps));
+                            c10::string_view kind, c10::string_view box_format, double eps,
+                            double floor) {
+  return Matrix(prepare_box_matrix(boxes1, boxes2, sv(kind), sv(box_format), eps, floor));
 }
 
 }  // namespace detloss
