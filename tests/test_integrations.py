@@ -317,9 +317,10 @@ def test_ultralytics_seg_assigner_is_routed_where_the_kernels_take_it():
 def test_yolo_obb_steps_match(cfg, monkeypatch):
     """YOLO11n-obb (v8OBBLoss) and YOLO26n-obb (E2ELoss of two v8OBBLoss branches), an image
     without objects, rotated boxes at 0, ±π/4, π/2, near-square and tiny (sides below the
-    stride): the assignment on the fused rotated assigner (ultralytics' candidate test and
-    ProbIoU of the assigner never ran); loss items and every parameter's gradient as close to
-    float64 as ultralytics' own float32 step."""
+    stride): the assignment from the logits on the fused rotated assigner (ultralytics'
+    candidate test and ProbIoU of the assigner never ran), the BCE on its class indices (no
+    dense BCE ran), RotatedBboxLoss's ProbIoU and the DFL decode fused; loss items and every
+    parameter's gradient as close to float64 as ultralytics' own float32 step."""
     import math
 
     import detloss_cuda.integrations.ultralytics as dl
@@ -348,10 +349,20 @@ def test_yolo_obb_steps_match(cfg, monkeypatch):
         orig = getattr(T.RotatedTaskAlignedAssigner, name)
         monkeypatch.setattr(T.RotatedTaskAlignedAssigner, name,
                             lambda *a, _o=orig, _n=name, **k: theirs.update([_n]) or _o(*a, **k))
+    ours = collections.Counter()
+    for name in ("probiou", "binary_cross_entropy_with_logits", "distribution_integral"):
+        f = getattr(dl.DF, name)
+        monkeypatch.setattr(dl.DF, name, lambda *a, _f=f, _n=name, **k: ours.update([_n]) or _f(*a, **k))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                        lambda *a, **k: theirs.update(["dense BCE"]) or bce(*a, **k))
     lp, gp = _yolo_step(model, x, batch, patched=True)
     branches = 2 if "26" in cfg else 1
     assert assigned == {True: branches}, assigned
-    assert not theirs, f"ultralytics' assigner ran: {theirs}"
+    assert not theirs, f"ultralytics' assigner or dense BCE ran: {theirs}"
+    # the BCE on class indices, RotatedBboxLoss's ProbIoU, and (reg_max 16) the decode fused
+    assert ours["binary_cross_entropy_with_logits"] == branches and ours["probiou"] == branches
+    assert ours["distribution_integral"] == (0 if "26" in cfg else 1), ours
     assert lp["box_loss"] > 0
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
 
@@ -386,6 +397,72 @@ def test_ultralytics_rotated_assigner_is_routed():
         assert torch.equal(a, b)
 
 
+def test_ultralytics_probiou_is_routed_and_indistinguishable():
+    """loss.probiou (RotatedBboxLoss's): ultralytics' values, gradients, shape and dtype, on
+    the fused kernel; mixed dtypes promoted as torch would; the wrong row width is
+    ultralytics' own error."""
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import loss as L
+    from ultralytics.utils import metrics as M
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.cat([torch.rand(50, 2, generator=gen) * 20, torch.rand(50, 2, generator=gen) * 5 + 1,
+                   torch.rand(50, 1, generator=gen) * 3], 1).double()
+    b = a + torch.randn(50, 5, generator=gen, dtype=torch.float64) * 0.3
+    calls = collections.Counter()
+    real = dl.DF.probiou
+    with pytest.MonkeyPatch.context() as mp, dl.patched():
+        mp.setattr(dl.DF, "probiou", lambda *x, **k: calls.update(["ours"]) or real(*x, **k))
+        for ciou, floor in ((False, 0.01), (True, 0.0)):
+            p1, p2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+            q1, q2 = a.clone().requires_grad_(), b.clone().requires_grad_()
+            out = L.probiou(p1, p2, CIoU=ciou, floor=floor)
+            ref = M.probiou(q1, q2, CIoU=ciou, floor=floor)
+            assert out.shape == ref.shape == (50, 1) and out.dtype == ref.dtype
+            g = torch.rand(50, 1, generator=gen, dtype=torch.float64)
+            for x, y in zip(torch.autograd.grad(out, (p1, p2), g) + (out,),
+                            torch.autograd.grad(ref, (q1, q2), g) + (ref,)):
+                torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
+        assert L.probiou(a.float(), b).dtype == M.probiou(a.float(), b).dtype == torch.float64
+        assert calls["ours"] == 3
+        with pytest.raises(Exception) as theirs:
+            M.probiou(a[:, :4], b[:, :4])
+        with pytest.raises(type(theirs.value)):
+            L.probiou(a[:, :4], b[:, :4])
+        assert calls["ours"] == 3
+
+
+def test_ultralytics_obb_loss_with_another_assigner_falls_back():
+    """v8OBBLoss with a subclass of the rotated assigner: ultralytics' own step (only its BCE
+    fused), the same loss as unpatched."""
+    _require("ultralytics")
+    import math
+
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import tal as T
+
+    class Sub(T.RotatedTaskAlignedAssigner):
+        pass
+
+    model = _yolo_model("yolo11n-obb.yaml")
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    batch = {"batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[1.0], [3.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4, 0.3], [0.3, 0.6, 0.2, 0.3, -math.pi / 4]])}
+    crit = model.init_criterion()
+    crit.assigner = Sub(topk=10, num_classes=crit.nc, alpha=0.5, beta=6.0,
+                        stride=crit.stride.tolist())
+    preds = model(x)
+    ref, ref_items = crit(preds, batch)
+    calls = collections.Counter()
+    real = dl.task_aligned_assign
+    with pytest.MonkeyPatch.context() as mp, dl.patched():
+        mp.setattr(dl, "task_aligned_assign", lambda *a, **k: calls.update(["x"]) or real(*a, **k))
+        out, items = crit(preds, batch)
+    assert not calls  # the subclass: ultralytics' assignment
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_ultralytics_unpatch_restores_the_originals():
     _require("ultralytics")
     import detloss_cuda.integrations.ultralytics as dl
@@ -399,7 +476,8 @@ def test_ultralytics_unpatch_restores_the_originals():
                 L.DFLoss.__dict__["__call__"], L.VarifocalLoss.__dict__["forward"],
                 L.FocalLoss.__dict__["forward"],
                 L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"],
-                L.v8SegmentationLoss.__dict__["loss"]]
+                L.v8SegmentationLoss.__dict__["loss"], L.v8OBBLoss.__dict__["loss"],
+                L.v8OBBLoss.__dict__["bbox_decode"], L.probiou]
 
     before = snapshot()
     dl.patch()

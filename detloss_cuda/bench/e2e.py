@@ -10,6 +10,10 @@ detector (forward + backward of the loss only, the model's outputs fixed), patch
   semantic branch too) at 640 x 640: 32 prototypes of 160 x 160, ``overlap_mask`` instance
   maps, 8 objects per image; size = images. Includes the assignment (YOLO26-seg's the
   mask-aware one) and the mask loss.
+* ``yolo_obb_loss`` / ``yolo26obb_loss``: ultralytics ``v8OBBLoss`` of a YOLO11n-obb head
+  and ``E2ELoss`` of two ``v8OBBLoss`` of a YOLO26n-obb head, DOTA-like: 15 classes at
+  1024 x 1024 (21,504 anchors per image), 64 rotated boxes per image (sides 8-72 px, any
+  angle); size = images. Includes the rotated assignment, ProbIoU, DFL and angle losses.
 * ``retinanet_loss``: torchvision ``RetinaNet.compute_loss`` (91 classes, GIoU box loss) at
   512 x 512 (49104 anchors per image), 8 boxes per image; size = images. Includes the
   anchor matching.
@@ -132,16 +136,46 @@ def _seg_inputs(cfg, size, dtype, device, gen):
     return {"x": x, "grad_leaves": leaves, "crit": crit, "preds": preds, "batch": batch}
 
 
-def _seg_loss(inp):
+def _crit_loss(inp):
     loss, _ = inp["crit"](inp["preds"], inp["batch"])
     return loss.sum()
 
 
-def _seg_fused(inp):
+def _crit_fused(inp):
     from ..integrations import ultralytics as dl
 
     with dl.patched():
-        return _seg_loss(inp)
+        return _crit_loss(inp)
+
+
+def _obb_inputs(cfg, size, dtype, device, gen):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import OBBModel
+
+    if cfg not in _YOLO:
+        m = OBBModel(cfg, nc=15, verbose=False)
+        m.args = get_cfg()
+        _YOLO[cfg] = m
+    model = _YOLO[cfg].to(device)
+    crit = model.init_criterion()
+    b, per = max(1, int(size)), 64
+    hw = [(128, 128), (64, 64), (32, 32)]  # strides 8, 16, 32 at 1024 x 1024
+    a = sum(h * w for h, w in hw)
+    d = dict(device=device, dtype=dtype)
+    boxes = (torch.randn(b, 4 * model.model[-1].reg_max, a, generator=gen) * 2).to(**d)
+    x = (torch.randn(b, 15, a, generator=gen) * 2 - 4).to(**d)
+    angle = ((torch.rand(b, 1, a, generator=gen) - 0.25) * 3.14159).to(**d)  # the head's range
+    feats = [torch.empty(b, 1, h, w, **d) for h, w in hw]
+    xy = torch.rand(b * per, 2, generator=gen) * 0.9 + 0.05
+    wh = torch.rand(b * per, 2, generator=gen) * (64 / 1024) + 8 / 1024
+    r = (torch.rand(b * per, 1, generator=gen) - 0.5) * 3.14
+    batch = {"batch_idx": torch.arange(b).repeat_interleave(per).float().to(device),
+             "cls": torch.randint(0, 15, (b * per, 1), generator=gen).float().to(device),
+             "bboxes": torch.cat([xy, wh, r], 1).to(device)}
+    preds = {"boxes": boxes, "scores": x, "angle": angle, "feats": feats}
+    if "26" in cfg:
+        preds = {"one2many": preds, "one2one": dict(preds)}
+    return {"x": x, "grad_leaves": [x, boxes, angle], "crit": crit, "preds": preds, "batch": batch}
 
 
 _RN = {}
@@ -319,11 +353,18 @@ def ops():
                                 ("yolo26seg_loss", "yolo26n-seg.yaml", "YOLO26n-seg")):
             ops[name] = BenchOp(
                 name=name, family="e2e", unit=f"images ({what}, 640 px)",
-                make=lambda *a, cfg=cfg: _seg_inputs(cfg, *a), fused=_seg_fused, eager=_seg_loss,
+                make=lambda *a, cfg=cfg: _seg_inputs(cfg, *a), fused=_crit_fused, eager=_crit_loss,
                 bytes_moved=_x_bytes, compilable=False,
                 # (YOLO26-seg's unpatched step takes seconds: not in the quick run)
                 sizes={"quick": [2] if "11" in cfg else [], "cpu": [1, 4, 16],
                        "cuda": [1, 16, 64]})
+        for name, cfg, what in (("yolo_obb_loss", "yolo11n-obb.yaml", "YOLO11n-obb"),
+                                ("yolo26obb_loss", "yolo26n-obb.yaml", "YOLO26n-obb")):
+            ops[name] = BenchOp(
+                name=name, family="e2e", unit=f"images ({what}, 1024 px, 64 boxes)",
+                make=lambda *a, cfg=cfg: _obb_inputs(cfg, *a), fused=_crit_fused,
+                eager=_crit_loss, bytes_moved=_x_bytes, compilable=False,
+                sizes={"quick": [], "cpu": [1, 4, 8], "cuda": [1, 16, 64]})
     if _have("torchvision"):
         ops["retinanet_loss"] = BenchOp(
             name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",

@@ -24,6 +24,12 @@ original):
   are ultralytics' own (``BboxLoss``, on the kernels below), weighted by the same scores.
   Otherwise (another assigner, extra assignment arguments, a weighted BCE) only the BCE is
   swapped for the fused one and ultralytics' code runs;
+* ``v8OBBLoss.loss`` (YOLO-OBB, both branches of YOLO26-obb's ``E2ELoss``), when its assigner
+  is exactly ``RotatedTaskAlignedAssigner`` and its BCE plain: the same as the detection step
+  (the rotated assignment from the logits, the BCE on class indices), ultralytics' own
+  ``RotatedBboxLoss`` and angle loss weighted by the same scores; ``v8OBBLoss.bbox_decode``
+  on the distribution integral; ``probiou`` (as ``RotatedBboxLoss`` calls it): the fused
+  ProbIoU, same signature, shape and dtype. Otherwise only the BCE is swapped;
 * ``v8DetectionLoss.bbox_decode``: softmax over the bins · ``proj`` becomes
   ``distribution_integral`` (``proj`` must be ``arange(reg_max)``, as ultralytics builds it;
   checked once per criterion, when it is built (``__init__``), so that a compiled step reads
@@ -231,6 +237,85 @@ def _wrap_tal_forward(orig, tal_cls, seg_cls, rot_cls):
     return forward
 
 
+def _wrap_obb_loss(orig, rot_cls, make_anchors):
+    """v8OBBLoss.loss (YOLO-OBB; both branches of YOLO26-obb's E2ELoss): ultralytics' step
+    with the rotated assignment from the logits and the BCE on its class indices (no
+    [B, A, C] sigmoid, target or loss), as the detection step's; the box, DFL and angle losses
+    are ultralytics' own (RotatedBboxLoss on the fused ProbIoU and DFL). Another assigner or a
+    weighted BCE: only the BCE is swapped for the fused one."""
+    @functools.wraps(orig)
+    def loss(self, preds, batch):
+        scores = preds.get("scores") if isinstance(preds, dict) else None
+        if type(getattr(self, "assigner", None)) is not rot_cls or not ours(scores) \
+                or not _plain_bce(getattr(self, "bce", None)):
+            bce = getattr(self, "bce", None)
+            if not _plain_bce(bce):
+                return orig(self, preds, batch)
+            self.bce = FusedBCEWithLogits()  # for this call only
+            try:
+                return orig(self, preds, batch)
+            finally:
+                self.bce = bce
+        loss = torch.zeros(4, device=self.device)  # box, cls, dfl, angle
+        # views of the head's [B, C, A] outputs (ultralytics copies them to [B, A, C])
+        pred_distri = preds["boxes"].permute(0, 2, 1)
+        pred_scores = preds["scores"].permute(0, 2, 1)
+        pred_angle = preds["angle"].permute(0, 2, 1)
+        anchor_points, stride_tensor = make_anchors(preds["feats"], self.stride, 0.5)
+        batch_size = pred_angle.shape[0]
+        dtype = pred_scores.dtype
+        imgsz = torch.tensor(preds["feats"][0].shape[2:], device=self.device, dtype=dtype) * self.stride[0]
+        # targets: ultralytics' own lines, its error included
+        try:
+            batch_idx = batch["batch_idx"].view(-1, 1)
+            targets = torch.cat((batch_idx, batch["cls"].view(-1, 1), batch["bboxes"].view(-1, 5)), 1)
+            rw, rh = targets[:, 4] * float(imgsz[1]), targets[:, 5] * float(imgsz[0])
+            targets = targets[(rw >= 2) & (rh >= 2)]  # filter rboxes of tiny size to stabilize training
+            targets = self.preprocess(targets.to(self.device), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]])
+            gt_labels, gt_bboxes = targets.split((1, 5), 2)  # cls, xywhr
+            mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
+        except RuntimeError as e:
+            raise TypeError(
+                "ERROR \u274c OBB dataset incorrectly formatted or not a OBB dataset.\n"
+                "This error can occur when incorrectly training a 'OBB' model on a 'detect' dataset, "
+                "i.e. 'yolo train model=yolo26n-obb.pt data=coco8.yaml'.\nVerify your dataset is a "
+                "correctly formatted 'OBB' dataset using 'data=dota8.yaml' "
+                "as an example.\nSee https://docs.ultralytics.com/datasets/obb for help."
+            ) from e
+        pred_bboxes = self.bbox_decode(anchor_points, pred_distri, pred_angle)  # xywhr
+        bboxes_for_assigner = pred_bboxes.detach().clone()
+        bboxes_for_assigner[..., :4] *= stride_tensor
+        a = self.assigner
+        r = task_aligned_assign(
+            pred_scores.detach(), bboxes_for_assigner.type(gt_bboxes.dtype),
+            anchor_points * stride_tensor, gt_labels, gt_bboxes, mask_gt, topk=a.topk,
+            num_classes=a.num_classes, alpha=a.alpha, beta=a.beta, stride_val=a.stride_val,
+            eps=a.eps, topk2=a.topk2, scores_are_logits=True, index=True, rotated=True)
+        labels, score = r
+        target_scores_sum = score.sum().clamp_(min=1)
+        loss[1] = DF.binary_cross_entropy_with_logits(pred_scores, labels, weight=self.class_weights,
+                                                      score=score, reduction="sum") / target_scores_sum
+        fg_mask = r.fg_mask
+        if fg_mask.sum():
+            target_bboxes = r.target_bboxes
+            target_bboxes[..., :4] /= stride_tensor
+            # RotatedBboxLoss weighs each foreground anchor by its target scores' sum over
+            # classes: the score itself, passed as [B, A, 1]
+            loss[0], loss[2] = self.bbox_loss(pred_distri, pred_bboxes, anchor_points, target_bboxes,
+                                              score.unsqueeze(-1), target_scores_sum, fg_mask, imgsz,
+                                              stride_tensor)
+            loss[3] = self.calculate_angle_loss(pred_bboxes, target_bboxes, fg_mask, score[fg_mask],
+                                                target_scores_sum)
+        else:
+            loss[0] += (pred_angle * 0).sum() + pred_distri[..., :0].sum()
+        loss[0] *= self.hyp.box
+        loss[1] *= self.hyp.cls
+        loss[2] *= self.hyp.dfl
+        loss[3] *= self.hyp.angle
+        return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
+    return loss
+
+
 _PROJ_IS_ARANGE = "_detloss_proj_is_arange"  # set on a criterion: its proj is arange(n)
 
 
@@ -269,6 +354,41 @@ def _wrap_bbox_decode(orig, dist2bbox):
         dist = DF.distribution_integral(pred_dist.view(b, a, 4, c // 4))
         return dist2bbox(dist, anchor_points, xywh=False)
     return bbox_decode
+
+
+def _wrap_obb_decode(orig, dist2rbox):
+    """v8OBBLoss.bbox_decode: the bins' softmax · proj as distribution_integral (as the
+    detection decode), then ultralytics' dist2rbox."""
+    @functools.wraps(orig)
+    def bbox_decode(self, anchor_points, pred_dist, pred_angle):
+        if not getattr(self, "use_dfl", False) or not ours(pred_dist) or pred_dist.dim() != 3:
+            return orig(self, anchor_points, pred_dist, pred_angle)
+        b, a, c = pred_dist.shape
+        ok = getattr(self, _PROJ_IS_ARANGE, None)
+        if ok is None:  # a criterion built before patch()
+            if torch.compiler.is_compiling():
+                return orig(self, anchor_points, pred_dist, pred_angle)
+            ok = _proj_is_arange(self)
+            setattr(self, _PROJ_IS_ARANGE, ok)
+        if not ok or c % 4 != 0 or self.proj.numel() != c // 4:
+            return orig(self, anchor_points, pred_dist, pred_angle)
+        dist = DF.distribution_integral(pred_dist.view(b, a, 4, c // 4))
+        return torch.cat((dist2rbox(dist, pred_angle, anchor_points), pred_angle), dim=-1)
+    return bbox_decode
+
+
+def _wrap_probiou(orig):
+    """ultralytics' probiou (RotatedBboxLoss calls it on the foreground pairs) on the fused
+    kernel: same signature, shapes and dtype; boxes the kernels do not take go to orig."""
+    @functools.wraps(orig)
+    def probiou(obb1, obb2, CIoU=False, eps=1e-7, floor=0.0):  # noqa: N803
+        if not ours(obb1, obb2) or obb1.shape[-1:] != (5,) or obb2.shape[-1:] != (5,):
+            return orig(obb1, obb2, CIoU, eps, floor)
+        if obb1.dtype != obb2.dtype:  # mixed under AMP: promote as torch would
+            dt = torch.promote_types(obb1.dtype, obb2.dtype)
+            obb1, obb2 = obb1.to(dt), obb2.to(dt)
+        return DF.probiou(obb1, obb2, CIoU=CIoU, eps=eps, floor=floor)
+    return probiou
 
 
 def _wrap_dfl_call(orig):
@@ -423,6 +543,7 @@ def _apply(ps):
     seg_cls = ps.original(T, "SegTaskAlignedAssigner")
     rot_cls = ps.original(T, "RotatedTaskAlignedAssigner")
     make_anchors = ps.original(T, "make_anchors")
+    obb = ps.original(L, "v8OBBLoss")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
         (det, "get_assigned_targets_and_loss",
@@ -437,12 +558,17 @@ def _apply(ps):
         (ps.original(L, "v8SegmentationLoss"), "loss",
          lambda o: _wrap_seg_call(o, ps.original(L, "BCEDiceLoss"),
                                   ps.original(L, "MultiChannelDiceLoss"))),
+        (obb, "loss", lambda o: _wrap_obb_loss(o, rot_cls, make_anchors)),
+        (obb, "bbox_decode", lambda o: _wrap_obb_decode(o, ps.original(T, "dist2rbox"))),
+        (L, "probiou", _wrap_probiou),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
         (ps.mods["ultralytics.utils.dist"], "generate_ddp_file", _wrap_ddp_file),
     ]
     ps.original(ps.original(L, "BboxLoss"), "forward")  # calls bbox_iou and DFLoss: must exist
+    ps.original(ps.original(L, "RotatedBboxLoss"), "forward")  # calls probiou and DFLoss
+    ps.original(obb, "calculate_angle_loss")
     ps.original(tal_cls, "iou_calculation")
     originals = [ps.original(owner, name) for owner, name, _ in names]
     for (owner, name, wrap), orig in zip(names, originals):
