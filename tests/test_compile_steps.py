@@ -15,7 +15,6 @@ Backend: DETLOSS_COMPILE_BACKEND (default ``aot_eager``: Dynamo and AOTAutograd 
 kernels, the same graphs and breaks, minutes less than Inductor's code generation on 2
 cores); YOLOv8n's fused step also runs with ``inductor`` always, whose generated code asserts
 every custom op's output strides against its fake kernel's."""
-import contextlib
 import copy
 import os
 
@@ -122,7 +121,8 @@ def _yolo_batch(size):
 
 @pytest.mark.parametrize("cfg,backend", [("yolov8n.yaml", BACKEND), ("yolo11n.yaml", BACKEND),
                                          ("yolo26n.yaml", BACKEND), ("yolo11n-seg.yaml", BACKEND),
-                                         ("yolo26n-seg.yaml", BACKEND), ("yolov8n.yaml", "inductor")])
+                                         ("yolo26n-seg.yaml", BACKEND), ("yolo11n-obb.yaml", BACKEND),
+                                         ("yolo26n-obb.yaml", BACKEND), ("yolov8n.yaml", "inductor")])
 def test_ultralytics_loss_compiles(cfg, backend, capsys):
     _require("ultralytics")
     import detloss_cuda.integrations.ultralytics as dl
@@ -132,6 +132,8 @@ def test_ultralytics_loss_compiles(cfg, backend, capsys):
     if "-seg" in cfg:
         batch["masks"] = _seg_masks(batch, 2, 32)
         batch["sem_masks"] = (batch["masks"] > 0).long() * 3  # (YOLO26-seg's semantic branch)
+    if "-obb" in cfg:  # rotated boxes: an angle each
+        batch["bboxes"] = torch.cat([batch["bboxes"], torch.tensor([[0.0], [0.5], [-0.8], [1.5], [0.1]])], 1)
     model = _yolo_model(cfg)
     with dl.patched():
         criterion = model.init_criterion()  # built under the patch, as a patched trainer's is

@@ -316,8 +316,8 @@ def test_ultralytics_seg_assigner_is_routed_where_the_kernels_take_it():
 @pytest.mark.parametrize("cfg", ["yolo11n-obb.yaml", "yolo26n-obb.yaml"])
 def test_yolo_obb_steps_match(cfg, monkeypatch):
     """YOLO11n-obb (v8OBBLoss) and YOLO26n-obb (E2ELoss of two v8OBBLoss branches), an image
-    without objects, rotated boxes at 0, ±π/4, π/2, near-square and tiny (sides below the
-    stride): the assignment from the logits on the fused rotated assigner (ultralytics'
+    without objects, rotated boxes at 0, ±π/4, π/2, near-square, tiny (sides below the
+    stride) and below ultralytics' 2-pixel filter: the assignment from the logits on the fused rotated assigner (ultralytics'
     candidate test and ProbIoU of the assigner never ran), the BCE on its class indices (no
     dense BCE ran), RotatedBboxLoss's ProbIoU and the DFL decode fused; loss items and every
     parameter's gradient as close to float64 as ultralytics' own float32 step."""
@@ -328,10 +328,13 @@ def test_yolo_obb_steps_match(cfg, monkeypatch):
     from ultralytics.utils import tal as T
 
     x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
-    batch = {"batch_idx": torch.tensor([0.0, 0.0, 0.0, 2.0, 2.0, 2.0]),
-             "cls": torch.tensor([[1.0], [5.0], [7.0], [2.0], [7.0], [3.0]]),
+    # (two boxes below ultralytics' 2-pixel filter, one of them alone in image 1; image order,
+    # as ultralytics' preprocess requires)
+    batch = {"batch_idx": torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0]),
+             "cls": torch.tensor([[1.0], [5.0], [4.0], [7.0], [6.0], [2.0], [7.0], [3.0]]),
              "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4, 0.0], [0.3, 0.6, 0.2, 0.2001, math.pi / 4],
-                                     [0.7, 0.3, 0.3, 0.1, -math.pi / 4], [0.6, 0.4, 0.5, 0.3, math.pi / 2],
+                                     [0.4, 0.4, 0.01, 0.3, 0.2], [0.7, 0.3, 0.3, 0.1, -math.pi / 4],
+                                     [0.5, 0.5, 0.012, 0.012, 0.0], [0.6, 0.4, 0.5, 0.3, math.pi / 2],
                                      [0.2, 0.2, 0.1, 0.15, 0.3], [0.8, 0.75, 0.06, 0.05, 1.0]])}
     model = _yolo_model(cfg)
     m64 = copy.deepcopy(model).double()

@@ -237,7 +237,39 @@ def _wrap_tal_forward(orig, tal_cls, seg_cls, rot_cls):
     return forward
 
 
-def _wrap_obb_loss(orig, rot_cls, make_anchors):
+def _angle_loss(pred_bboxes, target_bboxes, fg_mask, score, target_scores_sum, lambda_val=3):
+    """v8OBBLoss.calculate_angle_loss with the foreground selected by a mask, not an index
+    (no dynamic shape: no host read, no graph break; it computes every anchor's term either
+    way): sin²(2·Δθ wrapped to [-π/2, π/2]) · exp(-log(w/h)²/λ²) · score, summed."""
+    import math
+
+    w_gt, h_gt = target_bboxes[..., 2], target_bboxes[..., 3]
+    log_ar = torch.log((w_gt + 1e-9) / (h_gt + 1e-9))
+    scale_weight = torch.exp(-(log_ar**2) / (lambda_val**2))
+    delta = pred_bboxes[..., 4] - target_bboxes[..., 4]
+    wrapped = delta - torch.round(delta / math.pi) * math.pi
+    ang = torch.sin(2 * wrapped) ** 2 * scale_weight * torch.where(fg_mask, score, 0)
+    return ang.sum() / target_scores_sum
+
+
+def _obb_targets(self, batch, batch_size, imgsz):
+    """v8OBBLoss's targets: (labels, xywhr boxes, valid) [B, M, ...], as ultralytics builds
+    them but for its filter of boxes below 2 px a side, whose rows are zeroed (not valid for
+    the assigner, as an absent box) rather than removed: no dynamic shape here (ultralytics'
+    preprocess then packs them; its M can be larger than ultralytics' own, the assignment is
+    the same). imgsz's elements are used as 0-dim tensors, not read as floats: the same
+    float32 products without a host read."""
+    batch_idx = batch["batch_idx"].view(-1, 1)
+    targets = torch.cat((batch_idx, batch["cls"].view(-1, 1), batch["bboxes"].view(-1, 5)), 1)
+    rw, rh = targets[:, 4] * imgsz[1], targets[:, 5] * imgsz[0]
+    keep = ((rw >= 2) & (rh >= 2)).unsqueeze(1)
+    targets = torch.cat((targets[:, :2], torch.where(keep, targets[:, 2:], 0)), 1)
+    targets = self.preprocess(targets.to(self.device), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]])
+    gt_labels, gt_bboxes = targets.split((1, 5), 2)  # cls, xywhr
+    return gt_labels, gt_bboxes, gt_bboxes.sum(2, keepdim=True).gt_(0.0)
+
+
+def _wrap_obb_loss(orig, rot_cls, make_anchors, angle_loss):
     """v8OBBLoss.loss (YOLO-OBB; both branches of YOLO26-obb's E2ELoss): ultralytics' step
     with the rotated assignment from the logits and the BCE on its class indices (no
     [B, A, C] sigmoid, target or loss), as the detection step's; the box, DFL and angle losses
@@ -265,23 +297,19 @@ def _wrap_obb_loss(orig, rot_cls, make_anchors):
         batch_size = pred_angle.shape[0]
         dtype = pred_scores.dtype
         imgsz = torch.tensor(preds["feats"][0].shape[2:], device=self.device, dtype=dtype) * self.stride[0]
-        # targets: ultralytics' own lines, its error included
-        try:
-            batch_idx = batch["batch_idx"].view(-1, 1)
-            targets = torch.cat((batch_idx, batch["cls"].view(-1, 1), batch["bboxes"].view(-1, 5)), 1)
-            rw, rh = targets[:, 4] * float(imgsz[1]), targets[:, 5] * float(imgsz[0])
-            targets = targets[(rw >= 2) & (rh >= 2)]  # filter rboxes of tiny size to stabilize training
-            targets = self.preprocess(targets.to(self.device), batch_size, scale_tensor=imgsz[[1, 0, 1, 0]])
-            gt_labels, gt_bboxes = targets.split((1, 5), 2)  # cls, xywhr
-            mask_gt = gt_bboxes.sum(2, keepdim=True).gt_(0.0)
-        except RuntimeError as e:
-            raise TypeError(
-                "ERROR \u274c OBB dataset incorrectly formatted or not a OBB dataset.\n"
-                "This error can occur when incorrectly training a 'OBB' model on a 'detect' dataset, "
-                "i.e. 'yolo train model=yolo26n-obb.pt data=coco8.yaml'.\nVerify your dataset is a "
-                "correctly formatted 'OBB' dataset using 'data=dota8.yaml' "
-                "as an example.\nSee https://docs.ultralytics.com/datasets/obb for help."
-            ) from e
+        if torch.compiler.is_compiling():  # (Dynamo cannot resume inside a try block)
+            gt_labels, gt_bboxes, mask_gt = _obb_targets(self, batch, batch_size, imgsz)
+        else:
+            try:
+                gt_labels, gt_bboxes, mask_gt = _obb_targets(self, batch, batch_size, imgsz)
+            except RuntimeError as e:  # ultralytics' own error
+                raise TypeError(
+                    "ERROR \u274c OBB dataset incorrectly formatted or not a OBB dataset.\n"
+                    "This error can occur when incorrectly training a 'OBB' model on a 'detect' dataset, "
+                    "i.e. 'yolo train model=yolo26n-obb.pt data=coco8.yaml'.\nVerify your dataset is a "
+                    "correctly formatted 'OBB' dataset using 'data=dota8.yaml' "
+                    "as an example.\nSee https://docs.ultralytics.com/datasets/obb for help."
+                ) from e
         pred_bboxes = self.bbox_decode(anchor_points, pred_distri, pred_angle)  # xywhr
         bboxes_for_assigner = pred_bboxes.detach().clone()
         bboxes_for_assigner[..., :4] *= stride_tensor
@@ -296,18 +324,21 @@ def _wrap_obb_loss(orig, rot_cls, make_anchors):
         loss[1] = DF.binary_cross_entropy_with_logits(pred_scores, labels, weight=self.class_weights,
                                                       score=score, reduction="sum") / target_scores_sum
         fg_mask = r.fg_mask
-        if fg_mask.sum():
-            target_bboxes = r.target_bboxes
-            target_bboxes[..., :4] /= stride_tensor
-            # RotatedBboxLoss weighs each foreground anchor by its target scores' sum over
-            # classes: the score itself, passed as [B, A, 1]
-            loss[0], loss[2] = self.bbox_loss(pred_distri, pred_bboxes, anchor_points, target_bboxes,
-                                              score.unsqueeze(-1), target_scores_sum, fg_mask, imgsz,
-                                              stride_tensor)
+        target_bboxes = r.target_bboxes
+        target_bboxes[..., :4] /= stride_tensor
+        # No `if fg_mask.sum():` (a host read, a graph break): without a foreground anchor
+        # each term below is an empty sum, 0, as ultralytics' else-branch gives (which adds
+        # pred_angle·0: NaN where the head's angle is inf or NaN, not here).
+        # RotatedBboxLoss weighs each foreground anchor by its target scores' sum over
+        # classes: the score itself, passed as [B, A, 1]
+        loss[0], loss[2] = self.bbox_loss(pred_distri, pred_bboxes, anchor_points, target_bboxes,
+                                          score.unsqueeze(-1), target_scores_sum, fg_mask, imgsz,
+                                          stride_tensor)
+        if type(self).calculate_angle_loss is angle_loss:
+            loss[3] = _angle_loss(pred_bboxes, target_bboxes, fg_mask, score, target_scores_sum)
+        else:  # a subclass's own
             loss[3] = self.calculate_angle_loss(pred_bboxes, target_bboxes, fg_mask, score[fg_mask],
                                                 target_scores_sum)
-        else:
-            loss[0] += (pred_angle * 0).sum() + pred_distri[..., :0].sum()
         loss[0] *= self.hyp.box
         loss[1] *= self.hyp.cls
         loss[2] *= self.hyp.dfl
@@ -558,7 +589,8 @@ def _apply(ps):
         (ps.original(L, "v8SegmentationLoss"), "loss",
          lambda o: _wrap_seg_call(o, ps.original(L, "BCEDiceLoss"),
                                   ps.original(L, "MultiChannelDiceLoss"))),
-        (obb, "loss", lambda o: _wrap_obb_loss(o, rot_cls, make_anchors)),
+        (obb, "loss", lambda o: _wrap_obb_loss(o, rot_cls, make_anchors,
+                                               ps.original(obb, "calculate_angle_loss"))),
         (obb, "bbox_decode", lambda o: _wrap_obb_decode(o, ps.original(T, "dist2rbox"))),
         (L, "probiou", _wrap_probiou),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
@@ -568,7 +600,6 @@ def _apply(ps):
     ]
     ps.original(ps.original(L, "BboxLoss"), "forward")  # calls bbox_iou and DFLoss: must exist
     ps.original(ps.original(L, "RotatedBboxLoss"), "forward")  # calls probiou and DFLoss
-    ps.original(obb, "calculate_angle_loss")
     ps.original(tal_cls, "iou_calculation")
     originals = [ps.original(owner, name) for owner, name, _ in names]
     for (owner, name, wrap), orig in zip(names, originals):
