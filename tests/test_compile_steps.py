@@ -122,7 +122,8 @@ def _yolo_batch(size):
 @pytest.mark.parametrize("cfg,backend", [("yolov8n.yaml", BACKEND), ("yolo11n.yaml", BACKEND),
                                          ("yolo26n.yaml", BACKEND), ("yolo11n-seg.yaml", BACKEND),
                                          ("yolo26n-seg.yaml", BACKEND), ("yolo11n-obb.yaml", BACKEND),
-                                         ("yolo26n-obb.yaml", BACKEND), ("yolov8n.yaml", "inductor")])
+                                         ("yolo26n-obb.yaml", BACKEND), ("yolo11n-pose.yaml", BACKEND),
+                                         ("yolov8n.yaml", "inductor")])
 def test_ultralytics_loss_compiles(cfg, backend, capsys):
     _require("ultralytics")
     import detloss_cuda.integrations.ultralytics as dl
@@ -132,6 +133,11 @@ def test_ultralytics_loss_compiles(cfg, backend, capsys):
     if "-seg" in cfg:
         batch["masks"] = _seg_masks(batch, 2, 32)
         batch["sem_masks"] = (batch["masks"] > 0).long() * 3  # (YOLO26-seg's semantic branch)
+    if "-pose" in cfg:  # COCO keypoints, one class
+        from test_integrations import _pose_batch
+        batch = _pose_batch()
+        keep = batch["batch_idx"] < 2  # (its third image's people: this step has two images)
+        batch = {k: v[keep] for k, v in batch.items()}
     if "-obb" in cfg:  # rotated boxes: an angle each
         batch["bboxes"] = torch.cat([batch["bboxes"], torch.tensor([[0.0], [0.5], [-0.8], [1.5], [0.1]])], 1)
     model = _yolo_model(cfg)

@@ -59,9 +59,14 @@ def _yolo_step(model, x, batch, patched):
 
 def _yolo_model(cfg):
     from ultralytics.cfg import get_cfg
-    from ultralytics.nn.tasks import DetectionModel, OBBModel, SegmentationModel
+    from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel
 
     torch.manual_seed(0)
+    if "-pose" in cfg:
+        model = PoseModel(cfg, nc=1, data_kpt_shape=(17, 3), verbose=False)  # COCO keypoints
+        model.args = get_cfg()
+        model.train()
+        return model
     cls = SegmentationModel if "-seg" in cfg else OBBModel if "-obb" in cfg else DetectionModel
     model = cls(cfg, nc=80, verbose=False)  # offline: no weights
     model.args = get_cfg()
@@ -370,6 +375,51 @@ def test_yolo_obb_steps_match(cfg, monkeypatch):
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
 
 
+def _pose_batch():
+    """People in 3 images (image 1 without any), COCO's 17 keypoints: visible (2), occluded
+    (1), absent (0, at 0, 0), one person with no visible keypoint (ultralytics' box-IoU
+    fallback in YOLO26-pose's assigner), image order."""
+    g = torch.Generator().manual_seed(5)
+    boxes = torch.tensor([[0.5, 0.5, 0.3, 0.6], [0.25, 0.3, 0.15, 0.4], [0.7, 0.6, 0.2, 0.5],
+                          [0.4, 0.5, 0.6, 0.8], [0.8, 0.2, 0.1, 0.2]])
+    kp = boxes[:, None, :2] + (torch.rand(5, 17, 2, generator=g) - 0.5) * boxes[:, None, 2:]
+    vis = torch.randint(0, 3, (5, 17), generator=g).float()
+    vis[4] = 0
+    kp = torch.where(vis[..., None] > 0, kp, 0)
+    return {"batch_idx": torch.tensor([0.0, 0.0, 0.0, 2.0, 2.0]), "cls": torch.zeros(5, 1),
+            "bboxes": boxes, "keypoints": torch.cat([kp, vis[..., None]], -1)}
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n-pose.yaml", "yolo26n-pose.yaml"])
+def test_yolo_pose_steps_match(cfg):
+    """YOLO11n-pose (v8PoseLoss: its detection part on the fused assignment and index BCE, its
+    keypoint losses on the foreground's keypoints gathered from the head's output) and
+    YOLO26n-pose (PoseLoss26, both E2ELoss branches: its PoseTaskAlignedAssigner and keypoint
+    losses are ultralytics', the BCE fused): loss items and every parameter's gradient as
+    close to float64 as ultralytics' own float32 step; an image without people, occluded and
+    absent keypoints, a person without a visible keypoint."""
+    _require("ultralytics")
+    x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    batch = _pose_batch()
+    model = _yolo_model(cfg)
+    m64 = copy.deepcopy(model).double()
+    l64, g64 = _yolo_step(m64, x.double(), batch, patched=False)
+    l32, g32 = _yolo_step(model, x, batch, patched=False)
+    from ultralytics.utils import loss as L
+
+    decoded = collections.Counter()
+    with pytest.MonkeyPatch.context() as mp:
+        for c in (L.v8PoseLoss, L.PoseLoss26):
+            f = c.__dict__["kpts_decode"].__func__
+            mp.setattr(c, "kpts_decode", staticmethod(
+                lambda *a, _f=f, _c=c.__name__: decoded.update([_c]) or _f(*a)))
+        lp, gp = _yolo_step(model, x, batch, patched=True)
+    # YOLO11n-pose: the foreground's keypoints only, no whole-output decode; YOLO26n-pose: its own
+    assert decoded == ({} if "11" in cfg else {"PoseLoss26": 2}), decoded
+    assert lp["pose_loss"] > 0 and lp["box_loss"] > 0
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
 def test_ultralytics_rotated_assigner_is_routed():
     """RotatedTaskAlignedAssigner (v8OBBLoss's): the exact class on the fused assigner, its
     outputs ultralytics' (float64: the scores to 1e-13); a subclass keeps ultralytics' code."""
@@ -480,7 +530,7 @@ def test_ultralytics_unpatch_restores_the_originals():
                 L.FocalLoss.__dict__["forward"],
                 L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"],
                 L.v8SegmentationLoss.__dict__["loss"], L.v8OBBLoss.__dict__["loss"],
-                L.v8OBBLoss.__dict__["bbox_decode"], L.probiou]
+                L.v8OBBLoss.__dict__["bbox_decode"], L.probiou, L.v8PoseLoss.__dict__["loss"]]
 
     before = snapshot()
     dl.patch()

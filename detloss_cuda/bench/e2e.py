@@ -14,6 +14,10 @@ detector (forward + backward of the loss only, the model's outputs fixed), patch
   and ``E2ELoss`` of two ``v8OBBLoss`` of a YOLO26n-obb head, DOTA-like: 15 classes at
   1024 x 1024 (21,504 anchors per image), 64 rotated boxes per image (sides 8-72 px, any
   angle); size = images. Includes the rotated assignment, ProbIoU, DFL and angle losses.
+* ``yolo_pose_loss`` / ``yolo26pose_loss``: ultralytics ``v8PoseLoss`` of a YOLO11n-pose head
+  and ``E2ELoss`` of two ``PoseLoss26`` of a YOLO26n-pose head (its RLE term through the flow
+  model too), COCO keypoints (17, one class) at 640 x 640, 8 people per image; size = images.
+  Includes the assignment (YOLO26-pose's keypoint-aware one).
 * ``retinanet_loss``: torchvision ``RetinaNet.compute_loss`` (91 classes, GIoU box loss) at
   512 x 512 (49104 anchors per image), 8 boxes per image; size = images. Includes the
   anchor matching.
@@ -176,6 +180,40 @@ def _obb_inputs(cfg, size, dtype, device, gen):
     if "26" in cfg:
         preds = {"one2many": preds, "one2one": dict(preds)}
     return {"x": x, "grad_leaves": [x, boxes, angle], "crit": crit, "preds": preds, "batch": batch}
+
+
+def _pose_inputs(cfg, size, dtype, device, gen):
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import PoseModel
+
+    if cfg not in _YOLO:
+        m = PoseModel(cfg, nc=1, data_kpt_shape=(17, 3), verbose=False)
+        m.args = get_cfg()
+        _YOLO[cfg] = m
+    model = _YOLO[cfg].to(device)
+    crit = model.init_criterion()
+    b, per = max(1, int(size)), 8
+    hw = [(80, 80), (40, 40), (20, 20)]
+    a = sum(h * w for h, w in hw)
+    d = dict(device=device, dtype=dtype)
+    boxes = (torch.randn(b, 4 * model.model[-1].reg_max, a, generator=gen) * 2).to(**d)
+    x = (torch.randn(b, 1, a, generator=gen) * 2 - 4).to(**d)
+    kpts = torch.randn(b, 51, a, generator=gen).to(**d)
+    feats = [torch.empty(b, 1, h, w, **d) for h, w in hw]
+    xy, wh = _boxes(b, per, 640, gen)
+    kp = xy[:, None] + (torch.rand(b * per, 17, 2, generator=gen) - 0.5) * wh[:, None]
+    vis = torch.randint(0, 3, (b * per, 17, 1), generator=gen).float()
+    batch = {"batch_idx": torch.arange(b).repeat_interleave(per).float().to(device),
+             "cls": torch.zeros(b * per, 1, device=device), "bboxes": torch.cat([xy, wh], 1).to(device),
+             "keypoints": torch.cat([kp * (vis > 0), vis], -1).to(device)}
+    preds = {"boxes": boxes, "scores": x, "kpts": kpts, "feats": feats}
+    leaves = [x, boxes, kpts]
+    if "26" in cfg:
+        sigma = torch.randn(b, 34, a, generator=gen).to(**d)
+        preds = dict(preds, kpts_sigma=sigma)
+        preds = {"one2many": preds, "one2one": dict(preds)}
+        leaves.append(sigma)
+    return {"x": x, "grad_leaves": leaves, "crit": crit, "preds": preds, "batch": batch}
 
 
 _RN = {}
@@ -365,6 +403,13 @@ def ops():
                 make=lambda *a, cfg=cfg: _obb_inputs(cfg, *a), fused=_crit_fused,
                 eager=_crit_loss, bytes_moved=_x_bytes, compilable=False,
                 sizes={"quick": [], "cpu": [1, 4, 8], "cuda": [1, 16, 64]})
+        for name, cfg, what in (("yolo_pose_loss", "yolo11n-pose.yaml", "YOLO11n-pose"),
+                                ("yolo26pose_loss", "yolo26n-pose.yaml", "YOLO26n-pose")):
+            ops[name] = BenchOp(
+                name=name, family="e2e", unit=f"images ({what}, 640 px, 8 people)",
+                make=lambda *a, cfg=cfg: _pose_inputs(cfg, *a), fused=_crit_fused,
+                eager=_crit_loss, bytes_moved=_x_bytes, compilable=False,
+                sizes={"quick": [], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
     if _have("torchvision"):
         ops["retinanet_loss"] = BenchOp(
             name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",

@@ -30,6 +30,9 @@ original):
   ``RotatedBboxLoss`` and angle loss weighted by the same scores; ``v8OBBLoss.bbox_decode``
   on the distribution integral; ``probiou`` (as ``RotatedBboxLoss`` calls it): the fused
   ProbIoU, same signature, shape and dtype. Otherwise only the BCE is swapped;
+* ``v8PoseLoss.loss`` (YOLOv8/11-pose): the keypoint losses on the foreground anchors'
+  keypoints only, gathered from the head's output (ultralytics decodes every anchor's
+  ``[B, A, K, 3]`` first); ultralytics' ``KeypointLoss`` and visibility BCE on them;
 * ``v8DetectionLoss.bbox_decode``: softmax over the bins · ``proj`` becomes
   ``distribution_integral`` (``proj`` must be ``arange(reg_max)``, as ultralytics builds it;
   checked once per criterion, when it is built (``__init__``), so that a compiled step reads
@@ -347,6 +350,56 @@ def _wrap_obb_loss(orig, rot_cls, make_anchors, angle_loss):
     return loss
 
 
+def _wrap_pose_loss(orig, pose_cls, xyxy2xywh):
+    """v8PoseLoss.loss (YOLOv8/11-pose): ultralytics' step (its detection part already on the
+    fused assignment and BCE through get_assigned_targets_and_loss), with the keypoints of
+    the foreground anchors only: gathered from the head's [B, K·D, A] output, decoded and
+    compared there. ultralytics copies the whole output to [B, A, K, D], decodes every anchor
+    (a clone and in-place edits: their backward copies the whole tensor again) and then
+    indexes the foreground. A subclass overriding a step, or keypoints the kernels' devices do
+    not serve: ultralytics' code."""
+    @functools.wraps(orig)
+    def loss(self, preds, batch):
+        kp = preds.get("kpts") if isinstance(preds, dict) else None
+        cls = type(self)
+        # (compiled: ultralytics' step, whose host reads and dynamic shapes break the graph in
+        # its own frames; this one's nonzero would break it here)
+        if (torch.compiler.is_compiling() or not ours(kp) or kp.dim() != 3
+                or cls.kpts_decode is not pose_cls.kpts_decode
+                or cls.calculate_keypoints_loss is not pose_cls.calculate_keypoints_loss
+                or cls.get_assigned_targets_and_loss is not pose_cls.get_assigned_targets_and_loss):
+            return orig(self, preds, batch)
+        K, D = self.kpt_shape
+        loss = torch.zeros(5, device=self.device)  # box, kpt_location, kpt_visibility, cls, dfl
+        (fg_mask, target_gt_idx, target_bboxes, anchor_points, stride_tensor), det_loss, _ = (
+            self.get_assigned_targets_and_loss(preds, batch))
+        loss[0], loss[3], loss[4] = det_loss[0], det_loss[1], det_loss[2]
+        batch_size = kp.shape[0]
+        imgsz = torch.tensor(preds["feats"][0].shape[2:], device=self.device, dtype=kp.dtype) * self.stride[0]
+        if fg_mask.sum():
+            keypoints = self._batch_keypoints(batch, batch_size, imgsz)
+            b, a = fg_mask.nonzero(as_tuple=True)  # the foreground, in ultralytics' (b, a) order
+            pred_kpt = kp[b, :, a].view(-1, K, D)  # [N, K, D] of the head's [B, K·D, A]
+            # kpts_decode: x·2 + (anchor - 0.5), as ultralytics rounds it
+            xy = pred_kpt[..., :2] * 2.0 + (anchor_points[a][:, None, :] - 0.5)
+            pred_kpt = torch.cat((xy, pred_kpt[..., 2:]), -1)
+            # calculate_keypoints_loss on the foreground rows
+            stride = stride_tensor[a]  # [N, 1]
+            gt_kpt = keypoints[b, target_gt_idx[fg_mask]]
+            gt_kpt[..., :2] /= stride[:, None]
+            area = xyxy2xywh(target_bboxes[fg_mask] / stride)[:, 2:].prod(1, keepdim=True)
+            kpt_mask = gt_kpt[..., 2] != 0
+            loss[1] = self.keypoint_loss(pred_kpt, gt_kpt, kpt_mask, area)
+            if D == 3:
+                loss[2] = self.bce_pose(pred_kpt[..., 2], kpt_mask.float())
+        else:  # ultralytics' DDP line: the keypoints stay in the graph
+            loss[1] += kp[..., :0].sum()
+        loss[1] *= self.hyp.pose
+        loss[2] *= self.hyp.kobj
+        return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
+    return loss
+
+
 _PROJ_IS_ARANGE = "_detloss_proj_is_arange"  # set on a criterion: its proj is arange(n)
 
 
@@ -575,6 +628,7 @@ def _apply(ps):
     rot_cls = ps.original(T, "RotatedTaskAlignedAssigner")
     make_anchors = ps.original(T, "make_anchors")
     obb = ps.original(L, "v8OBBLoss")
+    pose = ps.original(L, "v8PoseLoss")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
         (det, "get_assigned_targets_and_loss",
@@ -593,6 +647,7 @@ def _apply(ps):
                                                ps.original(obb, "calculate_angle_loss"))),
         (obb, "bbox_decode", lambda o: _wrap_obb_decode(o, ps.original(T, "dist2rbox"))),
         (L, "probiou", _wrap_probiou),
+        (pose, "loss", lambda o: _wrap_pose_loss(o, pose, xyxy2xywh)),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
@@ -600,6 +655,8 @@ def _apply(ps):
     ]
     ps.original(ps.original(L, "BboxLoss"), "forward")  # calls bbox_iou and DFLoss: must exist
     ps.original(ps.original(L, "RotatedBboxLoss"), "forward")  # calls probiou and DFLoss
+    for name in ("kpts_decode", "calculate_keypoints_loss", "_batch_keypoints"):
+        ps.original(pose, name)
     ps.original(tal_cls, "iou_calculation")
     originals = [ps.original(owner, name) for owner, name, _ in names]
     for (owner, name, wrap), orig in zip(names, originals):
