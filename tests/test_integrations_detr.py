@@ -113,6 +113,39 @@ def test_transformers_unpatch_restores_the_originals():
     assert all(a is b for a, b in zip(before, after))
 
 
+def test_grounding_dino_focal_loss_reaches_the_fused_op():
+    """Grounding DINO's loss_labels passes its focal loss the 1-D masked_select of the logits
+    and one-hot targets (text tokens): those reach the fused op, with the library's value and
+    gradient; a 0-dim call goes to the library."""
+    _require("transformers")
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss import loss_grounding_dino as gd
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 9, 16, generator=g) * 3
+    text_mask = torch.rand(2, 9, 16, generator=g) > 0.3
+    onehot = (torch.rand(2, 9, 16, generator=g) > 0.9).float()
+    x = torch.masked_select(logits, text_mask)
+    t = torch.masked_select(onehot, text_mask)
+    assert x.dim() == 1
+    xr = x.clone().requires_grad_()
+    want = gd.sigmoid_focal_loss(xr, t, 3.0, alpha=0.25, gamma=2)
+    (gw,) = torch.autograd.grad(want, xr)
+    spy = Spy(dl.DF)
+    with pytest.MonkeyPatch.context() as mp, dl.patched():
+        mp.setattr(dl, "DF", spy)
+        xp = x.clone().requires_grad_()
+        got = gd.sigmoid_focal_loss(xp, t, 3.0, alpha=0.25, gamma=2)
+        (gg,) = torch.autograd.grad(got, xp)
+        assert spy.calls["sigmoid_focal_loss"] == 1
+        scalar = gd.sigmoid_focal_loss(x[0], t[0], 3.0)
+        assert spy.calls["sigmoid_focal_loss"] == 1  # 0-dim: the library's
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(gg, gw, rtol=2e-5, atol=2e-7)
+    torch.testing.assert_close(scalar, gd.sigmoid_focal_loss(x[0], t[0], 3.0))
+
+
 def test_transformers_functions_match_and_hand_back():
     """The patched focal loss and GIoU matrix against the library's, including what they hand
     back to it: integer one-hot targets (its BCE raises), alpha outside [0, 1], a GIoU matrix

@@ -56,10 +56,13 @@ def _load():
     return ps
 
 
-def _focal_ok(inputs, targets, alpha, gamma):
+def _focal_ok(inputs, targets, alpha, gamma, min_dim):
+    """`min_dim`: 2 for the mean over dim 1; 1 for Grounding DINO's plain sum, which
+    transformers calls with the 1-D masked_select of the logits and targets."""
     return (isinstance(inputs, torch.Tensor) and isinstance(targets, torch.Tensor)
             and ours(inputs, targets) and inputs.dtype == targets.dtype
-            and inputs.shape == targets.shape and inputs.dim() >= 2 and not targets.requires_grad
+            and inputs.shape == targets.shape and inputs.dim() >= min_dim
+            and not targets.requires_grad
             and is_number(alpha) and alpha <= 1 and is_number(gamma) and gamma >= 0)
 
 
@@ -67,7 +70,7 @@ def _wrap_focal_mean1(orig):
     """transformers' ``sigmoid_focal_loss``: ``loss.mean(1).sum() / num_boxes``."""
     @functools.wraps(orig)
     def sigmoid_focal_loss(inputs, targets, num_boxes, alpha=0.25, gamma=2):
-        if not _focal_ok(inputs, targets, alpha, gamma):
+        if not _focal_ok(inputs, targets, alpha, gamma, 2):
             return orig(inputs, targets, num_boxes, alpha, gamma)
         total = DF.sigmoid_focal_loss(inputs, targets, alpha=alpha if alpha >= 0 else None,
                                       gamma=gamma, reduction="sum")
@@ -79,7 +82,7 @@ def _wrap_focal_sum(orig):
     """Grounding DINO's ``sigmoid_focal_loss``: ``loss.sum() / num_boxes``."""
     @functools.wraps(orig)
     def sigmoid_focal_loss(inputs, targets, num_boxes, alpha=0.25, gamma=2):
-        if not _focal_ok(inputs, targets, alpha, gamma):
+        if not _focal_ok(inputs, targets, alpha, gamma, 1):
             return orig(inputs, targets, num_boxes, alpha, gamma)
         return DF.sigmoid_focal_loss(inputs, targets, alpha=alpha if alpha >= 0 else None,
                                      gamma=gamma, reduction="sum") / num_boxes
