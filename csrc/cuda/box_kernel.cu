@@ -1,6 +1,7 @@
 // CUDA kernels of the box family: one thread per pair for the losses (rows of 4 read with
-// one vector load each; ProbIoU's rows of 5 element by element), a shared-memory tiled kernel for the pairwise matrix; the formula is
-// csrc/math/box.h, the launch and deterministic reduction csrc/cuda/launch.cuh.
+// one vector load each; ProbIoU's rows of 5 element by element), a shared-memory tiled
+// kernel for the pairwise matrix; the formula is csrc/math/box.h, the launch and
+// deterministic reduction csrc/cuda/launch.cuh.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
