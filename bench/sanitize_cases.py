@@ -121,6 +121,19 @@ def box_cases(quick):
                         backward(DF.iou_loss(p[:1], t, kind, fmt, reduction="mean"), [p])
                     DF.box_iou_matrix(p.detach(), t.detach()[: max(1, n // 3)], kind)
                     DF.box_iou_matrix(p.detach()[None].repeat(2, 1, 1), t.detach()[None].repeat(2, 1, 1), kind)
+            # ProbIoU: rotated rows of 5 (unaligned by construction), any angle
+            base = torch.rand(5 * n + offset, device=DEVICE, dtype=dtype) * 10
+            p = base[offset:].view(n, 5).requires_grad_()
+            t = (torch.rand(n, 5, device=DEVICE, dtype=dtype) * 10).requires_grad_()
+            for kind in ("probiou", "probiou_ciou"):
+                for i, red in enumerate(("none", "sum")):
+                    o = DF.iou_loss(p, t, kind, "xywhr", reduction=red, floor=0.01)
+                    backward(o, [p, t], upstream_not_1=i == 1, retain=i == 0)
+                forward_only(lambda p, t: DF.iou_loss(p, t, kind, "xywhr"), p, t)
+                backward(DF.iou_loss(p[:1], t, kind, "xywhr", reduction="mean"), [p])
+                DF.box_iou_matrix(p.detach(), t.detach()[: max(1, n // 3)], kind, "xywhr")
+                DF.box_iou_matrix(p.detach()[None].repeat(2, 1, 1), t.detach()[None].repeat(2, 1, 1),
+                                  kind, "xywhr")
 
 
 def dfl_cases(quick):
