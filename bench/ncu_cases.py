@@ -37,6 +37,13 @@ def cases():
         yield kind, (lambda k=kind: DF.iou_loss(p, tb, k, reduction="sum")), p
     a = torch.cat([xy[: N // 64], xy[: N // 64] + wh[: N // 64]], 1)
     yield "iou_matrix", lambda: DF.box_iou_matrix(a[: (1 << 20)], tb[:64]), None
+    nr = N // 5  # rotated boxes: rows of 5
+    ro = torch.cat([torch.rand(nr, 2, device="cuda", generator=g) * 1000,
+                    torch.rand(nr, 2, device="cuda", generator=g) * 64 + 8,
+                    torch.rand(nr, 1, device="cuda", generator=g) * 3], 1)
+    pr = (ro + 0.5).requires_grad_()
+    yield "probiou", lambda: DF.probiou_loss(pr, ro, floor=0.01, reduction="sum"), pr
+    yield "probiou_matrix", lambda: DF.batch_probiou(ro[: (1 << 20)], ro[:64]), None
     z = r(N // 16, 16, scale=2.0).requires_grad_()
     y = torch.rand(N // 16, device="cuda", generator=g) * 15
     yield "dfl", lambda: DF.distribution_focal_loss(z, y, reduction="sum"), z
