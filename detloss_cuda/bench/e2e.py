@@ -387,29 +387,24 @@ def ops():
             name="yolo_loss", family="e2e", unit="images (YOLOv8n, 640 px)", make=yolo_inputs,
             fused=yolo_fused, eager=_yolo_loss, bytes_moved=_x_bytes, compilable=False,
             sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
-        for name, cfg, what in (("yolo_seg_loss", "yolo11n-seg.yaml", "YOLO11n-seg"),
-                                ("yolo26seg_loss", "yolo26n-seg.yaml", "YOLO26n-seg")):
+        # (name, config, inputs, unit, quick sizes, CPU sizes); YOLO26-seg's unpatched step
+        # takes seconds: not in the quick run
+        for name, cfg, make, unit, quick, cpu in (
+                ("yolo_seg_loss", "yolo11n-seg.yaml", _seg_inputs, "YOLO11n-seg, 640 px", [2], [1, 4, 16]),
+                ("yolo26seg_loss", "yolo26n-seg.yaml", _seg_inputs, "YOLO26n-seg, 640 px", [], [1, 4, 16]),
+                ("yolo_obb_loss", "yolo11n-obb.yaml", _obb_inputs, "YOLO11n-obb, 1024 px, 64 boxes",
+                 [], [1, 4, 8]),
+                ("yolo26obb_loss", "yolo26n-obb.yaml", _obb_inputs, "YOLO26n-obb, 1024 px, 64 boxes",
+                 [], [1, 4, 8]),
+                ("yolo_pose_loss", "yolo11n-pose.yaml", _pose_inputs, "YOLO11n-pose, 640 px, 8 people",
+                 [], [1, 4, 16]),
+                ("yolo26pose_loss", "yolo26n-pose.yaml", _pose_inputs,
+                 "YOLO26n-pose, 640 px, 8 people", [], [1, 4, 16])):
             ops[name] = BenchOp(
-                name=name, family="e2e", unit=f"images ({what}, 640 px)",
-                make=lambda *a, cfg=cfg: _seg_inputs(cfg, *a), fused=_crit_fused, eager=_crit_loss,
-                bytes_moved=_x_bytes, compilable=False,
-                # (YOLO26-seg's unpatched step takes seconds: not in the quick run)
-                sizes={"quick": [2] if "11" in cfg else [], "cpu": [1, 4, 16],
-                       "cuda": [1, 16, 64]})
-        for name, cfg, what in (("yolo_obb_loss", "yolo11n-obb.yaml", "YOLO11n-obb"),
-                                ("yolo26obb_loss", "yolo26n-obb.yaml", "YOLO26n-obb")):
-            ops[name] = BenchOp(
-                name=name, family="e2e", unit=f"images ({what}, 1024 px, 64 boxes)",
-                make=lambda *a, cfg=cfg: _obb_inputs(cfg, *a), fused=_crit_fused,
+                name=name, family="e2e", unit=f"images ({unit})",
+                make=lambda *a, cfg=cfg, make=make: make(cfg, *a), fused=_crit_fused,
                 eager=_crit_loss, bytes_moved=_x_bytes, compilable=False,
-                sizes={"quick": [], "cpu": [1, 4, 8], "cuda": [1, 16, 64]})
-        for name, cfg, what in (("yolo_pose_loss", "yolo11n-pose.yaml", "YOLO11n-pose"),
-                                ("yolo26pose_loss", "yolo26n-pose.yaml", "YOLO26n-pose")):
-            ops[name] = BenchOp(
-                name=name, family="e2e", unit=f"images ({what}, 640 px, 8 people)",
-                make=lambda *a, cfg=cfg: _pose_inputs(cfg, *a), fused=_crit_fused,
-                eager=_crit_loss, bytes_moved=_x_bytes, compilable=False,
-                sizes={"quick": [], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+                sizes={"quick": quick, "cpu": cpu, "cuda": [1, 16, 64]})
     if _have("torchvision"):
         ops["retinanet_loss"] = BenchOp(
             name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",

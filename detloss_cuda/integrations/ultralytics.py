@@ -131,6 +131,19 @@ def _plain_bce(bce):
             and bce.weight is None and bce.pos_weight is None)
 
 
+def _with_fused_bce(crit, call):
+    """call() (ultralytics' own step) with the criterion's plain BCE swapped for the fused one
+    for this call only (the criterion is left as it was); a weighted BCE: call() as is."""
+    bce = getattr(crit, "bce", None)
+    if not _plain_bce(bce):
+        return call()
+    crit.bce = FusedBCEWithLogits()
+    try:
+        return call()
+    finally:
+        crit.bce = bce
+
+
 _SEG_KW = ("pd_coef", "mask_scale", "proto", "gt_masks")  # SegTaskAlignedAssigner's extra arguments
 
 
@@ -167,14 +180,7 @@ def _wrap_assigned(orig, tal_cls, seg_cls, make_anchors):
         scores = preds.get("scores") if isinstance(preds, dict) else None
         seg = _fused_assignment(self, tal_cls, seg_cls, assign_kwargs)
         if seg is None or not ours(scores):
-            bce = getattr(self, "bce", None)
-            if not _plain_bce(bce):
-                return orig(self, preds, batch, **assign_kwargs)
-            self.bce = FusedBCEWithLogits()  # for this call only: the criterion is left as it was
-            try:
-                return orig(self, preds, batch, **assign_kwargs)
-            finally:
-                self.bce = bce
+            return _with_fused_bce(self, lambda: orig(self, preds, batch, **assign_kwargs))
         # ultralytics' own steps (targets, decode, box losses), with the assignment and the
         # classification loss on class indices: no [B, A, C] tensor
         loss = torch.zeros(3, device=self.device)  # box, cls, dfl
@@ -283,14 +289,7 @@ def _wrap_obb_loss(orig, rot_cls, make_anchors, angle_loss):
         scores = preds.get("scores") if isinstance(preds, dict) else None
         if type(getattr(self, "assigner", None)) is not rot_cls or not ours(scores) \
                 or not _plain_bce(getattr(self, "bce", None)):
-            bce = getattr(self, "bce", None)
-            if not _plain_bce(bce):
-                return orig(self, preds, batch)
-            self.bce = FusedBCEWithLogits()  # for this call only
-            try:
-                return orig(self, preds, batch)
-            finally:
-                self.bce = bce
+            return _with_fused_bce(self, lambda: orig(self, preds, batch))
         loss = torch.zeros(4, device=self.device)  # box, cls, dfl, angle
         # views of the head's [B, C, A] outputs (ultralytics copies them to [B, A, C])
         pred_distri = preds["boxes"].permute(0, 2, 1)
@@ -420,43 +419,43 @@ def _wrap_det_init(orig):
     return __init__
 
 
+def _integral(self, pred_dist):
+    """The expected distances of ultralytics' DFL decode (softmax over each side's bins ·
+    proj, proj = arange(R)) as distribution_integral, [B, A, 4]; None where the fused
+    integral does not apply (no DFL, other devices, another proj, or a criterion built
+    before patch() inside a compiled graph, where proj cannot be read)."""
+    if not getattr(self, "use_dfl", False) or not ours(pred_dist) or pred_dist.dim() != 3:
+        return None
+    b, a, c = pred_dist.shape
+    ok = getattr(self, _PROJ_IS_ARANGE, None)
+    if ok is None:  # a criterion built before patch()
+        if torch.compiler.is_compiling():
+            return None  # no host read inside a graph
+        ok = _proj_is_arange(self)
+        setattr(self, _PROJ_IS_ARANGE, ok)
+    if not ok or c % 4 != 0 or self.proj.numel() != c // 4:
+        return None
+    return DF.distribution_integral(pred_dist.view(b, a, 4, c // 4))
+
+
 def _wrap_bbox_decode(orig, dist2bbox):
     @functools.wraps(orig)
     def bbox_decode(self, anchor_points, pred_dist):
-        if not getattr(self, "use_dfl", False) or not ours(pred_dist) or pred_dist.dim() != 3:
+        dist = _integral(self, pred_dist)
+        if dist is None:
             return orig(self, anchor_points, pred_dist)
-        b, a, c = pred_dist.shape
-        ok = getattr(self, _PROJ_IS_ARANGE, None)
-        if ok is None:  # a criterion built before patch()
-            if torch.compiler.is_compiling():
-                return orig(self, anchor_points, pred_dist)  # no host read inside a graph
-            ok = _proj_is_arange(self)
-            setattr(self, _PROJ_IS_ARANGE, ok)
-        if not ok or c % 4 != 0 or self.proj.numel() != c // 4:
-            return orig(self, anchor_points, pred_dist)
-        # softmax over each side's bins · (0, 1, ..., R - 1): the expected distance
-        dist = DF.distribution_integral(pred_dist.view(b, a, 4, c // 4))
         return dist2bbox(dist, anchor_points, xywh=False)
     return bbox_decode
 
 
 def _wrap_obb_decode(orig, dist2rbox):
-    """v8OBBLoss.bbox_decode: the bins' softmax · proj as distribution_integral (as the
-    detection decode), then ultralytics' dist2rbox."""
+    """v8OBBLoss.bbox_decode: the integral (as the detection decode), then ultralytics'
+    dist2rbox."""
     @functools.wraps(orig)
     def bbox_decode(self, anchor_points, pred_dist, pred_angle):
-        if not getattr(self, "use_dfl", False) or not ours(pred_dist) or pred_dist.dim() != 3:
+        dist = _integral(self, pred_dist)
+        if dist is None:
             return orig(self, anchor_points, pred_dist, pred_angle)
-        b, a, c = pred_dist.shape
-        ok = getattr(self, _PROJ_IS_ARANGE, None)
-        if ok is None:  # a criterion built before patch()
-            if torch.compiler.is_compiling():
-                return orig(self, anchor_points, pred_dist, pred_angle)
-            ok = _proj_is_arange(self)
-            setattr(self, _PROJ_IS_ARANGE, ok)
-        if not ok or c % 4 != 0 or self.proj.numel() != c // 4:
-            return orig(self, anchor_points, pred_dist, pred_angle)
-        dist = DF.distribution_integral(pred_dist.view(b, a, 4, c // 4))
         return torch.cat((dist2rbox(dist, pred_angle, anchor_points), pred_angle), dim=-1)
     return bbox_decode
 
