@@ -238,6 +238,18 @@ def assign_cases(quick):
                        xywhr(gt, M).to(DEVICE, box_dtype), args[5]]
                 for kw in (dict(topk=10), dict(topk=7, topk2=1)):
                     DN.RotatedTaskAlignedAssigner(num_classes=5, alpha=0.5, **kw)(*rot)
+                # keypoints (YOLO26-pose): 17 a box, some hidden; the head's [B, 51, A] read in place
+                K = 17
+                strides = torch.cat([torch.full(((size // s) ** 2,), float(s)) for s in (8, 16, 32)])
+                kp = gt[:, :, None, :2] + torch.rand(B, M, K, 2, generator=g) * (gt[:, :, None, 2:] - gt[:, :, None, :2])
+                gk = torch.cat([kp, torch.randint(0, 3, (B, M, K, 1), generator=g).float()], -1)
+                head = (anc.repeat(1, K)[None] + torch.randn(B, A, 2 * K, generator=g) * 8).view(B, A, K, 2)
+                head = torch.cat([head, torch.zeros(B, A, K, 1)], -1).view(B, A, 3 * K).transpose(1, 2).contiguous()
+                pk = head.to(DEVICE).transpose(1, 2).view(B, A, K, 3)[..., :2]
+                sig = torch.full((K,), 0.08, device=DEVICE)
+                for kw in (dict(topk=10), dict(topk=7, topk2=1)):
+                    DN.PoseTaskAlignedAssigner(sig, num_classes=5, alpha=0.5, **kw)(
+                        *args, strides.to(DEVICE), pd_kpts=pk, gt_kpts=gk.to(DEVICE, box_dtype))
 
 
 def main():

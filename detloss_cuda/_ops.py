@@ -270,6 +270,14 @@ def _tal_assign_seg_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt
                             topk, topk2, alpha, beta, stride_val, eps, scores_are_logits)
 
 
+@_register_fake("tal_assign_pose")
+def _tal_assign_pose_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                          anc_strides, pd_kpts, gt_kpts, sigmas, topk, topk2, alpha, beta,
+                          stride_val, eps, scores_are_logits, level_lo, level_hi):
+    return _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            topk, topk2, alpha, beta, stride_val, eps, scores_are_logits)
+
+
 # --------------------------------------------------------------------------- mask family
 # The kernels return the loss (coef's leading shape for 'none', else 0-dim) and contiguous gradients shaped
 # like coef [P, nm] and proto [B, nm, H, W], whatever their inputs' strides.

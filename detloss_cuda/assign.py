@@ -42,7 +42,9 @@ def _check(name, t):
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
                         topk=13, num_classes=80, alpha=1.0, beta=6.0, stride_val=16.0, eps=1e-9,
                         topk2=None, scores_are_logits=False, index=False, pd_coef=None,
-                        mask_scale=None, proto=None, gt_masks=None, rotated=False):
+                        mask_scale=None, proto=None, gt_masks=None, rotated=False,
+                        anc_strides=None, pd_kpts=None, gt_kpts=None, sigmas=None,
+                        level_range=(2.0, 12.0)):
     """ultralytics 8.4's ``TaskAlignedAssigner.forward``, fused; with ``pd_coef``,
     ``mask_scale``, ``proto`` and ``gt_masks``, ``SegTaskAlignedAssigner``'s (the mask-aware
     overlap below).
@@ -69,6 +71,16 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     (radians), an anchor is a candidate of a box when its projections on the box's two sides
     (sides below ``stride_val`` enlarged to it) fall within them, and the overlap is
     ``max(ProbIoU, 0)``; ``target_bboxes`` are ``[B, A, 5]``.
+
+    The keypoint overlap (``PoseTaskAlignedAssigner``, YOLO26-pose), with ``anc_strides [A]``
+    each anchor's stride, ``pd_kpts [B, A, K, 2]`` each anchor's keypoints and ``gt_kpts
+    [B, >= M, K, 3]`` each box's (x, y, visibility), in pixels, ``sigmas [K]``: a box is a
+    candidate of the anchors inside it on the levels whose stride s has ``lo·s <= sqrt(box
+    area) <= hi·s`` (``level_range = (lo, hi)``; the finest level open below, the coarsest
+    above), or of all the anchors inside it when no such anchor exists; the overlap is the
+    OKS of the pair's keypoints (``exp(-d² / ((2·sigma)² · (0.53·area + eps) · 2))`` over the
+    visible ones, averaged), the CIoU for a box without a visible keypoint. ``pd_kpts`` is
+    read where it lies (a permuted view is not copied).
     """
     for name, t in (("pd_scores", pd_scores), ("pd_bboxes", pd_bboxes), ("anc_points", anc_points),
                     ("gt_labels", gt_labels), ("gt_bboxes", gt_bboxes), ("mask_gt", mask_gt)):
@@ -92,9 +104,26 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
             _check(name, t)
     else:
         seg = None
+    pose = (anc_strides, pd_kpts, gt_kpts, sigmas)
+    if any(t is not None for t in pose):
+        for name, t in zip(("anc_strides", "pd_kpts", "gt_kpts", "sigmas"), pose):
+            if t is None:
+                raise TypeError(f"task_aligned_assign: the keypoint overlap needs anc_strides, "
+                                f"pd_kpts, gt_kpts and sigmas together; {name} is missing")
+            _check(name, t)
+        try:
+            lo, hi = (float(x) for x in level_range)
+        except (TypeError, ValueError):
+            raise TypeError("task_aligned_assign: level_range must be two numbers (lo, hi), got "
+                            f"{level_range!r}") from None
+    else:
+        pose = None
     if rotated and seg is not None:
         raise ValueError("task_aligned_assign: the mask-aware overlap takes xyxy boxes, not "
                          "rotated ones")
+    if pose is not None and (rotated or seg is not None):
+        raise ValueError("task_aligned_assign: the keypoint overlap takes xyxy boxes and no masks "
+                         f"({'rotated=True' if rotated else 'pd_coef, ... gt_masks'} given)")
     topk2 = topk2 or topk
     if gt_bboxes.dim() == 3 and gt_bboxes.shape[1] == 0 and pd_scores.dim() == 3:
         # ultralytics' early return, dtypes included (float labels and indices)
@@ -114,6 +143,9 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     if rotated:
         out = _ops.ops.tal_assign_rotated(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
                                           mask_gt, *params)
+    elif pose is not None:
+        out = _ops.ops.tal_assign_pose(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes,
+                                       mask_gt, *pose, *params, lo, hi)
     elif seg is None:
         out = _ops.ops.tal_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                                   *params)

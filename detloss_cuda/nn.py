@@ -29,6 +29,7 @@ __all__ = [
     "TaskAlignedAssigner",
     "SegTaskAlignedAssigner",
     "RotatedTaskAlignedAssigner",
+    "PoseTaskAlignedAssigner",
 ]
 
 
@@ -276,3 +277,28 @@ class RotatedTaskAlignedAssigner(TaskAlignedAssigner):
                 scores_are_logits=False, index=False):
         return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                             scores_are_logits=scores_are_logits, index=index, rotated=True)
+
+
+class PoseTaskAlignedAssigner(TaskAlignedAssigner):
+    """ultralytics 8.4's ``ultralytics.utils.tal.PoseTaskAlignedAssigner`` (YOLO26-pose), fused:
+    the overlap of a pair is the OKS of its keypoints (the CIoU for a box without a visible
+    one) and a box is a candidate only of the anchors whose level fits its size
+    (``level_range``, ultralytics' gate and its fallback)
+    (``detloss_cuda.assign.task_aligned_assign``); no ``(batch, boxes, anchors)`` tensor.
+    The same constructor (``sigmas [K]`` first), ``forward(..., anc_strides, pd_kpts=...,
+    gt_kpts=...)`` and outputs, and ``scores_are_logits`` / ``index`` as the detection one."""
+
+    level_range = (2.0, 12.0)  # (lo, hi) ground-truth size range per stride, in strides
+
+    def __init__(self, sigmas, **kwargs):
+        super().__init__(**kwargs)
+        self.sigmas = sigmas
+
+    @torch.no_grad()
+    def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, anc_strides,
+                *, pd_kpts, gt_kpts, scores_are_logits=False, index=False):
+        self.anc_strides = anc_strides
+        return self._assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            scores_are_logits=scores_are_logits, index=index,
+                            anc_strides=anc_strides, pd_kpts=pd_kpts, gt_kpts=gt_kpts,
+                            sigmas=self.sigmas, level_range=self.level_range)

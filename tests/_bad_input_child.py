@@ -179,6 +179,11 @@ def cases():
         torch.ones(2, 3, 1), torch.randn(2, 30, 4), torch.ones(2, 1), torch.randn(2, 4, 8, 8),
         k["gt_masks"], 10, 10, 1.0, 6.0, 16.0, 1e-9, False),
         {"gt_masks": torch.ones(2, 2, 8, 8, dtype=torch.bool)}, True)
+    yield ("ops.tal_assign_pose", "pd_kpts", "no keypoint axis", lambda **k: ops.tal_assign_pose(
+        T(2, 30, 4), boxes(2, 30), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)), boxes(2, 3),
+        torch.ones(2, 3, 1), torch.full((30,), 8.0), k["pd_kpts"], torch.rand(2, 3, 17, 3),
+        torch.full((17,), 0.05), 10, 10, 1.0, 6.0, 16.0, 1e-9, False, 2.0, 12.0),
+        {"pd_kpts": torch.rand(2, 30, 34)}, True)
 
 
 def describe(out, kwargs):

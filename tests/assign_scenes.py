@@ -147,3 +147,52 @@ def rotated_scene(B=3, M=7, size=160, C=5, dtype=torch.float32, seed=0, pad=2, k
     pd = torch.where(good, pick + jitter, pd)
     scores = torch.rand(B, A, C, generator=g, dtype=torch.float64) * 0.98 + 0.01
     return (scores.to(dtype), pd.to(dtype), anc, labels, gt.to(dtype), mask.to(dtype))
+
+
+def anchor_strides(size, strides=(8, 16, 32), dtype=torch.float32):
+    """Each anchor's stride, in anchors()' order (ultralytics' stride_tensor.view(-1))."""
+    return torch.cat([torch.full(((size // s) ** 2,), float(s), dtype=dtype) for s in strides])
+
+
+def pose_parts(inputs, K=17, size=160, seed=0, kind=None):
+    """PoseTaskAlignedAssigner's extra inputs for a scene(): anchor strides, each box's K
+    keypoints inside it (visibility 0, 1 or 2; box 0 of image 0 has none visible), each
+    anchor's predicted keypoints near those of the box whose centre is nearest (pixels), and
+    sigmas. kind: 'fallback' adds a wide, thin box no level fits (its candidates ungated),
+    'exact' makes some predictions equal to the truth (OKS 1), 'invisible' hides every
+    keypoint (every overlap the CIoU)."""
+    s, p, a, lab, gt, m = inputs
+    dtype = gt.dtype
+    g = torch.Generator().manual_seed(seed + 100)
+    B, M = gt.shape[:2]
+    A = a.shape[0]
+    if kind == "fallback":
+        # side sqrt(960 * 12) = 107 > 12 * 8: not the finest level; its centre row y = 32
+        # leaves no stride-16 or -32 anchor strictly inside (16-px region after stride_val)
+        gt = gt.clone()
+        gt[:, 0] = torch.tensor([-400.0, 26.0, 560.0, 38.0], dtype=dtype)
+    u = torch.rand(B, M, K, 2, generator=g, dtype=torch.float64)
+    xy = gt[..., None, :2].double() + u * (gt[..., None, 2:] - gt[..., None, :2]).double()
+    vis = torch.randint(0, 3, (B, M, K, 1), generator=g).double()
+    vis[:1, :1] = 0
+    if kind == "invisible":
+        vis[:] = 0
+    gt_kpts = torch.cat([xy, vis], -1)
+    # each anchor's keypoints: those of the box of nearest centre, moved by up to ~15% of its size
+    c = (gt[..., :2] + gt[..., 2:]).double() / 2  # [B, M, 2]
+    d = (a.double()[None, :, None] - c[:, None]).pow(2).sum(-1)  # [B, A, M]
+    noise = torch.randn(B, A, K, 2, generator=g, dtype=torch.float64)
+    if M == 0:
+        base, scale = a.double()[None, :, None].expand(B, A, K, 2), torch.full((B, A, 1, 1), 8.0)
+    else:
+        near = d.argmin(-1)  # [B, A]
+        base = torch.gather(xy, 1, near[..., None, None].expand(B, A, K, 2))
+        wh = (gt[..., 2:] - gt[..., :2]).double().abs() + 2
+        scale = torch.gather(wh, 1, near[..., None].expand(B, A, 2))[:, :, None]
+    pd = base + noise * scale * 0.15
+    if kind == "exact":
+        pd[:, ::7] = base[:, ::7]
+    strides = anchor_strides(size, dtype=torch.float32)
+    sig = torch.tensor([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87,
+                        .89, .89])[:K] / 10.0 if K <= 17 else torch.full((K,), 1.0 / K)
+    return (s, p, a, lab, gt, m), strides, pd.float(), gt_kpts.to(dtype), sig

@@ -22,7 +22,7 @@ import torch
 
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
-from assign_scenes import adversarial, rotated_scene, scene, seg_parts
+from assign_scenes import adversarial, pose_parts, rotated_scene, scene, seg_parts
 from conftest import DTYPES
 from emulated_cases import both, boxes, close, cls_fn, cls_variants, loss_and_grads, rboxes
 from emulated_cuda import emu_ops, emulated, kernels
@@ -433,6 +433,31 @@ def test_rotated_assigner_bit_equal(kind):
             cpu = DN.RotatedTaskAlignedAssigner(num_classes=5, **kw)(*inputs)
             with emulated():
                 cuda = DN.RotatedTaskAlignedAssigner(num_classes=5, **kw)(*inputs)
+            for i, (x, y) in enumerate(zip(cpu, cuda)):
+                assert x.dtype == y.dtype and x.shape == y.shape, i
+                assert torch.equal(x, y), f"output {i}: {int((x != y).sum())} values differ ({kw})"
+
+
+@pytest.mark.parametrize("kind", [None, "fallback", "exact", "invisible"])
+def test_pose_assigner_bit_equal(kind):
+    """PoseTaskAlignedAssigner's gate (GateUnit, a warp a box) and OKS overlap; every
+    box/score dtype pair for the random scene, the keypoints read from the YOLO26 head's
+    layout (a strided view) once."""
+    dtypes = [(b, s) for b in (torch.float32, torch.float64) for s in DTYPES] if kind is None else \
+        [(torch.float32, torch.float32), (torch.float64, torch.float64)]
+    for box_dtype, score_dtype in dtypes:
+        inputs, st, pk, gk, sig = pose_parts(scene(dtype=box_dtype, seed=2, big=True), seed=2, kind=kind)
+        inputs = (inputs[0].to(score_dtype), *inputs[1:])
+        views = [pk]
+        if kind is None and box_dtype == score_dtype == torch.float32:
+            B, A, K = pk.shape[:3]
+            head = torch.cat([pk, torch.zeros(B, A, K, 1)], -1).reshape(B, A, 3 * K).transpose(1, 2).contiguous()
+            views.append(head.transpose(1, 2).view(B, A, K, 3)[..., :2])
+        for kw, pd_kpts in [(kw, v) for kw in KW[:4] for v in views]:
+            T = DN.PoseTaskAlignedAssigner(sig, num_classes=5, **kw)
+            cpu = T(*inputs, st, pd_kpts=pd_kpts, gt_kpts=gk)
+            with emulated():
+                cuda = T(*inputs, st, pd_kpts=pd_kpts, gt_kpts=gk)
             for i, (x, y) in enumerate(zip(cpu, cuda)):
                 assert x.dtype == y.dtype and x.shape == y.shape, i
                 assert torch.equal(x, y), f"output {i}: {int((x != y).sum())} values differ ({kw})"

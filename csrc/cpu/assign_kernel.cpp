@@ -121,6 +121,10 @@ TalResult run(const TalArgs& a) {
     sv = tal_seg_view<S>(a, v.pred);
   }
 
+  // the keypoint assigner: each box's gate flag, image by image before that image's phase 1
+  std::vector<uint8_t> gated(a.pose ? B * M : 0);
+  if (a.pose) tal_pose_view(a, v, gated.data());
+
   int64_t* o_lab = labels.mutable_data_ptr<int64_t>();
   S* o_box = boxes.mutable_data_ptr<S>();
   S* o_score = score.mutable_data_ptr<S>();
@@ -135,6 +139,8 @@ TalResult run(const TalArgs& a) {
     std::vector<S> row(a.seg ? a.W : 0);
     for (int64_t b = b0; b < b1; ++b) {
       if (a.seg) seg_overlaps(vpre, sv, b, seg_list.data(), seg_iou.data(), row.data());
+      if (a.pose)
+        for (int64_t m = 0; m < M; ++m) gated[b * M + m] = math::tal_box_has_gated(v, b * M + m, 0, 1);
       // 1. each box's positives
       for (int64_t m = 0; m < M; ++m) math::tal_select_box(v, b, m, sel.data() + m * K);
       // 2. anchors selected by several boxes go to the box of largest overlap
@@ -209,7 +215,8 @@ TalResult tal_assign_cpu(const TalArgs& a) {
     for (int64_t i = 0, n = a.B * a.M; i < n; ++i)
       TORCH_CHECK_VALUE(!val[i] || (lab[i] >= 0 && lab[i] < a.C),
                         a.seg ? "detloss.tal_assign_seg"
-                              : (a.box_dim == 5 ? "detloss.tal_assign_rotated" : "detloss.tal_assign"),
+                      : a.pose ? "detloss.tal_assign_pose"
+                               : (a.box_dim == 5 ? "detloss.tal_assign_rotated" : "detloss.tal_assign"),
                         ": gt_labels "
                         "of a valid box must be in [0, C) = [0, ", a.C, "), got ", lab[i],
                         " (image ", i / a.M, ", box ", i % a.M, ")");
@@ -230,4 +237,5 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cpu>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cpu>);
   m.impl("tal_assign_rotated", &detloss::tal_assign_entry<detloss::tal_assign_cpu, 5>);
+  m.impl("tal_assign_pose", &detloss::tal_assign_pose_entry<detloss::tal_assign_cpu>);
 }

@@ -83,7 +83,7 @@ struct SelectUnit {
     int positive = 0;
     for (int64_t i = lo + lane; i < hi; i += 32) {
       const int64_t a = v.order[i];
-      if (!math::tal_inside(r, v.anchor_x[a], v.anchor_y[a])) continue;
+      if (!math::tal_candidate(v, r, bm, a)) continue;
       S ov, mu;
       math::tal_metric(v, b, bm, a, ov, mu);
       if (mu > S(0)) {
@@ -105,7 +105,7 @@ struct SelectUnit {
         bool fill = false;
         if (i < hi) {
           a = v.order[i];
-          if (math::tal_inside(r, v.anchor_x[a], v.anchor_y[a])) {
+          if (math::tal_candidate(v, r, bm, a)) {
             S ov, mu;
             math::tal_metric(v, b, bm, a, ov, mu);
             fill = !(mu > S(0)) && a - math::tal_count_below(merged, listed, a) < free_slots;
@@ -118,6 +118,21 @@ struct SelectUnit {
       }
     }
     for (int j = (n < v.k ? n : v.k) + lane; j < v.k; j += 32) out[j] = -1;
+    return 0.f;
+  }
+};
+
+// 0. the keypoint assigner's gate: whether box u / 32 has a candidate on a level that fits its
+// size (math::tal_box_has_gated, the lanes taking every 32nd position of its x-range)
+template <class S, class TS>
+struct GateUnit {
+  View<S, TS> v;
+  uint8_t* gated;  // [B·M]
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int lane = static_cast<int>(u & 31);
+    const int64_t bm = u >> 5;
+    const bool any = __ballot_sync(kFull, math::tal_box_has_gated(v, bm, lane, 32)) != 0u;
+    if (lane == 0) gated[bm] = any;
     return 0.f;
   }
 };
@@ -428,6 +443,15 @@ TalResult run(const TalArgs& a) {
     v.seg_k = static_cast<int>(SK);
   }
 
+  // 0. the keypoint assigner: each box's gate flag
+  at::Tensor gated;
+  if (a.pose && M > 0) {
+    gated = at::empty({B * M}, opts.dtype(at::kByte));
+    tal_pose_view(a, v, nullptr);  // (the gate pass tests the level, not yet the flag)
+    run_units(B * M * 32, GateUnit<S, TS>{v, gated.mutable_data_ptr<uint8_t>()}, dev);
+    v.gated = gated.const_data_ptr<uint8_t>();
+  }
+
   at::Tensor owner = at::empty({B * A}, i64);
   int64_t* own = owner.mutable_data_ptr<int64_t>();
   if (M > 0) {
@@ -496,4 +520,5 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("tal_assign", &detloss::tal_assign_entry<detloss::tal_assign_cuda>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_entry<detloss::tal_assign_cuda>);
   m.impl("tal_assign_rotated", &detloss::tal_assign_entry<detloss::tal_assign_cuda, 5>);
+  m.impl("tal_assign_pose", &detloss::tal_assign_pose_entry<detloss::tal_assign_cuda>);
 }

@@ -281,6 +281,18 @@ struct TalView {
   const S* seg_iou = nullptr;
   int seg_k = 0;
   bool box_only = false;  // phase 0's metric: the box overlap's, plus eps
+  // the keypoint overlap and level gate (ultralytics' PoseTaskAlignedAssigner), when kpt_gt
+  // is set (box_dim 4): OKS of the pair's keypoints where the box has a visible one
+  const S* kpt_pd = nullptr;   // [B, A, K, 2] px at kpt_pd_stride (float32-rounded, as .float())
+  int64_t kpt_pd_stride[4] = {0, 0, 0, 0};
+  const S* kpt_gt = nullptr;   // [B, M, K, 3] px, visibility > 0 = visible
+  const S* kpt_den = nullptr;  // [B, M, K]: (2·sigma_k)² · (0.53·area + eps) · 2
+  int64_t nkpt = 0;
+  const S* gate_side = nullptr;  // [B, M]: sqrt(max(w·h, 0))
+  const S* gate_lo = nullptr;    // [A]: lo · stride (a bound the finest level does not have)
+  const S* gate_hi = nullptr;    // [A]: hi · stride (nor the coarsest this one)
+  const uint8_t* gate_open = nullptr;  // [A]: bit 0 finest level, bit 1 coarsest
+  const uint8_t* gated = nullptr;      // [B, M]: the box has a candidate inside the gate
 };
 
 // The score of anchor a for class c of image b, as the assigner sees it: sigmoid(logit) or
@@ -303,6 +315,48 @@ DETLOSS_HD S tal_seg_iou(const TalView<S, TS>& v, int64_t bm, int64_t a) {
   return S(0);
 }
 
+// Anchor a's level fits box bm's size: lo·s <= sqrt(area) <= hi·s, the finest level open
+// below, the coarsest above (a NaN size fits only where both sides are open).
+template <class S, class TS>
+DETLOSS_HD bool tal_gate_ok(const TalView<S, TS>& v, int64_t bm, int64_t a) {
+  const S side = v.gate_side[bm];
+  const uint8_t open = v.gate_open[a];
+  return ((open & 1) || side >= v.gate_lo[a]) && ((open & 2) || side <= v.gate_hi[a]);
+}
+
+// Anchor a is a candidate of valid box bm whose region is r: inside it and, for the keypoint
+// assigner, on a level the gate lets through when the box has such a candidate at all.
+template <class S, class TS>
+DETLOSS_HD bool tal_candidate(const TalView<S, TS>& v, const TalRegion<S>& r, int64_t bm,
+                              int64_t a) {
+  if (!tal_inside(r, v.anchor_x[a], v.anchor_y[a])) return false;
+  return v.gated == nullptr || !v.gated[bm] || tal_gate_ok(v, bm, a);
+}
+
+// OKS of box bm's keypoints and anchor a's (ultralytics' PoseTaskAlignedAssigner.pair_overlaps):
+//   d_k = (px_k - gx_k)² + (py_k - gy_k)²,  oks = Σ_k exp(-d_k / den_k)·vis_k / max(Σ_k vis_k, 1)
+// summed k ascending (torch's sum of the K terms takes its own order: the last ulp may
+// differ). false, the box's CIoU to be used, when none of its keypoints is visible.
+template <class S, class TS>
+DETLOSS_HD bool tal_oks(const TalView<S, TS>& v, int64_t b, int64_t bm, int64_t a, S& oks) {
+  const S* g = v.kpt_gt + bm * v.nkpt * 3;
+  const S* den = v.kpt_den + bm * v.nkpt;
+  const S* p = v.kpt_pd + b * v.kpt_pd_stride[0] + a * v.kpt_pd_stride[1];
+  S sum = S(0);
+  int n = 0;
+  for (int64_t k = 0; k < v.nkpt; ++k) {
+    const bool vis = g[3 * k + 2] > S(0);
+    const S* pk = p + k * v.kpt_pd_stride[2];
+    const S dx = tal_sub(pk[0], g[3 * k]), dy = tal_sub(pk[v.kpt_pd_stride[3]], g[3 * k + 1]);
+    const S d = tal_add(tal_mul(dx, dx), tal_mul(dy, dy));
+    sum = tal_add(sum, tal_mul(dl_exp(-d / den[k]), vis ? S(1) : S(0)));  // (inf·0 is NaN there too)
+    n += vis;
+  }
+  if (n == 0) return false;
+  oks = sum / S(n);
+  return true;
+}
+
 // Overlap and metric of candidate a of box m (bm = b·M + m; the caller checked it is valid
 // and that a is inside its region).
 template <class S, class TS>
@@ -310,8 +364,9 @@ DETLOSS_HD void tal_metric(const TalView<S, TS>& v, int64_t b, int64_t bm, int64
                            S& mu) {
   const S* g = v.gt + v.box_dim * bm;
   const S* p = v.pred + v.box_dim * (b * v.A + a);
-  ov = v.box_dim == 5 ? tal_probiou(g, p)
-                      : tal_overlap(g[0], g[1], g[2], g[3], p[0], p[1], p[2], p[3]);
+  if (v.kpt_gt == nullptr || !tal_oks(v, b, bm, a, ov))
+    ov = v.box_dim == 5 ? tal_probiou(g, p)
+                        : tal_overlap(g[0], g[1], g[2], g[3], p[0], p[1], p[2], p[3]);
   if (v.seg_list != nullptr) ov = tal_add(ov, tal_seg_iou(v, bm, a)) / S(2);
   const S sa = static_cast<S>(static_cast<TS>(tal_pow(tal_score(v, b, a, v.labels[bm]), v.alpha)));
   mu = tal_mul(sa, tal_pow(ov, v.beta));
@@ -334,8 +389,7 @@ DETLOSS_HD void tal_pair(const TalView<S, TS>& v, int64_t b, int64_t m, int64_t 
   ov = mu = S(0);
   const int64_t bm = b * v.M + m;
   if (!v.valid[bm]) return;
-  if (tal_inside(tal_box_region(v, bm), v.anchor_x[a], v.anchor_y[a]))
-    tal_metric(v, b, bm, a, ov, mu);
+  if (tal_candidate(v, tal_box_region(v, bm), bm, a)) tal_metric(v, b, bm, a, ov, mu);
 }
 
 // The anchors' order by x: ascending, NaN last (at::sort's order, which the CUDA driver
@@ -385,7 +439,7 @@ DETLOSS_HD void tal_select_box(const TalView<S, TS>& v, int64_t b, int64_t m, in
   int64_t positive = 0;  // candidates with mu > 0
   for (int64_t i = lo; i < v.A && v.sorted_x[i] <= r.x2; ++i) {
     const int64_t a = v.order[i];
-    if (!tal_inside(r, v.anchor_x[a], v.anchor_y[a])) continue;
+    if (!tal_candidate(v, r, bm, a)) continue;
     S ov, mu;
     tal_metric(v, b, bm, a, ov, mu);
     if (mu > S(0)) {
@@ -401,11 +455,27 @@ DETLOSS_HD void tal_select_box(const TalView<S, TS>& v, int64_t b, int64_t m, in
   const int64_t free_slots = v.k - positive;
   for (int64_t i = lo; i < v.A && v.sorted_x[i] <= r.x2 && n < v.k; ++i) {
     const int64_t a = v.order[i];
-    if (!tal_inside(r, v.anchor_x[a], v.anchor_y[a])) continue;
+    if (!tal_candidate(v, r, bm, a)) continue;
     S ov, mu;
     tal_metric(v, b, bm, a, ov, mu);
     if (!(mu > S(0)) && a - top.count_below(a) < free_slots) sel[n++] = a;
   }
+}
+
+// The keypoint assigner's gate, one box (before phase 1): whether it has a candidate on a level
+// that fits its size (ultralytics' gated.any(-1); without one its candidates stay ungated).
+// Scans sorted positions lo + first, lo + first + step, ... of the box's x-range.
+template <class S, class TS>
+DETLOSS_HD bool tal_box_has_gated(const TalView<S, TS>& v, int64_t bm, int64_t first,
+                                  int64_t step) {
+  if (!v.valid[bm]) return false;
+  const TalRegion<S> r = tal_box_region(v, bm);
+  const int64_t lo = tal_lower_bound(v.sorted_x, v.A, r.x1);
+  for (int64_t i = lo + first; i < v.A && v.sorted_x[i] <= r.x2; i += step) {
+    const int64_t a = v.order[i];
+    if (tal_inside(r, v.anchor_x[a], v.anchor_y[a]) && tal_gate_ok(v, bm, a)) return true;
+  }
+  return false;
 }
 
 // Phase 2, one anchor selected by cnt > 1 boxes: the box of largest overlap over all boxes,

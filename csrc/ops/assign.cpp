@@ -172,6 +172,63 @@ TalArgs prepare_tal_seg(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes
   return a;
 }
 
+TalArgs prepare_tal_pose(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                         const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                         const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                         const at::Tensor& anc_strides, const at::Tensor& pd_kpts,
+                         const at::Tensor& gt_kpts, const at::Tensor& sigmas, int64_t topk,
+                         int64_t topk2, double alpha, double beta, double stride_val, double eps,
+                         bool scores_are_logits, double level_lo, double level_hi) {
+  constexpr const char* op = "detloss.tal_assign_pose";
+  TalArgs a = prepare_tal(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, topk,
+                          topk2, alpha, beta, stride_val, eps, scores_are_logits, op);
+  TORCH_CHECK_TYPE(is_floating(anc_strides.scalar_type()), op,
+                   ": anc_strides must be a floating tensor, got ", anc_strides.scalar_type());
+  TORCH_CHECK_VALUE((anc_strides.dim() == 1 && anc_strides.size(0) == a.A) ||
+                        (anc_strides.dim() == 2 && anc_strides.size(0) == a.A && anc_strides.size(1) == 1),
+                    op, ": anc_strides must have shape [A] = [", a.A,
+                    "] (each anchor's stride), got ", anc_strides.sizes());
+  TORCH_CHECK_TYPE(is_floating(pd_kpts.scalar_type()), op, ": pd_kpts must be a floating tensor, got ",
+                   pd_kpts.scalar_type());
+  TORCH_CHECK_VALUE(pd_kpts.dim() == 4 && pd_kpts.size(0) == a.B && pd_kpts.size(1) == a.A &&
+                        pd_kpts.size(2) >= 1 && pd_kpts.size(3) == 2,
+                    op, ": pd_kpts must have shape [B, A, K, 2] = [", a.B, ", ", a.A,
+                    ", K, 2] (each anchor's keypoints, pixels), got ", pd_kpts.sizes());
+  a.nkpt = pd_kpts.size(2);
+  TORCH_CHECK_TYPE(is_floating(gt_kpts.scalar_type()), op, ": gt_kpts must be a floating tensor, got ",
+                   gt_kpts.scalar_type());
+  TORCH_CHECK_VALUE(gt_kpts.dim() == 4 && gt_kpts.size(0) == a.B && gt_kpts.size(1) >= a.M &&
+                        gt_kpts.size(2) == a.nkpt && gt_kpts.size(3) == 3,
+                    op, ": gt_kpts must have shape [B, >= M, K, 3] = [", a.B, ", >= ", a.M, ", ",
+                    a.nkpt, ", 3] (each box's keypoints: x, y, visibility), got ", gt_kpts.sizes());
+  TORCH_CHECK_TYPE(is_floating(sigmas.scalar_type()), op, ": sigmas must be a floating tensor, got ",
+                   sigmas.scalar_type());
+  TORCH_CHECK_VALUE(sigmas.dim() == 1 && sigmas.size(0) == a.nkpt, op,
+                    ": sigmas must have shape [K] = [", a.nkpt, "] (one per keypoint), got ",
+                    sigmas.sizes());
+  TORCH_CHECK_VALUE(!std::isnan(level_lo) && !std::isnan(level_hi), op,
+                    ": level_range must be two numbers (lo, hi), got (", level_lo, ", ", level_hi, ")");
+  for (const auto* t : {&anc_strides, &pd_kpts, &gt_kpts, &sigmas}) {
+    TORCH_CHECK_VALUE(t->device() == pd_scores.device(), op,
+                      ": all tensors must be on one device; pd_scores is on ", pd_scores.device(),
+                      " but another is on ", t->device());
+  }
+  const auto as = [&](const at::Tensor& t) { return t.scalar_type() == a.dtype ? t : t.to(a.dtype); };
+  a.pose = true;
+  // ultralytics' operations, in its dtypes, then the arithmetic's (csrc/math/assign.h)
+  a.kpt_pd = as(pd_kpts.to(at::kFloat));  // pd_kpts[b, a].float(); read at its strides
+  a.kpt_gt = as(gt_kpts.narrow(1, 0, a.M)).contiguous();
+  const at::Tensor wh = gt_bboxes.narrow(-1, 2, 2).sub(gt_bboxes.narrow(-1, 0, 2));
+  const at::Tensor area = wh.prod(-1, /*keepdim=*/true);  // [B, M, 1]
+  a.gate_side = as(area.squeeze(-1).clamp_min(0).sqrt()).contiguous();
+  a.kpt_den = as(sigmas.mul(2).pow(2).mul(area.mul(0.53).add(eps)).mul(2)).contiguous();  // [B, M, K]
+  const at::Tensor s = anc_strides.reshape({a.A});
+  a.gate_lo = as(s.mul(level_lo)).contiguous();
+  a.gate_hi = as(s.mul(level_hi)).contiguous();
+  a.gate_open = s.eq(s.min()).to(at::kByte).add(s.eq(s.max()).to(at::kByte).mul(2)).contiguous();
+  return a;
+}
+
 }  // namespace detloss
 
 TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
@@ -192,4 +249,10 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
       "Tensor gt_masks, int topk, int topk2, float alpha, float beta, float stride_val, "
       "float eps, bool scores_are_logits) -> (Tensor target_labels, Tensor target_bboxes, "
       "Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");
+  m.def(
+      "tal_assign_pose(Tensor pd_scores, Tensor pd_bboxes, Tensor anc_points, Tensor gt_labels, "
+      "Tensor gt_bboxes, Tensor mask_gt, Tensor anc_strides, Tensor pd_kpts, Tensor gt_kpts, "
+      "Tensor sigmas, int topk, int topk2, float alpha, float beta, float stride_val, float eps, "
+      "bool scores_are_logits, float level_lo, float level_hi) -> (Tensor target_labels, "
+      "Tensor target_bboxes, Tensor target_score, Tensor fg_mask, Tensor target_gt_idx)");
 }

@@ -34,6 +34,16 @@ struct TalArgs {
   at::Tensor gt_masks;   // [B, Mg, H, W] bool contiguous
   int64_t nm = 0, H = 0, W = 0, Mg = 0;
   int64_t seg_k = 0;     // min(3·topk, A): each box's listed pairs
+  // the keypoint overlap and level gate (tal_assign_pose; csrc/math/assign.h), when `pose`
+  bool pose = false;
+  at::Tensor kpt_pd;     // [B, A, K, 2] in `dtype` (rounded to float32 first), at its strides
+  at::Tensor kpt_gt;     // [B, M, K, 3] contiguous, in `dtype`
+  at::Tensor kpt_den;    // [B, M, K] contiguous, in `dtype`: (2·sigma)² · (0.53·area + eps) · 2
+  at::Tensor gate_side;  // [B, M] contiguous, in `dtype`: sqrt(max(w·h, 0))
+  at::Tensor gate_lo;    // [A] in `dtype`: lo · stride
+  at::Tensor gate_hi;    // [A] in `dtype`: hi · stride
+  at::Tensor gate_open;  // [A] uint8: bit 0 the finest level, bit 1 the coarsest
+  int64_t nkpt = 0;
 };
 
 TalArgs prepare_tal(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
@@ -50,6 +60,14 @@ TalArgs prepare_tal_seg(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes
                         const at::Tensor& proto, const at::Tensor& gt_masks, int64_t topk,
                         int64_t topk2, double alpha, double beta, double stride_val, double eps,
                         bool scores_are_logits);
+
+TalArgs prepare_tal_pose(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                         const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                         const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                         const at::Tensor& anc_strides, const at::Tensor& pd_kpts,
+                         const at::Tensor& gt_kpts, const at::Tensor& sigmas, int64_t topk,
+                         int64_t topk2, double alpha, double beta, double stride_val, double eps,
+                         bool scores_are_logits, double level_lo, double level_hi);
 
 // (target_labels int64 [B, A], target_bboxes [B, A, 4], target_score [B, A] (the normalised
 // alignment metric of the assigned box; 0 for background), fg_mask bool [B, A],
@@ -82,6 +100,36 @@ TalResult tal_assign_seg_entry(const at::Tensor& pd_scores, const at::Tensor& pd
   return F(prepare_tal_seg(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                            pd_coef, mask_scale, proto, gt_masks, topk, topk2, alpha, beta,
                            stride_val, eps, scores_are_logits));
+}
+
+template <TalResult (*F)(const TalArgs&)>
+TalResult tal_assign_pose_entry(const at::Tensor& pd_scores, const at::Tensor& pd_bboxes,
+                                const at::Tensor& anc_points, const at::Tensor& gt_labels,
+                                const at::Tensor& gt_bboxes, const at::Tensor& mask_gt,
+                                const at::Tensor& anc_strides, const at::Tensor& pd_kpts,
+                                const at::Tensor& gt_kpts, const at::Tensor& sigmas, int64_t topk,
+                                int64_t topk2, double alpha, double beta, double stride_val,
+                                double eps, bool scores_are_logits, double level_lo,
+                                double level_hi) {
+  return F(prepare_tal_pose(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
+                            anc_strides, pd_kpts, gt_kpts, sigmas, topk, topk2, alpha, beta,
+                            stride_val, eps, scores_are_logits, level_lo, level_hi));
+}
+
+// The keypoint overlap's and the gate's inputs of a pose call (a.pose) into the view, for
+// either driver; gated: the driver's [B, M] buffer of the gate pass.
+template <class S, class TS>
+void tal_pose_view(const TalArgs& a, math::TalView<S, TS>& v, const uint8_t* gated) {
+  v.kpt_pd = a.kpt_pd.const_data_ptr<S>();
+  for (int d = 0; d < 4; ++d) v.kpt_pd_stride[d] = a.kpt_pd.stride(d);
+  v.kpt_gt = a.kpt_gt.const_data_ptr<S>();
+  v.kpt_den = a.kpt_den.const_data_ptr<S>();
+  v.nkpt = a.nkpt;
+  v.gate_side = a.gate_side.const_data_ptr<S>();
+  v.gate_lo = a.gate_lo.const_data_ptr<S>();
+  v.gate_hi = a.gate_hi.const_data_ptr<S>();
+  v.gate_open = a.gate_open.const_data_ptr<uint8_t>();
+  v.gated = gated;
 }
 
 // The mask IoU's inputs of a seg call (a.seg), for either driver; pred: the boxes in `dtype`.
