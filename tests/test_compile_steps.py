@@ -123,6 +123,7 @@ def _yolo_batch(size):
                                          ("yolo26n.yaml", BACKEND), ("yolo11n-seg.yaml", BACKEND),
                                          ("yolo26n-seg.yaml", BACKEND), ("yolo11n-obb.yaml", BACKEND),
                                          ("yolo26n-obb.yaml", BACKEND), ("yolo11n-pose.yaml", BACKEND),
+                                         ("yolo26n-pose.yaml", BACKEND),
                                          ("yolov8n.yaml", "inductor")])
 def test_ultralytics_loss_compiles(cfg, backend, capsys):
     _require("ultralytics")

@@ -394,11 +394,15 @@ def _pose_batch():
 def test_yolo_pose_steps_match(cfg):
     """YOLO11n-pose (v8PoseLoss: its detection part on the fused assignment and index BCE, its
     keypoint losses on the foreground's keypoints gathered from the head's output) and
-    YOLO26n-pose (PoseLoss26, both E2ELoss branches: its PoseTaskAlignedAssigner and keypoint
-    losses are ultralytics', the BCE fused): loss items and every parameter's gradient as
-    close to float64 as ultralytics' own float32 step; an image without people, occluded and
-    absent keypoints, a person without a visible keypoint."""
+    YOLO26n-pose (PoseLoss26, both E2ELoss branches: the assignment on the fused keypoint
+    assigner from the logits (ultralytics' gate and OKS never ran), the BCE on its class
+    indices (no dense BCE ran); the keypoint, visibility and RLE losses ultralytics', on the
+    foreground's keypoints and sigmas): loss items (rle_loss included) and
+    every parameter's gradient as close to float64 as ultralytics' own float32 step; an image
+    without people, occluded and absent keypoints, a person without a visible keypoint."""
     _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import tal as T
     x = torch.rand(3, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     batch = _pose_batch()
     model = _yolo_model(cfg)
@@ -407,17 +411,82 @@ def test_yolo_pose_steps_match(cfg):
     l32, g32 = _yolo_step(model, x, batch, patched=False)
     from ultralytics.utils import loss as L
 
-    decoded = collections.Counter()
+    decoded, assigned, theirs = collections.Counter(), collections.Counter(), collections.Counter()
+    real = dl.task_aligned_assign
     with pytest.MonkeyPatch.context() as mp:
         for c in (L.v8PoseLoss, L.PoseLoss26):
             f = c.__dict__["kpts_decode"].__func__
             mp.setattr(c, "kpts_decode", staticmethod(
                 lambda *a, _f=f, _c=c.__name__: decoded.update([_c]) or _f(*a)))
+        mp.setattr(dl, "task_aligned_assign", lambda *a, **k: assigned.update(
+            ["keypoints" if "pd_kpts" in k else "boxes"]) or real(*a, **k))
+        for name in ("select_candidates_in_gts", "pair_overlaps"):
+            orig = getattr(T.PoseTaskAlignedAssigner, name)
+            mp.setattr(T.PoseTaskAlignedAssigner, name,
+                       lambda *a, _o=orig, _n=name, **k: theirs.update([_n]) or _o(*a, **k))
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        mp.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                   lambda inp, *a, **k: theirs.update(["dense BCE"] if inp.dim() == 3 else []) or bce(inp, *a, **k))
         lp, gp = _yolo_step(model, x, batch, patched=True)
-    # YOLO11n-pose: the foreground's keypoints only, no whole-output decode; YOLO26n-pose: its own
-    assert decoded == ({} if "11" in cfg else {"PoseLoss26": 2}), decoded
+    # the foreground's keypoints only: no whole-output decode
+    assert not decoded, decoded
+    assert assigned == ({"boxes": 1} if "11" in cfg else {"keypoints": 2}), assigned
+    assert not theirs, f"ultralytics' keypoint assigner or the dense BCE ran: {theirs}"
     assert lp["pose_loss"] > 0 and lp["box_loss"] > 0
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+@pytest.mark.parametrize("cfg", ["yolo11n-pose.yaml", "yolo26n-pose.yaml"])
+def test_yolo_pose_step_without_people(cfg):
+    """A batch without a person: ultralytics' DDP lines keep the keypoints, sigmas and flow
+    model in the graph; the patched step gives every parameter the gradient it gets there
+    (the same set: DDP requires it) and the same loss items."""
+    _require("ultralytics")
+    x = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    batch = {"batch_idx": torch.zeros(0), "cls": torch.zeros(0, 1), "bboxes": torch.zeros(0, 4),
+             "keypoints": torch.zeros(0, 17, 3)}
+    model = _yolo_model(cfg)
+    l64, g64 = _yolo_step(copy.deepcopy(model).double(), x.double(), batch, patched=False)
+    lu, gu = _yolo_step(model, x, batch, patched=False)
+    lp, gp = _yolo_step(model, x, batch, patched=True)
+    assert sorted(gu) == sorted(gp) == sorted(g64)
+    _check_close_as_own_fp32(lu, gu, lp, gp, l64, g64)
+
+
+def test_ultralytics_pose_assigner_is_routed():
+    """PoseTaskAlignedAssigner (PoseLoss26's): the exact class on the fused assigner (its
+    anc_strides stored by its forward, as ultralytics' does), its outputs ultralytics'
+    (float64: the scores to 1e-13); a subclass, or keypoints on another device type, keep
+    ultralytics' code."""
+    _require("ultralytics")
+    import detloss_cuda.integrations.ultralytics as dl
+    from ultralytics.utils import tal as T
+    from assign_scenes import pose_parts, scene
+
+    from test_assign import compare
+
+    inputs, st, pk, gk, sig = pose_parts(scene(B=2, M=6, seed=1, dtype=torch.float64, big=True), seed=1)
+    calls = collections.Counter()
+    real = dl.task_aligned_assign
+
+    class Sub(T.PoseTaskAlignedAssigner):
+        pass
+
+    kw = dict(topk=10, num_classes=5, alpha=0.5, beta=6.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl, "task_aligned_assign", lambda *a, **k: calls.update(
+            ["keypoints" if "pd_kpts" in k else "other"]) or real(*a, **k))
+        ref = T.PoseTaskAlignedAssigner(sig, **kw)(*inputs, st, pd_kpts=pk, gt_kpts=gk)
+        with dl.patched():
+            a = T.PoseTaskAlignedAssigner(sig, **kw)
+            out = a(*inputs, st, pd_kpts=pk, gt_kpts=gk)
+            assert calls == {"keypoints": 1}, calls
+            assert a.anc_strides is st
+            sub = Sub(sig, **kw)(*inputs, st, pd_kpts=pk, gt_kpts=gk)
+            assert calls == {"keypoints": 1}, calls  # not routed
+    compare(ref, out, exact_scores=False)
+    # (its CIoU fallback is the routed bbox_iou, without the 1e-7 ultralytics adds to heights)
+    compare(ref, sub, check_scores=False)
 
 
 def test_ultralytics_rotated_assigner_is_routed():
@@ -530,7 +599,8 @@ def test_ultralytics_unpatch_restores_the_originals():
                 L.FocalLoss.__dict__["forward"],
                 L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"],
                 L.v8SegmentationLoss.__dict__["loss"], L.v8OBBLoss.__dict__["loss"],
-                L.v8OBBLoss.__dict__["bbox_decode"], L.probiou, L.v8PoseLoss.__dict__["loss"]]
+                L.v8OBBLoss.__dict__["bbox_decode"], L.probiou, L.v8PoseLoss.__dict__["loss"],
+                L.PoseLoss26.__dict__["loss"]]
 
     before = snapshot()
     dl.patch()

@@ -11,14 +11,16 @@ the fused ops do not take — MPS tensors, integer boxes, targets that require g
 original):
 
 * ``TaskAlignedAssigner`` (the exact class), ``SegTaskAlignedAssigner`` (YOLO26-seg's
-  mask-aware overlap, with its bool ``gt_masks``) and ``RotatedTaskAlignedAssigner``
-  (YOLO-OBB's: xywhr boxes, the rotated candidate test, ProbIoU; ``v8OBBLoss`` calls it; the
-  pose subclass stays ultralytics'): ``forward`` on the fused assigner
+  mask-aware overlap, with its bool ``gt_masks``), ``RotatedTaskAlignedAssigner``
+  (YOLO-OBB's: xywhr boxes, the rotated candidate test, ProbIoU; ``v8OBBLoss`` calls it) and
+  ``PoseTaskAlignedAssigner`` (YOLO26-pose's: the level gate, OKS of the keypoints):
+  ``forward`` on the fused assigner
   (``detloss_cuda.assign``): the same five outputs without its ``(batch, boxes, anchors)`` or
   ``(pairs, H, W)`` tensors;
 * ``v8DetectionLoss.get_assigned_targets_and_loss`` (YOLOv8/11/26 detection and
   segmentation, and both branches of the end-to-end ``E2ELoss``), when its assigner is one
-  of those classes (YOLO26-seg's ``SegmentLoss26`` passes the mask arguments): the assignment takes the head's logits (the sigmoid only where a box's class is
+  of those classes (YOLO26-seg's ``SegmentLoss26`` passes the mask arguments, YOLO26-pose's
+  ``PoseLoss26`` the strides and keypoints): the assignment takes the head's logits (the sigmoid only where a box's class is
   read) and returns each anchor's class and score, which the fused BCE takes as class
   indices: no ``[B, A, C]`` sigmoid, target or loss tensor is built; the box and DFL losses
   are ultralytics' own (``BboxLoss``, on the kernels below), weighted by the same scores.
@@ -33,6 +35,10 @@ original):
 * ``v8PoseLoss.loss`` (YOLOv8/11-pose): the keypoint losses on the foreground anchors'
   keypoints only, gathered from the head's output (ultralytics decodes every anchor's
   ``[B, A, K, 3]`` first); ultralytics' ``KeypointLoss`` and visibility BCE on them;
+* ``PoseLoss26.loss`` (YOLO26-pose, both ``E2ELoss`` branches): the assignment on the fused
+  keypoint assigner, which reads the decoded keypoints of every anchor as a view of the
+  head's output; the keypoint, visibility and RLE losses (ultralytics' modules) on the
+  foreground anchors' keypoints and sigmas only, gathered from the head's output;
 * ``v8DetectionLoss.bbox_decode``: softmax over the bins · ``proj`` becomes
   ``distribution_integral`` (``proj`` must be ``arange(reg_max)``, as ultralytics builds it;
   checked once per criterion, when it is built (``__init__``), so that a compiled step reads
@@ -161,24 +167,50 @@ def _seg_arguments(assigner, seg_cls, extra):
     return dict(zip(_SEG_KW, t))
 
 
-def _fused_assignment(self, tal_cls, seg_cls, extra):
+_POSE_KW = ("anc_strides", "gt_kpts", "pd_kpts")  # PoseLoss26's assignment arguments
+
+
+def _pose_arguments(assigner, pose_cls, extra):
+    """The keypoint assigner's arguments when the fused one takes them (ultralytics' own
+    PoseTaskAlignedAssigner, its strides and keypoints as tensors our kernels serve), else
+    None. extra: PoseLoss26's three, or the two its forward passes on (the strides then on
+    the assigner)."""
+    if pose_cls is None or type(assigner) is not pose_cls:
+        return None
+    extra = dict(extra)
+    if sorted(extra) == ["gt_kpts", "pd_kpts"]:
+        extra["anc_strides"] = getattr(assigner, "anc_strides", None)
+    sigmas = getattr(assigner, "sigmas", None)
+    if sorted(extra) != list(_POSE_KW) or not ours(*(extra[k] for k in _POSE_KW), sigmas):
+        return None
+    try:
+        lo, hi = assigner.level_range
+        level_range = (float(lo), float(hi))
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return dict(extra, sigmas=sigmas, level_range=level_range)
+
+
+def _fused_assignment(self, tal_cls, seg_cls, pose_cls, extra):
     """The criterion can take the fused path: its assigner is ultralytics' own detection class
-    without extra arguments, or its own SegTaskAlignedAssigner with its four (not another
-    subclass with another overlap), and its BCE plain. Returns the assigner's extra arguments
-    for task_aligned_assign, or None."""
+    without extra arguments, or its own SegTaskAlignedAssigner with its four, or its own
+    PoseTaskAlignedAssigner with its three (not another subclass with another overlap), and
+    its BCE plain. Returns the assigner's extra arguments for task_aligned_assign, or None."""
     if not _plain_bce(getattr(self, "bce", None)):
         return None
     assigner = getattr(self, "assigner", None)
     if type(assigner) is tal_cls and not extra:
         return {}
+    if type(assigner) is pose_cls:
+        return _pose_arguments(assigner, pose_cls, extra)
     return _seg_arguments(assigner, seg_cls, extra)
 
 
-def _wrap_assigned(orig, tal_cls, seg_cls, make_anchors):
+def _wrap_assigned(orig, tal_cls, seg_cls, pose_cls, make_anchors):
     @functools.wraps(orig)
     def get_assigned_targets_and_loss(self, preds, batch, **assign_kwargs):
         scores = preds.get("scores") if isinstance(preds, dict) else None
-        seg = _fused_assignment(self, tal_cls, seg_cls, assign_kwargs)
+        seg = _fused_assignment(self, tal_cls, seg_cls, pose_cls, assign_kwargs)
         if seg is None or not ours(scores):
             return _with_fused_bce(self, lambda: orig(self, preds, batch, **assign_kwargs))
         # ultralytics' own steps (targets, decode, box losses), with the assignment and the
@@ -224,15 +256,18 @@ def _wrap_assigned(orig, tal_cls, seg_cls, make_anchors):
     return get_assigned_targets_and_loss
 
 
-def _wrap_tal_forward(orig, tal_cls, seg_cls, rot_cls):
-    """TaskAlignedAssigner.forward, which SegTaskAlignedAssigner and RotatedTaskAlignedAssigner
-    inherit: those exact classes on the fused assigner, any other subclass ultralytics' own."""
+def _wrap_tal_forward(orig, tal_cls, seg_cls, rot_cls, pose_cls):
+    """TaskAlignedAssigner.forward, which SegTaskAlignedAssigner, RotatedTaskAlignedAssigner
+    and PoseTaskAlignedAssigner inherit (the last after storing anc_strides): those exact
+    classes on the fused assigner, any other subclass ultralytics' own."""
     @functools.wraps(orig)
     def forward(self, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, **extra):
         if type(self) is tal_cls and not extra:
             seg = {}
         elif type(self) is rot_cls and not extra:
             seg = {"rotated": True}
+        elif type(self) is pose_cls:
+            seg = _pose_arguments(self, pose_cls, extra)
         else:
             seg = _seg_arguments(self, seg_cls, extra)
         if seg is None or not ours(pd_scores, pd_bboxes, anc_points, gt_bboxes):
@@ -396,6 +431,71 @@ def _wrap_pose_loss(orig, pose_cls, xyxy2xywh):
         loss[1] *= self.hyp.pose
         loss[2] *= self.hyp.kobj
         return loss * batch_size, dict(zip(self.loss_names, loss.detach()))
+    return loss
+
+
+def _wrap_pose26_loss(orig, pose_cls, make_anchors, xyxy2xywh):
+    """PoseLoss26.loss (YOLO26-pose): the assignment on the fused keypoint assigner (through
+    get_assigned_targets_and_loss, which gets the decoded keypoints as a view of the head's
+    output, read in place: no [B, A, K, D] copy), the keypoint, visibility and RLE losses
+    (ultralytics' own modules) on the foreground anchors' keypoints only, gathered from the
+    head's [B, K·D, A] output and decoded there. ultralytics copies every anchor's keypoints
+    (and sigmas) to [B, A, K, D + 2], decodes all of them (a clone and in-place edits, whose
+    backward copies the whole tensor again) and then indexes the foreground. A subclass
+    overriding a step, or tensors the kernels' devices do not serve: ultralytics' code."""
+    @functools.wraps(orig)
+    def loss(self, preds, batch):
+        kp = preds.get("kpts") if isinstance(preds, dict) else None
+        sig = preds.get("kpts_sigma") if isinstance(preds, dict) else None
+        rle = self.rle_loss is not None and sig is not None
+        cls = type(self)
+        if (torch.compiler.is_compiling() or not ours(kp) or kp.dim() != 3
+                or (rle and (not ours(sig) or sig.shape != (kp.shape[0], 2 * self.kpt_shape[0], kp.shape[2])))
+                or any(getattr(cls, n) is not getattr(pose_cls, n) for n in (
+                    "kpts_decode", "calculate_keypoints_loss", "calculate_rle_loss",
+                    "get_assigned_targets_and_loss", "_batch_keypoints"))):
+            return orig(self, preds, batch)
+        K, D = self.kpt_shape
+        B, A = kp.shape[0], kp.shape[2]
+        loss = torch.zeros(6 if self.rle_loss else 5, device=self.device)
+        anchor_points, stride_tensor = make_anchors(preds["feats"], self.stride, 0.5)
+        imgsz = torch.tensor(preds["feats"][0].shape[2:], device=self.device, dtype=kp.dtype) * self.stride[0]
+        gt_kpts = self._batch_keypoints(batch, B, imgsz)
+        # the assigner's keypoints in pixels, (x + anchor)·stride as ultralytics rounds them,
+        # over [B, K, 2, A] and viewed [B, A, K, 2]
+        xy = kp.detach().view(B, K, D, A)[:, :, :2]
+        pd_kpts = ((xy + anchor_points.t()[None, None]) * stride_tensor.view(1, 1, 1, A)).permute(0, 3, 1, 2)
+        (fg_mask, target_gt_idx, target_bboxes, _, _), det_loss, _ = self.get_assigned_targets_and_loss(
+            preds, batch, pd_kpts=pd_kpts, gt_kpts=gt_kpts, anc_strides=stride_tensor.view(-1))
+        loss[0], loss[3], loss[4] = det_loss[0], det_loss[1], det_loss[2]
+        if fg_mask.sum():
+            b, a = fg_mask.nonzero(as_tuple=True)  # the foreground, in ultralytics' (b, a) order
+            pred_kpt = kp[b, :, a].view(-1, K, D)  # [N, K, D] of the head's [B, K·D, A]
+            if rle:
+                pred_kpt = torch.cat((pred_kpt, sig[b, :, a].view(-1, K, 2)), -1)
+            # kpts_decode (YOLO26): x + anchor
+            pred_kpt = torch.cat((pred_kpt[..., :2] + anchor_points[a][:, None, :], pred_kpt[..., 2:]), -1)
+            # calculate_keypoints_loss on the foreground rows
+            stride = stride_tensor[a]  # [N, 1]
+            gt_kpt = gt_kpts[b, target_gt_idx[fg_mask]]
+            gt_kpt[..., :2] /= stride[:, None]
+            area = xyxy2xywh(target_bboxes[fg_mask] / stride)[:, 2:].prod(1, keepdim=True)
+            kpt_mask = gt_kpt[..., 2] != 0
+            loss[1] = self.keypoint_loss(pred_kpt, gt_kpt, kpt_mask, area)
+            if self.rle_loss is not None and pred_kpt.shape[-1] in (4, 5):
+                loss[5] = self.calculate_rle_loss(pred_kpt, gt_kpt, kpt_mask).clamp(min=0)
+            if pred_kpt.shape[-1] in (3, 5):
+                loss[2] = self.bce_pose(pred_kpt[..., 2], kpt_mask.float())
+        else:  # ultralytics' DDP lines: the keypoints (and sigmas, the flow model) stay in the graph
+            zero = kp[..., :0].sum() + (sig[..., :0].sum() if rle else 0)
+            loss[1] += zero
+            if self.rle_loss is not None:
+                loss[5] += self._rle_zero(kp) + (sig[..., :0].sum() if rle else 0)
+        loss[1] *= self.hyp.pose
+        loss[2] *= self.hyp.kobj
+        if self.rle_loss is not None:
+            loss[5] *= self.hyp.rle
+        return loss * B, dict(zip(self.loss_names, loss.detach()))
     return loss
 
 
@@ -625,14 +725,16 @@ def _apply(ps):
     tal_cls = ps.original(T, "TaskAlignedAssigner")
     seg_cls = ps.original(T, "SegTaskAlignedAssigner")
     rot_cls = ps.original(T, "RotatedTaskAlignedAssigner")
+    pose_cls = ps.original(T, "PoseTaskAlignedAssigner")
     make_anchors = ps.original(T, "make_anchors")
     obb = ps.original(L, "v8OBBLoss")
     pose = ps.original(L, "v8PoseLoss")
+    pose26 = ps.original(L, "PoseLoss26")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
         (det, "get_assigned_targets_and_loss",
-         lambda o: _wrap_assigned(o, tal_cls, seg_cls, make_anchors)),
-        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls, seg_cls, rot_cls)),
+         lambda o: _wrap_assigned(o, tal_cls, seg_cls, pose_cls, make_anchors)),
+        (tal_cls, "forward", lambda o: _wrap_tal_forward(o, tal_cls, seg_cls, rot_cls, pose_cls)),
         (det, "__init__", _wrap_det_init),
         (det, "bbox_decode", lambda o: _wrap_bbox_decode(o, dist2bbox)),
         (L, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
@@ -647,6 +749,7 @@ def _apply(ps):
         (obb, "bbox_decode", lambda o: _wrap_obb_decode(o, ps.original(T, "dist2rbox"))),
         (L, "probiou", _wrap_probiou),
         (pose, "loss", lambda o: _wrap_pose_loss(o, pose, xyxy2xywh)),
+        (pose26, "loss", lambda o: _wrap_pose26_loss(o, pose26, make_anchors, xyxy2xywh)),
         (ps.original(L, "DFLoss"), "__call__", _wrap_dfl_call),
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
@@ -656,6 +759,8 @@ def _apply(ps):
     ps.original(ps.original(L, "RotatedBboxLoss"), "forward")  # calls probiou and DFLoss
     for name in ("kpts_decode", "calculate_keypoints_loss", "_batch_keypoints"):
         ps.original(pose, name)
+    for name in ("calculate_rle_loss", "_rle_zero"):
+        ps.original(pose26, name)
     ps.original(tal_cls, "iou_calculation")
     originals = [ps.original(owner, name) for owner, name, _ in names]
     for (owner, name, wrap), orig in zip(names, originals):
