@@ -1,6 +1,7 @@
 """The task-aligned assigner rows: the fused assigner vs ultralytics' own (forward), for
-detection (``assigner``), with YOLO26-seg's mask-aware overlap (``seg_assigner``) and for
-YOLO-OBB's rotated boxes (``rotated_assigner``)."""
+detection (``assigner``), with YOLO26-seg's mask-aware overlap (``seg_assigner``), for
+YOLO-OBB's rotated boxes (``rotated_assigner``) and with YOLO26-pose's keypoint overlap and
+level gate (``pose_assigner``)."""
 import importlib.util
 
 import torch
@@ -146,6 +147,54 @@ def _rotated_run(kind):
     return run
 
 
+_OKS_SIGMA = [.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89]
+
+
+def _pose_inputs(size, dtype, device, gen):
+    """YOLO26-pose's assignment at 640 px: 16 images of `size` people (boxes of 16-320 px, so
+    every pyramid level's gate is met), COCO's 17 keypoints each inside its box (visibility 0,
+    1 or 2), each anchor's predicted keypoints in pixels (near the anchor, as an untrained
+    head's), its stride, the COCO sigmas."""
+    M, B = max(1, int(size)), 16
+    inp = _assign_inputs(M, dtype, device, gen, num_classes=1)
+    inp["x"] = inp["x"][:B]
+    A = inp["anc"].shape[0]
+    xy = torch.rand(B, M, 2, generator=gen) * 600 + 20
+    wh = torch.rand(B, M, 2, generator=gen) * 304 + 16
+    gt = torch.cat([xy - wh / 2, xy + wh / 2], -1).clamp(0, 640)
+    kp = gt[:, :, None, :2] + torch.rand(B, M, 17, 2, generator=gen) * (gt[:, :, None, 2:] - gt[:, :, None, :2])
+    vis = torch.randint(0, 3, (B, M, 17, 1), generator=gen).float()
+    pk = inp["anc"].cpu()[None, :, None] + torch.randn(B, A, 17, 2, generator=gen) * 24
+    inp.update(gt=gt.to(device), labels=torch.zeros(B, M, 1, device=device),
+               mask=torch.ones(B, M, 1, device=device),
+               strides=torch.cat([torch.full(((640 // s) ** 2,), float(s)) for s in (8, 16, 32)]).to(device),
+               pd_kpts=pk.to(device), gt_kpts=torch.cat([kp * (vis > 0), vis], -1).to(device),
+               sigmas=(torch.tensor(_OKS_SIGMA) / 10.0).to(device))
+    return inp
+
+
+def _pose_bytes(inp, mode):
+    return _assign_bytes(inp, mode) + _nbytes(inp["pd_kpts"], inp["gt_kpts"], inp["strides"])
+
+
+def _pose_assigner(kind, sigmas):
+    key = f"pose-{kind}-{sigmas.device}"
+    if key not in _ASSIGNERS:
+        if kind == "fused":
+            from ..nn import PoseTaskAlignedAssigner
+        else:
+            from ultralytics.utils.tal import PoseTaskAlignedAssigner
+        _ASSIGNERS[key] = PoseTaskAlignedAssigner(sigmas, topk=10, num_classes=1, alpha=0.5, beta=6.0)
+    return _ASSIGNERS[key]
+
+
+def _pose_run(kind):
+    def run(i):
+        return _pose_assigner(kind, i["sigmas"])(i["x"], i["pd"], i["anc"], i["labels"], i["gt"], i["mask"],
+                                                 i["strides"], pd_kpts=i["pd_kpts"], gt_kpts=i["gt_kpts"])
+    return run
+
+
 def ops():
     if importlib.util.find_spec("ultralytics") is None:
         return {}
@@ -155,6 +204,11 @@ def ops():
         bytes_moved=_assign_bytes, differentiable=False, compilable=False,
         # (2,000 boxes: ultralytics' (B, M, A) tensors are 1.4 GB each; on a GPU only)
         sizes={"quick": [64], "cpu": [64, 500], "cuda": [64, 500, 2000]}),
+            "pose_assigner": BenchOp(
+        name="pose_assigner", family="assign", unit="people per image (16 images, 640 px)",
+        make=_pose_inputs, fused=_pose_run("fused"), eager=_pose_run("ultralytics"),
+        bytes_moved=_pose_bytes, differentiable=False, compilable=False,
+        sizes={"quick": [8], "cpu": [8, 64], "cuda": [8, 64]}),
             "seg_assigner": BenchOp(
         name="seg_assigner", family="assign", unit="objects per image (16 images)",
         make=_seg_inputs, fused=_seg_run("fused"), eager=_seg_run("ultralytics"),
