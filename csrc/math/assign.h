@@ -36,6 +36,15 @@
 // (BLAS's own order, fp16 on CUDA): exact when the products and sums are (tests use dyadic
 // values); a sum of exactly 0 is not in the mask.
 //
+// The keypoint overlap and level gate (ultralytics' PoseTaskAlignedAssigner, YOLO26-pose), when
+// the view carries them: anchor a is a candidate of box m only if, besides being inside it,
+//   lo·s_a <= sqrt(max(w_m·h_m, 0)) <= hi·s_a   (the finest level open below, the coarsest above)
+// unless box m has no such candidate at all (then its candidates are ungated: a pass per box
+// before phase 1 decides, tal_box_has_gated); every later phase uses this candidate test, and
+//   ov(m, a) = Σ_k exp(-d_k / den_k)·vis_k / max(Σ_k vis_k, 1),  d_k = |kpt_a,k - kpt_m,k|²,
+//   den_k = (2·σ_k)² · (0.53·w_m·h_m + eps) · 2   (formed on the host in ultralytics' dtypes)
+// where box m has a visible keypoint (visibility > 0), its CIoU overlap where it has none.
+//
 // Exact replication: float32 boxes go through the same operations in the same order as
 // ultralytics' (no fused multiply-add: tal_mul/add/sub round each operation on CUDA; the CPU
 // driver is compiled with -ffp-contract=off, setup.py's exact sources), so overlaps and
