@@ -142,7 +142,7 @@ DTYPES = {"half": "fp16", "bf16": "bf16", "float": "fp32", "double": "fp64"}
 
 
 ASSIGN_UNITS = ("SelectUnit", "ScatterUnit", "ResolveUnit", "BoxCountUnit", "FillUnit", "KeepUnit",
-                "MaxUnit", "OutputUnit", "GtCountUnit", "PairRowUnit", "SegIouUnit")
+                "MaxUnit", "OutputUnit", "GtCountUnit", "PairRowUnit", "SegIouUnit", "GateUnit")
 
 
 def classify(k: Kernel) -> None:
@@ -170,7 +170,7 @@ def classify(k: Kernel) -> None:
     # the element type is the first template argument of the unit (or of the kernel)
     m = re.search(r"(?:ClsUnit|BoxUnit|DflForward|DflBackward|DflForwardLong|DflBackwardLong|"
                   r"box_matrix_kernel|positive_kernel|ProtoGradUnit|LossSumUnit|ScaleUnit|SelectUnit|ScatterUnit|ResolveUnit|KeepUnit|"
-                  r"MaxUnit|OutputUnit|GtCountUnit|PairRowUnit|SegIouUnit)<([^,<>]+)", n)
+                  r"MaxUnit|OutputUnit|GtCountUnit|PairRowUnit|SegIouUnit|GateUnit)<([^,<>]+)", n)
     if m is None:
         m = re.search(r"finalize_sum_kernel<[^,]+, ([^,<>]+)>", n)
     if m:
