@@ -157,6 +157,8 @@ def classify(k: Kernel) -> None:
         k.family = "dfl"
     elif "box_matrix_kernel" in n:
         k.family = "matrix"
+    elif "MatchCostUnit" in n:
+        k.family = "match"  # the DETR matchers' cost (csrc/cuda/box_kernel.cu)
     elif "positive_kernel" in n or "ProtoGradUnit" in n or "LossSumUnit" in n:
         k.family = "mask"  # the prototype mask loss (csrc/cuda/mask_kernel.cu)
     elif "finalize_sum_kernel" in n:
@@ -170,7 +172,7 @@ def classify(k: Kernel) -> None:
     # the element type is the first template argument of the unit (or of the kernel)
     m = re.search(r"(?:ClsUnit|BoxUnit|DflForward|DflBackward|DflForwardLong|DflBackwardLong|"
                   r"box_matrix_kernel|positive_kernel|ProtoGradUnit|LossSumUnit|ScaleUnit|SelectUnit|ScatterUnit|ResolveUnit|KeepUnit|"
-                  r"MaxUnit|OutputUnit|GtCountUnit|PairRowUnit|SegIouUnit|GateUnit)<([^,<>]+)", n)
+                  r"MaxUnit|OutputUnit|GtCountUnit|PairRowUnit|SegIouUnit|GateUnit|MatchCostUnit)<([^,<>]+)", n)
     if m is None:
         m = re.search(r"finalize_sum_kernel<[^,]+, ([^,<>]+)>", n)
     if m:

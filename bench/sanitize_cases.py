@@ -247,6 +247,19 @@ def assign_cases(quick):
                 head = torch.cat([head, torch.zeros(B, A, K, 1)], -1).view(B, A, 3 * K).transpose(1, 2).contiguous()
                 pk = head.to(DEVICE).transpose(1, 2).view(B, A, K, 3)[..., :2]
                 sig = torch.full((K,), 0.08, device=DEVICE)
+                # the DETR matchers' cost: 30 queries, the image's boxes as targets (one image without)
+                from detloss_cuda.match import detr_match_cost
+                sizes = [M] * B if B == 1 else [M] + [0] + [M] * (B - 2)
+                T = sum(sizes)
+                tb = torch.rand(T, 4, generator=g) * 0.5 + 0.1
+                lab = torch.randint(0, 5, (T,), generator=g)
+                ql = torch.randn(B, 30, 5, generator=g)
+                qb = torch.rand(B, 30, 4, generator=g) * 0.5 + 0.1
+                for kind in ("softmax", "focal"):
+                    for dt in (box_dtype,) if box_dtype == torch.float64 else (
+                            box_dtype, torch.float16, torch.bfloat16):
+                        detr_match_cost(ql.to(DEVICE, dt), qb.to(DEVICE, dt), lab.to(DEVICE),
+                                        tb.to(DEVICE, dt), sizes, class_kind=kind)
                 for kw in (dict(topk=10), dict(topk=7, topk2=1)):
                     DN.PoseTaskAlignedAssigner(sig, num_classes=5, alpha=0.5, **kw)(
                         *args, strides.to(DEVICE), pd_kpts=pk, gt_kpts=gk.to(DEVICE, box_dtype))

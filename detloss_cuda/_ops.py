@@ -242,6 +242,15 @@ def _opmath(dtype):
 
 
 # ---------------------------------------------------------------------------- assigner
+@_register_fake("detr_match_cost")
+def _detr_match_cost_fake(driver, logits, pred_boxes, target_labels, target_boxes, sizes,
+                          class_kind, class_cost, bbox_cost, giou_cost, alpha, gamma):
+    torch._check(logits.dim() == 3, lambda: "detloss.detr_match_cost: logits must be [B, Q, C]")
+    dtype = torch.promote_types(torch.result_type(logits, pred_boxes), target_boxes.dtype)
+    B, Q = logits.shape[:2]
+    return logits.new_empty((B, Q, max(sizes, default=0)), dtype=dtype)
+
+
 @_register_fake("tal_assign")
 def _tal_assign_fake(driver, pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt,
                      topk, topk2, alpha, beta, stride_val, eps, scores_are_logits):

@@ -10,6 +10,7 @@ import torch
 import detloss_cuda.functional as DF
 import detloss_cuda.nn as DN
 from detloss_cuda.assign import task_aligned_assign
+from detloss_cuda.match import detr_match_cost
 
 ops = torch.ops.detloss
 
@@ -81,6 +82,11 @@ SPECS = {
                  "batch_index": torch.tensor([0, 1, 1, 0, 1, 0]), "boxes": boxes(6) / 2,
                  "area": T(6) + 0.1, "masks": torch.randint(0, 3, (2, 5, 5)).float(),
                  "mask_index": torch.randint(0, 2, (6,)), "reduction": "mean"}, set(), set()),
+    "detr_match_cost": (detr_match_cost,
+        lambda: {"logits": torch.randn(2, 6, 4), "pred_boxes": T(2, 6, 4) * 0.5 + 0.1,
+                 "target_labels": torch.randint(0, 4, (3,)), "target_boxes": T(3, 4) * 0.5 + 0.1,
+                 "sizes": [1, 2], "class_kind": "focal"}, set(),
+        {"class_cost", "bbox_cost", "giou_cost", "alpha", "gamma"}),
     "task_aligned_assign": (task_aligned_assign,
         lambda: {"pd_scores": T(2, 30, 4), "pd_bboxes": boxes(2, 30),
                  "anc_points": torch.rand(30, 2) * 10, "gt_labels": torch.randint(0, 4, (2, 3, 1)),
@@ -91,7 +97,8 @@ SPECS = {
 
 # arguments whose last dim is free (a number of classes or bins), and functions of one tensor
 FREE_LAST = {"sigmoid_focal_loss[index]": {"input"}, "distribution_focal_loss": {"pred"},
-             "distribution_integral": {"pred"}, "task_aligned_assign": {"pd_scores"}}
+             "distribution_integral": {"pred"}, "task_aligned_assign": {"pd_scores"},
+             "detr_match_cost": {"logits"}}
 ONE_TENSOR = {"distribution_integral"}
 
 
@@ -179,6 +186,9 @@ def cases():
         torch.ones(2, 3, 1), torch.randn(2, 30, 4), torch.ones(2, 1), torch.randn(2, 4, 8, 8),
         k["gt_masks"], 10, 10, 1.0, 6.0, 16.0, 1e-9, False),
         {"gt_masks": torch.ones(2, 2, 8, 8, dtype=torch.bool)}, True)
+    yield ("ops.detr_match_cost", "sizes", "wrong total", lambda **k: ops.detr_match_cost(
+        torch.randn(2, 6, 4), torch.rand(2, 6, 4), torch.randint(0, 4, (3,)), torch.rand(3, 4),
+        k["sizes"], "focal", 1.0, 5.0, 2.0, 0.25, 2.0), {"sizes": [1, 1]}, True)
     yield ("ops.tal_assign_pose", "pd_kpts", "no keypoint axis", lambda **k: ops.tal_assign_pose(
         T(2, 30, 4), boxes(2, 30), torch.rand(30, 2), torch.randint(0, 4, (2, 3, 1)), boxes(2, 3),
         torch.ones(2, 3, 1), torch.full((30,), 8.0), k["pd_kpts"], torch.rand(2, 3, 17, 3),

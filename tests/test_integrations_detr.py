@@ -66,7 +66,7 @@ def _detr_step(model, x, labels, patched):
 
 @pytest.mark.parametrize("arch", ["detr", "deformable_detr", "rt_detr"])
 def test_detr_family_steps_match(arch, monkeypatch):
-    """A training step of DETR (GIoU: the matcher's cost matrix and the matched pairs' loss),
+    """A training step of DETR (the matcher's fused cost; GIoU of the matched pairs),
     Deformable DETR (+ focal loss) and RT-DETR (+ VFL): every loss of the dict (auxiliary
     decoder layers' included) and every parameter's gradient as close to float64 as
     transformers' own float32 step, and the fused functions ran."""
@@ -85,11 +85,13 @@ def test_detr_family_steps_match(arch, monkeypatch):
     finally:
         torch.set_default_dtype(was)
     l32, g32 = _detr_step(model, x, labels, False)
-    spy = Spy(dl.DF)
+    spy, spy_match = Spy(dl.DF), Spy(dl.DM)
     monkeypatch.setattr(dl, "DF", spy)
+    monkeypatch.setattr(dl, "DM", spy_match)
     lp, gp = _detr_step(model, x, labels, True)
     layers = {"detr": 1, "deformable_detr": 2, "rt_detr": 2}[arch]  # each decoder layer's losses
-    assert spy.calls["box_iou_matrix"] >= layers  # the matchers' GIoU cost
+    # the matchers: the fused per-image cost, no (B·Q) x ΣT GIoU matrix of the library's
+    assert spy_match.calls["detr_match_cost"] >= layers and spy.calls["box_iou_matrix"] == 0
     assert spy.calls["generalized_box_iou_loss"] == layers + (arch == "rt_detr")  # + encoder
     if arch == "deformable_detr":
         assert spy.calls["sigmoid_focal_loss"] == layers

@@ -3,11 +3,15 @@
 #include "box_kernel.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "../ops/box.h"
 #include "parallel.h"
+
+#include <cmath>
+#include <limits>
 
 namespace detloss {
 namespace cpu {
@@ -107,7 +111,58 @@ at::Tensor box_matrix(const BoxMatrixArgs& a) {
   return a.batched ? out : out.squeeze(0);
 }
 
+// The DETR matchers' cost: a row (image b, query q) a task unit, its softmax statistics once,
+// then its image's targets (math::match_pair_cost); NaN and ±inf as the dtype's largest value.
+at::Tensor match_cost(const MatchCostArgs& a) {
+  const int64_t B = a.B, Q = a.Q, C = a.C, Tm = a.Tmax;
+  at::Tensor out = at::empty({B, Q, Tm}, a.logits.options());
+  const int64_t* lab = a.labels.const_data_ptr<int64_t>();
+  for (int64_t t = 0; t < a.T; ++t)
+    TORCH_CHECK_VALUE(lab[t] >= 0 && lab[t] < C, "detloss.detr_match_cost: target_labels must be "
+                      "in [0, C) = [0, ", C, "), got ", lab[t], " (target ", t, ")");
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "detloss_match_cost_cpu", [&] {
+    using S = at::opmath_type<scalar_t>;
+    const math::MatchWeights<S> w{static_cast<S>(a.w.w_class), static_cast<S>(a.w.w_bbox),
+                                  static_cast<S>(a.w.w_giou), static_cast<S>(a.w.alpha),
+                                  static_cast<S>(a.w.one_minus_alpha), static_cast<S>(a.w.gamma),
+                                  a.w.kind};
+    const scalar_t* x = a.logits.const_data_ptr<scalar_t>();
+    const scalar_t* pb = a.pred.const_data_ptr<scalar_t>();
+    const scalar_t* tb = a.target.const_data_ptr<scalar_t>();
+    const int64_t* off = a.offsets.const_data_ptr<int64_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const scalar_t big = std::numeric_limits<scalar_t>::max();
+    at::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(Tm, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / Q;
+        const scalar_t* xr = x + r * C;
+        S mx = S(0), sum = S(1);
+        if (w.kind == math::MatchClass::kSoftmax) math::match_softmax_stats(xr, C, 1, mx, sum);
+        S p[4];
+        for (int k = 0; k < 4; ++k) p[k] = static_cast<S>(pb[4 * r + k]);
+        scalar_t* orow = o + r * Tm;
+        const int64_t n = off[b + 1] - off[b];
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t t = off[b] + j;
+          const S xl = static_cast<S>(xr[lab[t]]);
+          const S cls = w.kind == math::MatchClass::kSoftmax ? -(math::dl_exp(xl - mx) / sum)
+                                                             : math::match_focal_class(xl, w);
+          S g[4];
+          for (int k = 0; k < 4; ++k) g[k] = static_cast<S>(tb[4 * t + k]);
+          const scalar_t v = static_cast<scalar_t>(math::match_pair_cost(p, g, cls, w));
+          orow[j] = std::isfinite(static_cast<S>(v)) ? v : big;
+        }
+        for (int64_t j = n; j < Tm; ++j) orow[j] = scalar_t(0);
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace cpu
+
+at::Tensor match_cost_cpu(const MatchCostArgs& a) { return cpu::match_cost(a); }
 
 at::Tensor box_forward_cpu(const BoxArgs& a) { return cpu::box_forward(a); }
 BoxTriple box_forward_grad_cpu(const BoxArgs& a, bool with_loss, bool need_pred,
@@ -123,4 +178,5 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
   m.impl("box_loss_with_grad", &detloss::box_loss_with_grad_entry<detloss::box_forward_grad_cpu>);
   m.impl("box_backward", &detloss::box_backward_entry<detloss::box_forward_grad_cpu>);
   m.impl("box_iou_matrix", &detloss::box_matrix_entry<detloss::box_matrix_cpu>);
+  m.impl("detr_match_cost", &detloss::match_cost_entry<detloss::match_cost_cpu>);
 }

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <limits>
+
 #include "../math/box.h"
 #include "../ops/box.h"
 #include "launch.cuh"
@@ -177,8 +179,77 @@ void launch_matrix(const BoxMatrixArgs& a, at::Tensor& out) {
       static_cast<at::opmath_type<T>>(a.floor), a.xywh);
 }
 
+// The DETR matchers' cost: a unit an entry (image b, query q, target slot j) of [B, Q, Tmax],
+// the softmax statistics of its row recomputed (C ~ 100: cheaper than a pass and a buffer),
+// math::match_pair_cost; NaN and ±inf as the dtype's largest value; zeros beyond the image's
+// targets. A label outside [0, C) gives that largest value (the CPU raises; checking here
+// would synchronise).
+template <typename T>
+struct MatchCostUnit {
+  using O = at::opmath_type<T>;
+  const T* logits;
+  const T* pred;
+  const int64_t* labels;
+  const T* target;
+  const int64_t* offsets;
+  T* out;
+  int64_t Q, C, Tmax;
+  math::MatchWeights<O> w;
+  T big;  // the dtype's largest finite value
+  __device__ __forceinline__ float operator()(int64_t u) const {
+    const int64_t j = u % Tmax, r = u / Tmax, b = r / Q;
+    const int64_t t0 = offsets[b], n = offsets[b + 1] - t0;
+    T v = T(0);
+    if (j < n) {
+      const int64_t t = t0 + j, l = labels[t];
+      const T* xr = logits + r * C;
+      O cls = O(NAN);
+      if (l >= 0 && l < C) {
+        const O xl = static_cast<O>(xr[l]);
+        if (w.kind == math::MatchClass::kSoftmax) {
+          O mx, sum;
+          math::match_softmax_stats(xr, C, 1, mx, sum);
+          cls = -(math::dl_exp(xl - mx) / sum);
+        } else {
+          cls = math::match_focal_class(xl, w);
+        }
+      }
+      O p[4], g[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        p[k] = static_cast<O>(pred[4 * r + k]);
+        g[k] = static_cast<O>(target[4 * t + k]);
+      }
+      v = static_cast<T>(math::match_pair_cost(p, g, cls, w));
+      const O vo = static_cast<O>(v);
+      if (vo != vo || vo == O(INFINITY) || vo == O(-INFINITY)) v = big;
+    }
+    out[u] = v;
+    return 0.f;
+  }
+};
+
 }  // namespace
 }  // namespace cuda
+
+at::Tensor match_cost_cuda(const MatchCostArgs& a) {
+  const c10::cuda::CUDAGuard guard(a.logits.device());
+  at::Tensor out = at::empty({a.B, a.Q, a.Tmax}, a.logits.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "detloss_match_cost_cuda", [&] {
+    using O = at::opmath_type<scalar_t>;
+    const math::MatchWeights<O> w{static_cast<O>(a.w.w_class), static_cast<O>(a.w.w_bbox),
+                                  static_cast<O>(a.w.w_giou), static_cast<O>(a.w.alpha),
+                                  static_cast<O>(a.w.one_minus_alpha), static_cast<O>(a.w.gamma),
+                                  a.w.kind};
+    const cuda::MatchCostUnit<scalar_t> f{
+        a.logits.const_data_ptr<scalar_t>(), a.pred.const_data_ptr<scalar_t>(),
+        a.labels.const_data_ptr<int64_t>(), a.target.const_data_ptr<scalar_t>(),
+        a.offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), a.Q, a.C, a.Tmax, w,
+        std::numeric_limits<scalar_t>::max()};
+    cuda::launch_map_reduce<float, float>(out.numel(), f, nullptr, 1.f, a.logits.device());
+  });
+  return out;
+}
 
 at::Tensor box_forward_cuda(const BoxArgs& a) {
   const c10::cuda::CUDAGuard guard(a.options.device());
@@ -233,4 +304,5 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("box_loss_with_grad", &detloss::box_loss_with_grad_entry<detloss::box_forward_grad_cuda>);
   m.impl("box_backward", &detloss::box_backward_entry<detloss::box_forward_grad_cuda>);
   m.impl("box_iou_matrix", &detloss::box_matrix_entry<detloss::box_matrix_cuda>);
+  m.impl("detr_match_cost", &detloss::match_cost_entry<detloss::match_cost_cuda>);
 }

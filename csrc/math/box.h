@@ -363,6 +363,70 @@ DETLOSS_HD V box_pair(const V* a, const V* b, S eps, S floor, bool xywh, V gm, V
   }
 }
 
+// ------------------------------------------------------------------ DETR matching cost
+// The matchers of the DETR family (transformers' HungarianMatcher and its subclasses): the
+// cost of query q of image b against target t of the same image, p = pred_boxes[b, q] and
+// g = target_boxes[t] centre-size (cx, cy, w, h), x = logits[b, q]:
+//   cost = w_bbox·L1 + w_class·class - w_giou·GIoU, each as the library rounds it:
+//   L1    = |p - g| summed over the four coordinates (torch.cdist p=1)
+//   class softmax: -exp(x_l - max x) / Σ_c exp(x_c - max x)              (DETR)
+//         focal:   α(1 - s)^γ·(-log(s + 1e-8)) - (1 - α)s^γ·(-log(1 - s + 1e-8)), s = sigmoid(x_l)
+//   GIoU  of the corners (c - 0.5·size, c + 0.5·size): iou - (area_c - union) / area_c
+//   (generalized_box_iou: no eps), NaN and ±inf then the dtype's largest finite value
+//   (the library's nan_to_num, in the output's dtype: done by the drivers).
+enum class MatchClass : int32_t { kSoftmax = 0, kFocal = 1 };
+
+template <class S>
+struct MatchWeights {
+  S w_class, w_bbox, w_giou, alpha, one_minus_alpha, gamma;  // (1 - alpha: formed in double)
+  MatchClass kind;
+};
+
+// max and Σ exp(x - max) of a row of C logits at `stride` (c ascending)
+template <class S, class T>
+DETLOSS_HD void match_softmax_stats(const T* x, int64_t C, int64_t stride, S& mx, S& sum) {
+  mx = static_cast<S>(x[0]);
+  for (int64_t c = 1; c < C; ++c) mx = dl_max(mx, static_cast<S>(x[c * stride]));
+  sum = S(0);
+  for (int64_t c = 0; c < C; ++c) sum = sum + dl_exp(static_cast<S>(x[c * stride]) - mx);
+}
+
+// x ** gamma as torch evaluates a tensor to a Python number's power (2: a square, 1: x)
+template <class S>
+DETLOSS_HD S match_pow(S x, S gamma) {
+  return gamma == S(2) ? x * x : (gamma == S(1) ? x : dl_pow(x, gamma));
+}
+
+template <class S>
+DETLOSS_HD S match_focal_class(S x, const MatchWeights<S>& w) {
+  const S s = S(1) / (S(1) + dl_exp(-x));
+  const S e = S(1e-8);
+  const S neg = w.one_minus_alpha * match_pow(s, w.gamma) * (-dl_log(S(1) - s + e));
+  const S pos = w.alpha * match_pow(S(1) - s, w.gamma) * (-dl_log(s + e));
+  return pos - neg;
+}
+
+// The cost of one pair before nan_to_num; cls: the class term (softmax or focal) of the
+// target's label.
+template <class S>
+DETLOSS_HD S match_pair_cost(const S* p, const S* g, S cls, const MatchWeights<S>& w) {
+  const S l1 = dl_abs(p[0] - g[0]) + dl_abs(p[1] - g[1]) + dl_abs(p[2] - g[2]) + dl_abs(p[3] - g[3]);
+  const S h(0.5);
+  const S ax1 = p[0] - h * p[2], ay1 = p[1] - h * p[3], ax2 = p[0] + h * p[2], ay2 = p[1] + h * p[3];
+  const S bx1 = g[0] - h * g[2], by1 = g[1] - h * g[3], bx2 = g[0] + h * g[2], by2 = g[1] + h * g[3];
+  const S area1 = (ax2 - ax1) * (ay2 - ay1), area2 = (bx2 - bx1) * (by2 - by1);
+  const S iw = dl_max(dl_min(ax2, bx2) - dl_max(ax1, bx1), S(0));
+  const S ih = dl_max(dl_min(ay2, by2) - dl_max(ay1, by1), S(0));
+  const S inter = iw * ih;
+  const S uni = area1 + area2 - inter;
+  const S iou = inter / uni;
+  const S cw = dl_max(dl_max(ax2, bx2) - dl_min(ax1, bx1), S(0));
+  const S ch = dl_max(dl_max(ay2, by2) - dl_min(ay1, by1), S(0));
+  const S area = cw * ch;
+  const S giou = iou - (area - uni) / area;
+  return w.w_bbox * l1 + w.w_class * cls + w.w_giou * (-giou);
+}
+
 }  // namespace DETLOSS_CAPABILITY_NS
 }  // namespace math
 }  // namespace detloss

@@ -3,13 +3,17 @@
 #include "box.h"
 
 #include <ATen/ExpandUtils.h>  // at::is_expandable_to
+#include <ATen/OpMathType.h>
 #include <ATen/ops/result_type.h>
+#include <ATen/ops/tensor.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace detloss {
 namespace {
@@ -167,6 +171,92 @@ BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& box
 
 }  // namespace detloss
 
+namespace detloss {
+
+MatchCostArgs prepare_match_cost(const at::Tensor& logits, const at::Tensor& pred_boxes,
+                                 const at::Tensor& target_labels, const at::Tensor& target_boxes,
+                                 at::IntArrayRef sizes, std::string_view class_kind,
+                                 double class_weight, double bbox_weight, double giou_weight,
+                                 double alpha, double gamma) {
+  constexpr const char* op = "detloss.detr_match_cost";
+  MatchCostArgs a;
+  TORCH_CHECK_VALUE(class_kind == "softmax" || class_kind == "focal", op,
+                    ": class_kind must be 'softmax' (DETR) or 'focal' (Deformable DETR, RT-DETR, "
+                    "...), got '", std::string(class_kind), "'");
+  check_floating(logits, "logits", op);
+  TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(2) >= 1, op,
+                    ": logits must have shape [B, Q, C] (images, queries, classes), got ",
+                    logits.sizes());
+  a.B = logits.size(0);
+  a.Q = logits.size(1);
+  a.C = logits.size(2);
+  check_floating(pred_boxes, "pred_boxes", op);
+  TORCH_CHECK_VALUE(pred_boxes.dim() == 3 && pred_boxes.size(0) == a.B && pred_boxes.size(1) == a.Q &&
+                        pred_boxes.size(2) == 4,
+                    op, ": pred_boxes must have shape [B, Q, 4] = [", a.B, ", ", a.Q,
+                    ", 4] (cx, cy, w, h), got ", pred_boxes.sizes());
+  check_floating(target_boxes, "target_boxes", op);
+  TORCH_CHECK_VALUE(target_boxes.dim() == 2 && target_boxes.size(1) == 4, op,
+                    ": target_boxes must have shape [T, 4] (every image's targets, concatenated; "
+                    "cx, cy, w, h), got ", target_boxes.sizes());
+  a.T = target_boxes.size(0);
+  TORCH_CHECK_TYPE(at::isIntegralType(target_labels.scalar_type(), /*includeBool=*/false), op,
+                   ": target_labels must be an integer tensor (class indices), got ",
+                   target_labels.scalar_type());
+  TORCH_CHECK_VALUE(target_labels.dim() == 1 && target_labels.size(0) == a.T, op,
+                    ": target_labels must have shape [T] = [", a.T, "] (one per target box), got ",
+                    target_labels.sizes());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(sizes.size()) == a.B, op, ": sizes must hold B = ", a.B,
+                    " numbers (each image's target count), got ", sizes.size());
+  int64_t total = 0;
+  std::vector<int64_t> off(a.B + 1, 0);
+  for (int64_t b = 0; b < a.B; ++b) {
+    TORCH_CHECK_VALUE(sizes[b] >= 0, op, ": sizes must be >= 0, got ", sizes[b], " for image ", b);
+    total += sizes[b];
+    off[b + 1] = total;
+    a.Tmax = std::max(a.Tmax, sizes[b]);
+  }
+  TORCH_CHECK_VALUE(total == a.T, op, ": sizes must add up to the ", a.T,
+                    " targets of target_boxes, got ", total);
+  for (const auto* t : {&pred_boxes, &target_labels, &target_boxes}) {
+    TORCH_CHECK_VALUE(t->device() == logits.device(), op,
+                      ": all tensors must be on one device; logits is on ", logits.device(),
+                      " but another is on ", t->device());
+  }
+  for (auto [v, name] : {std::pair{class_weight, "class_cost"}, {bbox_weight, "bbox_cost"},
+                         {giou_weight, "giou_cost"}, {alpha, "alpha"}}) {
+    TORCH_CHECK_VALUE(std::isfinite(v), op, ": ", name, " must be a finite number, got ", v);
+  }
+  TORCH_CHECK_VALUE(std::isfinite(gamma) && gamma >= 0, op,
+                    ": gamma must be a finite number >= 0, got ", gamma);
+  a.dtype = at::result_type(logits, pred_boxes);
+  a.dtype = c10::promoteTypes(a.dtype, target_boxes.scalar_type());
+  const auto opmath = at::toOpMathType(a.dtype);  // the arithmetic (half inputs: float)
+  for (auto [v, name] : {std::pair{class_weight, "class_cost"}, {bbox_weight, "bbox_cost"},
+                         {giou_weight, "giou_cost"}, {alpha, "alpha"}, {gamma, "gamma"}}) {
+    check_representable(v, opmath, name, op);
+  }
+  const auto as = [&](const at::Tensor& t) {
+    return (t.scalar_type() == a.dtype ? t : t.to(a.dtype)).contiguous();
+  };
+  a.logits = as(logits);
+  a.pred = as(pred_boxes);
+  a.target = as(target_boxes);
+  a.labels = (target_labels.scalar_type() == at::kLong ? target_labels : target_labels.to(at::kLong))
+                 .contiguous();
+  a.offsets = at::tensor(off, at::TensorOptions().dtype(at::kLong)).to(logits.device());
+  a.w.w_class = class_weight;
+  a.w.w_bbox = bbox_weight;
+  a.w.w_giou = giou_weight;
+  a.w.alpha = alpha;
+  a.w.one_minus_alpha = 1.0 - alpha;
+  a.w.gamma = gamma;
+  a.w.kind = class_kind == "focal" ? math::MatchClass::kFocal : math::MatchClass::kSoftmax;
+  return a;
+}
+
+}  // namespace detloss
+
 TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.set_python_module("detloss_cuda._ops");
   m.def(
@@ -184,4 +274,9 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.def(
       "box_iou_matrix(Tensor boxes1, Tensor boxes2, str kind, str box_format, float eps, "
       "float floor=0.) -> Tensor");
+  // the DETR matchers' cost, per image: [B, Q, max(sizes)], zeros beyond each image's targets
+  m.def(
+      "detr_match_cost(Tensor logits, Tensor pred_boxes, Tensor target_labels, "
+      "Tensor target_boxes, int[] sizes, str class_kind, float class_cost, float bbox_cost, "
+      "float giou_cost, float alpha, float gamma) -> Tensor");
 }

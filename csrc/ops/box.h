@@ -60,6 +60,25 @@ BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& box
 // forward_grad: the same (undefined unless with_loss) and, in the same pass, d(loss)/d(pred)
 // and d(loss)/d(target) for an upstream gradient of 1 ('mean' scale included), each
 // [shape..., row] (the caller sums them to the inputs' shapes), undefined where not asked for.
+// The DETR matchers' cost (math::match_pair_cost): per image b, its queries against its own
+// targets only, [B, Q, Tmax] (zeros beyond image b's sizes[b] targets).
+struct MatchCostArgs {
+  at::Tensor logits;   // [B, Q, C] contiguous, in `dtype`
+  at::Tensor pred;     // [B, Q, 4] cxcywh, contiguous, in `dtype`
+  at::Tensor labels;   // [T] int64 contiguous
+  at::Tensor target;   // [T, 4] cxcywh, contiguous, in `dtype`
+  at::Tensor offsets;  // [B + 1] int64 on the device: image b's targets [offsets[b], offsets[b + 1])
+  int64_t B = 0, Q = 0, C = 0, T = 0, Tmax = 0;
+  math::MatchWeights<double> w{};
+  at::ScalarType dtype = at::kFloat;
+};
+
+MatchCostArgs prepare_match_cost(const at::Tensor& logits, const at::Tensor& pred_boxes,
+                                 const at::Tensor& target_labels, const at::Tensor& target_boxes,
+                                 at::IntArrayRef sizes, std::string_view class_kind,
+                                 double class_weight, double bbox_weight, double giou_weight,
+                                 double alpha, double gamma);
+
 using BoxTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 at::Tensor box_forward_cpu(const BoxArgs& a);
 BoxTriple box_forward_grad_cpu(const BoxArgs& a, bool with_loss, bool need_pred,
@@ -69,6 +88,19 @@ at::Tensor box_forward_cuda(const BoxArgs& a);
 BoxTriple box_forward_grad_cuda(const BoxArgs& a, bool with_loss, bool need_pred,
                                 bool need_target);
 at::Tensor box_matrix_cuda(const BoxMatrixArgs& a);
+at::Tensor match_cost_cpu(const MatchCostArgs& a);
+at::Tensor match_cost_cuda(const MatchCostArgs& a);
+
+template <at::Tensor (*F)(const MatchCostArgs&)>
+at::Tensor match_cost_entry(const at::Tensor& logits, const at::Tensor& pred_boxes,
+                            const at::Tensor& target_labels, const at::Tensor& target_boxes,
+                            at::IntArrayRef sizes, c10::string_view class_kind,
+                            double class_weight, double bbox_weight, double giou_weight,
+                            double alpha, double gamma) {
+  return F(prepare_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes,
+                              std::string_view(class_kind.data(), class_kind.size()), class_weight,
+                              bbox_weight, giou_weight, alpha, gamma));
+}
 
 template <at::Tensor (*Forward)(const BoxArgs&)>
 at::Tensor box_loss_entry(const at::Tensor& pred, const at::Tensor& target,

@@ -12,9 +12,16 @@ calls the fused ops would treat differently go to the library's code):
   ``loss_for_object_detection`` (and the modules that import it: Deformable DETR, RT-DETR,
   LW-DETR; Grounding DINO's own variant too): the fused focal loss, summed in the kernel
   (``loss.mean(1).sum()`` is the sum over ``inputs.shape[1]``), no ``[B, Q, C]`` loss tensor;
-* ``generalized_box_iou(boxes1, boxes2)`` where no gradient is needed (the Hungarian
-  matchers' GIoU cost, under ``torch.no_grad``): ``box_iou_matrix(kind='giou')``, one
-  forward-only kernel for the ``N x M`` matrix;
+* the Hungarian matchers' ``forward``: ``HungarianMatcher`` (DETR: the softmax class cost),
+  ``DeformableDetrHungarianMatcher``, ``RTDetrHungarianMatcher`` (the focal cost, or the
+  softmax one without ``use_focal_loss``) and ``LwDetrHungarianMatcher`` (the focal cost, each
+  query group solved apart), each the exact class: the cost of each image's queries against
+  its own targets only, one kernel (``detloss_cuda.match.detr_match_cost``), one host copy of
+  those blocks, SciPy's ``linear_sum_assignment`` on each (the library builds and copies the
+  ``(B·Q) × ΣT`` cost of every query against every target of the batch);
+* ``generalized_box_iou(boxes1, boxes2)`` where no gradient is needed (the other matchers'
+  GIoU cost, under ``torch.no_grad``): ``box_iou_matrix(kind='giou')``, one forward-only
+  kernel for the ``N x M`` matrix;
 * ``loss_boxes`` of ``ImageLoss`` (DETR, Deformable DETR, Grounding DINO, ...),
   ``RTDetrLoss`` (RT-DETR, D-FINE, DEIMv2) and ``LwDetrImageLoss`` (LW-DETR, RF-DETR): the
   library takes ``1 - diag(generalized_box_iou(a, b))``, an ``N x N`` matrix for ``N``
@@ -35,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as DF
+from .. import match as DM
 from ._patching import Switch, is_number, load_library, ours
 
 KNOWN = "transformers 5.x (tested with 5.24.0)"
@@ -117,6 +125,82 @@ def _wrap_giou_matrix(orig):
     return generalized_box_iou
 
 
+def _matcher_inputs(outputs, targets, to_corners, float32_only=False):
+    """(logits, pred_boxes, labels, boxes, sizes) of a matcher call the fused cost reproduces:
+    logits and boxes of one dtype, float32 or float64 (float32 only where the library's L1 is
+    a float32 cdist whatever the dtype: LW-DETR), integer labels in [0, C), corners valid;
+    else None (the library's code runs, with its own errors)."""
+    if not isinstance(outputs, dict) or not isinstance(targets, (list, tuple)):
+        return None
+    logits, pb = outputs.get("logits"), outputs.get("pred_boxes")
+    if not (isinstance(logits, torch.Tensor) and isinstance(pb, torch.Tensor)) or logits.dim() != 3 \
+            or pb.shape != (*logits.shape[:2], 4) or len(targets) != logits.shape[0]:
+        return None
+    try:
+        labels = torch.cat([t["class_labels"] for t in targets])
+        boxes = torch.cat([t["boxes"] for t in targets])
+        sizes = [len(t["boxes"]) for t in targets]
+    except (KeyError, TypeError, RuntimeError, IndexError):
+        return None
+    dtypes = (torch.float32,) if float32_only else (torch.float32, torch.float64)
+    if (not ours(logits, pb, boxes) or type(labels) is not torch.Tensor
+            or labels.device != logits.device or logits.dtype not in dtypes
+            or pb.dtype != logits.dtype or boxes.dtype != logits.dtype or labels.is_floating_point()
+            or labels.dtype == torch.bool or boxes.dim() != 2 or boxes.shape[1] != 4
+            or labels.shape != (boxes.shape[0],)):
+        return None
+    # the library's checks (a host read, as the library's own): an index error for a label
+    # outside [0, C), generalized_box_iou's ValueError for invalid corners
+    bad = (labels < 0) | (labels >= logits.shape[-1])
+    c1, c2 = to_corners(pb.flatten(0, 1)), to_corners(boxes)
+    if bad.any() or not (c1[:, 2:] >= c1[:, :2]).all() or not (c2[:, 2:] >= c2[:, :2]).all():
+        return None
+    return logits, pb, labels, boxes, sizes
+
+
+def _wrap_matcher(orig, cls, to_corners, kind):
+    """A Hungarian matcher's forward (the exact class) on the fused per-image cost and one host
+    copy of the blocks (detloss_cuda.match); kind(self) -> (class_kind, alpha, gamma)."""
+    @functools.wraps(orig)
+    def forward(self, outputs, targets):
+        got = _matcher_inputs(outputs, targets, to_corners) if type(self) is cls else None
+        if got is None:
+            return orig(self, outputs, targets)
+        logits, pb, labels, boxes, sizes = got
+        class_kind, alpha, gamma = kind(self)
+        with torch.no_grad():
+            cost = DM.detr_match_cost(logits, pb, labels, boxes, sizes, class_cost=self.class_cost,
+                                      bbox_cost=self.bbox_cost, giou_cost=self.giou_cost,
+                                      class_kind=class_kind, alpha=alpha, gamma=gamma)
+        return DM.solve(cost, sizes)
+    return forward
+
+
+def _wrap_group_matcher(orig, cls, to_corners):
+    """LW-DETR's matcher: the focal cost (alpha 0.25, gamma 2) and each query group's blocks
+    solved apart, the groups' indices concatenated (offset by the group's first query), as
+    the library does."""
+    @functools.wraps(orig)
+    def forward(self, outputs, targets, group_detr):
+        got = (_matcher_inputs(outputs, targets, to_corners, float32_only=True)
+               if type(self) is cls and isinstance(group_detr, int) and group_detr >= 1 else None)
+        if got is None:
+            return orig(self, outputs, targets, group_detr)
+        logits, pb, labels, boxes, sizes = got
+        with torch.no_grad():
+            cost = DM.detr_match_cost(logits, pb, labels, boxes, sizes, class_cost=self.class_cost,
+                                      bbox_cost=self.bbox_cost, giou_cost=self.giou_cost,
+                                      class_kind="focal", alpha=0.25, gamma=2.0)
+        n = logits.shape[1] // group_detr
+        indices = []
+        for g in range(group_detr):
+            got_g = DM.solve(cost[:, g * n:(g + 1) * n], sizes)
+            indices = got_g if g == 0 else [(torch.cat([i1, i2 + n * g]), torch.cat([j1, j2]))
+                                            for (i1, j1), (i2, j2) in zip(indices, got_g)]
+        return indices
+    return forward
+
+
 def _matched(self, outputs, targets, indices):
     idx = self._get_source_permutation_idx(indices)
     src = outputs["pred_boxes"][idx]
@@ -196,6 +280,17 @@ def _apply(ps):
     rt = ps.original(m["rt_detr"], "RTDetrLoss")
     plan.append((rt, "loss_labels_vfl",
                  _wrap_loss_labels_vfl(ps.original(rt, "loss_labels_vfl"), to_corners)))
+    # the Hungarian matchers (each exact class; Grounding DINO's and RF-DETR's keep theirs)
+    for short, name, kind in (
+            ("od", "HungarianMatcher", lambda self: ("softmax", 0.25, 2.0)),
+            ("deformable_detr", "DeformableDetrHungarianMatcher", lambda self: ("focal", 0.25, 2.0)),
+            ("rt_detr", "RTDetrHungarianMatcher",
+             lambda self: ("focal", float(self.alpha), float(self.gamma)) if self.use_focal_loss
+             else ("softmax", 0.25, 2.0))):
+        c = ps.original(m[short], name)
+        plan.append((c, "forward", _wrap_matcher(ps.original(c, "forward"), c, to_corners, kind)))
+    lw = ps.original(m["lw_detr"], "LwDetrHungarianMatcher")
+    plan.append((lw, "forward", _wrap_group_matcher(ps.original(lw, "forward"), lw, to_corners)))
     for owner, name, new in plan:
         ps.replace(owner, name, new)
 

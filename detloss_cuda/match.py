@@ -1,0 +1,85 @@
+"""Hungarian matching of the DETR family (transformers' ``HungarianMatcher`` and its
+subclasses), fused: the matching cost of each image's queries against that image's targets
+only, in one kernel (``torch.ops.detloss.detr_match_cost``; the formula in
+``csrc/math/box.h``), then each image's block solved by SciPy's ``linear_sum_assignment``
+after one host copy of the blocks.
+
+The libraries build the cost of every query of the batch against every target of the batch,
+``(B·Q) × ΣT`` (a softmax or focal class cost, ``cdist(p=1)``, a GIoU matrix and their weighted
+sum, each a tensor of that size), copy it to the host and solve only the diagonal blocks:
+at 16 images that is 16 times the entries used.
+"""
+import torch
+
+from . import _ops
+
+__all__ = ["detr_match_cost", "solve", "hungarian_match"]
+
+
+def _check(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"detr_match_cost: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes, *, class_cost=1.0,
+                    bbox_cost=1.0, giou_cost=1.0, class_kind="softmax", alpha=0.25, gamma=2.0):
+    """The matchers' cost, per image: ``[B, Q, max(sizes)]``, entry ``[b, q, j]`` the cost of
+    query q of image b against target j of image b (``sizes[b]`` targets; the entries beyond
+    them are 0). ``logits [B, Q, C]``, ``pred_boxes [B, Q, 4]`` and ``target_boxes [T, 4]``
+    centre-size (cx, cy, w, h), ``target_labels [T]`` the classes of every image's targets,
+    concatenated in image order (as the libraries concatenate them), ``sizes`` each image's
+    target count (a list of ints or a 1-D tensor).
+
+    ``cost = bbox_cost·L1 + class_cost·class - giou_cost·GIoU``, the class term
+    ``-softmax(logits)[label]`` (``class_kind='softmax'``, DETR's) or the focal cost
+    ``alpha·(1-p)^gamma·(-log(p + 1e-8)) - (1-alpha)·p^gamma·(-log(1-p + 1e-8))`` of
+    ``p = sigmoid(logit)`` (``'focal'``, Deformable DETR's, RT-DETR's, ...); NaN and ±inf are
+    replaced by the dtype's largest value, as the libraries do. Forward only (the matchers
+    run under ``no_grad``); deterministic."""
+    for name, t in (("logits", logits), ("pred_boxes", pred_boxes),
+                    ("target_labels", target_labels), ("target_boxes", target_boxes)):
+        _check(name, t)
+    if isinstance(sizes, torch.Tensor):
+        sizes = sizes.tolist()
+    try:
+        sizes = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise TypeError(f"detr_match_cost: sizes must be a list of ints (each image's target "
+                        f"count), got {sizes!r}") from None
+    for name, v in (("class_cost", class_cost), ("bbox_cost", bbox_cost), ("giou_cost", giou_cost),
+                    ("alpha", alpha), ("gamma", gamma)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"detr_match_cost: {name} must be a number, got {type(v).__name__}")
+    return _ops.ops.detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes,
+                                    class_kind, float(class_cost), float(bbox_cost),
+                                    float(giou_cost), float(alpha), float(gamma))
+
+
+def solve(cost, sizes):
+    """Each image's block ``cost[b, :, :sizes[b]]`` solved by SciPy's ``linear_sum_assignment``
+    (one host copy of ``cost``): a list of ``(query indices, target indices)`` int64 tensors,
+    as the libraries' matchers return them. Where several assignments reach the minimum, the
+    one SciPy returns for that block (the libraries' too: the same solver on the same block,
+    up to the last ulp of the costs)."""
+    from scipy.optimize import linear_sum_assignment
+
+    blocks = cost.detach().cpu()
+    out = []
+    for b, n in enumerate(sizes):
+        i, j = linear_sum_assignment(blocks[b, :, :int(n)])
+        out.append((torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)))
+    return out
+
+
+def hungarian_match(logits, pred_boxes, targets, *, class_cost=1.0, bbox_cost=1.0, giou_cost=1.0,
+                    class_kind="softmax", alpha=0.25, gamma=2.0):
+    """transformers' ``HungarianMatcher.forward`` (and, with ``class_kind='focal'``, its
+    Deformable DETR / RT-DETR subclasses'), fused: ``targets`` a list of dicts with
+    ``class_labels [T_b]`` and ``boxes [T_b, 4]`` (cxcywh), one per image."""
+    sizes = [len(t["boxes"]) for t in targets]
+    labels = torch.cat([t["class_labels"] for t in targets])
+    boxes = torch.cat([t["boxes"] for t in targets])
+    cost = detr_match_cost(logits, pred_boxes, labels, boxes, sizes, class_cost=class_cost,
+                           bbox_cost=bbox_cost, giou_cost=giou_cost, class_kind=class_kind,
+                           alpha=alpha, gamma=gamma)
+    return solve(cost, sizes)
