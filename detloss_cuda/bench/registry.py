@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 # the modules of this package that declare rows, in the order the sweep runs them
-FAMILY_MODULES = ("cls", "box", "dfl", "mask", "assign", "e2e")
+FAMILY_MODULES = ("cls", "box", "dfl", "mask", "assign", "match", "e2e")
 
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
           "bf16": torch.bfloat16}
