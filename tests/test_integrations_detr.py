@@ -105,14 +105,21 @@ def test_transformers_unpatch_restores_the_originals():
     import detloss_cuda.integrations.transformers as dl
     from transformers.loss import loss_for_object_detection as od, loss_rt_detr as rt
 
-    before = [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
-              rt.RTDetrLoss.__dict__["loss_labels_vfl"], rt.sigmoid_focal_loss]
+    from transformers.loss import loss_deformable_detr as dd, loss_lw_detr as lw
+
+    def snapshot():
+        return [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
+                rt.RTDetrLoss.__dict__["loss_labels_vfl"], rt.sigmoid_focal_loss,
+                od.HungarianMatcher.__dict__["forward"],
+                dd.DeformableDetrHungarianMatcher.__dict__["forward"],
+                rt.RTDetrHungarianMatcher.__dict__["forward"],
+                lw.LwDetrHungarianMatcher.__dict__["forward"]]
+
+    before = snapshot()
     with dl.patched():
-        assert dl.is_patched() and od.sigmoid_focal_loss is not before[0]
+        assert dl.is_patched() and all(a is not b for a, b in zip(before, snapshot()))
     assert not dl.is_patched()
-    after = [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
-             rt.RTDetrLoss.__dict__["loss_labels_vfl"], rt.sigmoid_focal_loss]
-    assert all(a is b for a, b in zip(before, after))
+    assert all(a is b for a, b in zip(before, snapshot()))
 
 
 def test_grounding_dino_focal_loss_reaches_the_fused_op():
