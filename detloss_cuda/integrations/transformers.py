@@ -149,11 +149,12 @@ def _matcher_inputs(outputs, targets, to_corners, float32_only=False):
             or labels.dtype == torch.bool or boxes.dim() != 2 or boxes.shape[1] != 4
             or labels.shape != (boxes.shape[0],)):
         return None
-    # the library's checks (a host read, as the library's own): an index error for a label
-    # outside [0, C), generalized_box_iou's ValueError for invalid corners
-    bad = (labels < 0) | (labels >= logits.shape[-1])
+    # the library's checks, in one host read (the library reads twice: generalized_box_iou's
+    # corner checks): a label outside [0, C) (its index error), invalid corners (its ValueError)
     c1, c2 = to_corners(pb.flatten(0, 1)), to_corners(boxes)
-    if bad.any() or not (c1[:, 2:] >= c1[:, :2]).all() or not (c2[:, 2:] >= c2[:, :2]).all():
+    ok = (((labels >= 0) & (labels < logits.shape[-1])).all() & (c1[:, 2:] >= c1[:, :2]).all()
+          & (c2[:, 2:] >= c2[:, :2]).all())
+    if not ok:
         return None
     return logits, pb, labels, boxes, sizes
 
