@@ -10,7 +10,6 @@
 #include "../ops/box.h"
 #include "parallel.h"
 
-#include <cmath>
 #include <limits>
 
 namespace detloss {
@@ -123,10 +122,7 @@ at::Tensor match_cost(const MatchCostArgs& a) {
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "detloss_match_cost_cpu", [&] {
     using S = at::opmath_type<scalar_t>;
-    const math::MatchWeights<S> w{static_cast<S>(a.w.w_class), static_cast<S>(a.w.w_bbox),
-                                  static_cast<S>(a.w.w_giou), static_cast<S>(a.w.alpha),
-                                  static_cast<S>(a.w.one_minus_alpha), static_cast<S>(a.w.gamma),
-                                  a.w.kind};
+    const math::MatchWeights<S> w = a.w.as<S>();
     const scalar_t* x = a.logits.const_data_ptr<scalar_t>();
     const scalar_t* pb = a.pred.const_data_ptr<scalar_t>();
     const scalar_t* tb = a.target.const_data_ptr<scalar_t>();
@@ -145,13 +141,10 @@ at::Tensor match_cost(const MatchCostArgs& a) {
         const int64_t n = off[b + 1] - off[b];
         for (int64_t j = 0; j < n; ++j) {
           const int64_t t = off[b] + j;
-          const S xl = static_cast<S>(xr[lab[t]]);
-          const S cls = w.kind == math::MatchClass::kSoftmax ? -(math::dl_exp(xl - mx) / sum)
-                                                             : math::match_focal_class(xl, w);
+          const S cls = math::match_class(static_cast<S>(xr[lab[t]]), mx, sum, w);
           S g[4];
           for (int k = 0; k < 4; ++k) g[k] = static_cast<S>(tb[4 * t + k]);
-          const scalar_t v = static_cast<scalar_t>(math::match_pair_cost(p, g, cls, w));
-          orow[j] = std::isfinite(static_cast<S>(v)) ? v : big;
+          orow[j] = math::match_store(math::match_pair_cost(p, g, cls, w), big);
         }
         for (int64_t j = n; j < Tm; ++j) orow[j] = scalar_t(0);
       }

@@ -205,14 +205,9 @@ struct MatchCostUnit {
       const T* xr = logits + r * C;
       O cls = O(NAN);
       if (l >= 0 && l < C) {
-        const O xl = static_cast<O>(xr[l]);
-        if (w.kind == math::MatchClass::kSoftmax) {
-          O mx, sum;
-          math::match_softmax_stats(xr, C, 1, mx, sum);
-          cls = -(math::dl_exp(xl - mx) / sum);
-        } else {
-          cls = math::match_focal_class(xl, w);
-        }
+        O mx = O(0), sum = O(1);
+        if (w.kind == math::MatchClass::kSoftmax) math::match_softmax_stats(xr, C, 1, mx, sum);
+        cls = math::match_class(static_cast<O>(xr[l]), mx, sum, w);
       }
       O p[4], g[4];
 #pragma unroll
@@ -220,9 +215,7 @@ struct MatchCostUnit {
         p[k] = static_cast<O>(pred[4 * r + k]);
         g[k] = static_cast<O>(target[4 * t + k]);
       }
-      v = static_cast<T>(math::match_pair_cost(p, g, cls, w));
-      const O vo = static_cast<O>(v);
-      if (vo != vo || vo == O(INFINITY) || vo == O(-INFINITY)) v = big;
+      v = math::match_store(math::match_pair_cost(p, g, cls, w), big);
     }
     out[u] = v;
     return 0.f;
@@ -237,10 +230,7 @@ at::Tensor match_cost_cuda(const MatchCostArgs& a) {
   at::Tensor out = at::empty({a.B, a.Q, a.Tmax}, a.logits.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.dtype, "detloss_match_cost_cuda", [&] {
     using O = at::opmath_type<scalar_t>;
-    const math::MatchWeights<O> w{static_cast<O>(a.w.w_class), static_cast<O>(a.w.w_bbox),
-                                  static_cast<O>(a.w.w_giou), static_cast<O>(a.w.alpha),
-                                  static_cast<O>(a.w.one_minus_alpha), static_cast<O>(a.w.gamma),
-                                  a.w.kind};
+    const math::MatchWeights<O> w = a.w.as<O>();
     const cuda::MatchCostUnit<scalar_t> f{
         a.logits.const_data_ptr<scalar_t>(), a.pred.const_data_ptr<scalar_t>(),
         a.labels.const_data_ptr<int64_t>(), a.target.const_data_ptr<scalar_t>(),

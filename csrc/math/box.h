@@ -380,6 +380,12 @@ template <class S>
 struct MatchWeights {
   S w_class, w_bbox, w_giou, alpha, one_minus_alpha, gamma;  // (1 - alpha: formed in double)
   MatchClass kind;
+
+  template <class O>
+  MatchWeights<O> as() const {  // (the op's doubles in a driver's arithmetic)
+    return {static_cast<O>(w_class), static_cast<O>(w_bbox), static_cast<O>(w_giou),
+            static_cast<O>(alpha), static_cast<O>(one_minus_alpha), static_cast<O>(gamma), kind};
+  }
 };
 
 // max and Σ exp(x - max) of a row of C logits at `stride` (c ascending)
@@ -404,6 +410,21 @@ DETLOSS_HD S match_focal_class(S x, const MatchWeights<S>& w) {
   const S neg = w.one_minus_alpha * match_pow(s, w.gamma) * (-dl_log(S(1) - s + e));
   const S pos = w.alpha * match_pow(S(1) - s, w.gamma) * (-dl_log(s + e));
   return pos - neg;
+}
+
+// The class term of logit xl (the target's label) of a row whose softmax statistics are
+// (mx, sum) (read only by the softmax kind).
+template <class S>
+DETLOSS_HD S match_class(S xl, S mx, S sum, const MatchWeights<S>& w) {
+  return w.kind == MatchClass::kSoftmax ? -(dl_exp(xl - mx) / sum) : match_focal_class(xl, w);
+}
+
+// The cost rounded to the output's type T, NaN and ±inf as T's largest value (nan_to_num).
+template <class T, class S>
+DETLOSS_HD T match_store(S cost, T big) {
+  const T v = static_cast<T>(cost);
+  const S back = static_cast<S>(v);
+  return back != back || back - back != S(0) ? big : v;  // (inf - inf is NaN)
 }
 
 // The cost of one pair before nan_to_num; cls: the class term (softmax or focal) of the
