@@ -39,6 +39,19 @@ def _check(name, t):
         raise TypeError(f"task_aligned_assign: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
+def _together(what, **tensors):
+    """The tensors of an optional overlap, all given (as a tuple) or none (None)."""
+    if all(t is None for t in tensors.values()):
+        return None
+    names = list(tensors)
+    for name, t in tensors.items():
+        if t is None:
+            raise TypeError(f"task_aligned_assign: {what} needs {', '.join(names[:-1])} and "
+                            f"{names[-1]} together; {name} is missing")
+        _check(name, t)
+    return tuple(tensors.values())
+
+
 def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, mask_gt, *,
                         topk=13, num_classes=80, alpha=1.0, beta=6.0, stride_val=16.0, eps=1e-9,
                         topk2=None, scores_are_logits=False, index=False, pd_coef=None,
@@ -95,29 +108,16 @@ def task_aligned_assign(pd_scores, pd_bboxes, anc_points, gt_labels, gt_bboxes, 
     for name, v in (("alpha", alpha), ("beta", beta), ("stride_val", stride_val), ("eps", eps)):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TypeError(f"task_aligned_assign: {name} must be a number, got {type(v).__name__}")
-    seg = (pd_coef, mask_scale, proto, gt_masks)
-    if any(t is not None for t in seg):
-        for name, t in zip(("pd_coef", "mask_scale", "proto", "gt_masks"), seg):
-            if t is None:
-                raise TypeError(f"task_aligned_assign: the mask-aware overlap needs pd_coef, "
-                                f"mask_scale, proto and gt_masks together; {name} is missing")
-            _check(name, t)
-    else:
-        seg = None
-    pose = (anc_strides, pd_kpts, gt_kpts, sigmas)
-    if any(t is not None for t in pose):
-        for name, t in zip(("anc_strides", "pd_kpts", "gt_kpts", "sigmas"), pose):
-            if t is None:
-                raise TypeError(f"task_aligned_assign: the keypoint overlap needs anc_strides, "
-                                f"pd_kpts, gt_kpts and sigmas together; {name} is missing")
-            _check(name, t)
+    seg = _together("the mask-aware overlap", pd_coef=pd_coef, mask_scale=mask_scale, proto=proto,
+                    gt_masks=gt_masks)
+    pose = _together("the keypoint overlap", anc_strides=anc_strides, pd_kpts=pd_kpts,
+                     gt_kpts=gt_kpts, sigmas=sigmas)
+    if pose is not None:
         try:
             lo, hi = (float(x) for x in level_range)
         except (TypeError, ValueError):
             raise TypeError("task_aligned_assign: level_range must be two numbers (lo, hi), got "
                             f"{level_range!r}") from None
-    else:
-        pose = None
     if rotated and seg is not None:
         raise ValueError("task_aligned_assign: the mask-aware overlap takes xyxy boxes, not "
                          "rotated ones")

@@ -384,6 +384,23 @@ def _wrap_obb_loss(orig, rot_cls, make_anchors, angle_loss):
     return loss
 
 
+def _foreground_keypoint_losses(self, loss, pred_kpt, keypoints, b, a, target_gt_idx, fg_mask,
+                                stride_tensor, target_bboxes, xyxy2xywh):
+    """calculate_keypoints_loss (v8PoseLoss's and PoseLoss26's, ultralytics' lines) on the
+    foreground rows (b, a) only: pred_kpt [N, K, D'] decoded; into loss[1] (keypoints), loss[2]
+    (visibility: D' 3 or 5) and, with an RLE loss and sigmas (D' 4 or 5), loss[5]."""
+    stride = stride_tensor[a]  # [N, 1]
+    gt_kpt = keypoints[b, target_gt_idx[fg_mask]]
+    gt_kpt[..., :2] /= stride[:, None]
+    area = xyxy2xywh(target_bboxes[fg_mask] / stride)[:, 2:].prod(1, keepdim=True)
+    kpt_mask = gt_kpt[..., 2] != 0
+    loss[1] = self.keypoint_loss(pred_kpt, gt_kpt, kpt_mask, area)
+    if getattr(self, "rle_loss", None) is not None and pred_kpt.shape[-1] in (4, 5):
+        loss[5] = self.calculate_rle_loss(pred_kpt, gt_kpt, kpt_mask).clamp(min=0)
+    if pred_kpt.shape[-1] in (3, 5):
+        loss[2] = self.bce_pose(pred_kpt[..., 2], kpt_mask.float())
+
+
 def _wrap_pose_loss(orig, pose_cls, xyxy2xywh):
     """v8PoseLoss.loss (YOLOv8/11-pose): ultralytics' step (its detection part already on the
     fused assignment and BCE through get_assigned_targets_and_loss), with the keypoints of
@@ -417,15 +434,8 @@ def _wrap_pose_loss(orig, pose_cls, xyxy2xywh):
             # kpts_decode: x·2 + (anchor - 0.5), as ultralytics rounds it
             xy = pred_kpt[..., :2] * 2.0 + (anchor_points[a][:, None, :] - 0.5)
             pred_kpt = torch.cat((xy, pred_kpt[..., 2:]), -1)
-            # calculate_keypoints_loss on the foreground rows
-            stride = stride_tensor[a]  # [N, 1]
-            gt_kpt = keypoints[b, target_gt_idx[fg_mask]]
-            gt_kpt[..., :2] /= stride[:, None]
-            area = xyxy2xywh(target_bboxes[fg_mask] / stride)[:, 2:].prod(1, keepdim=True)
-            kpt_mask = gt_kpt[..., 2] != 0
-            loss[1] = self.keypoint_loss(pred_kpt, gt_kpt, kpt_mask, area)
-            if D == 3:
-                loss[2] = self.bce_pose(pred_kpt[..., 2], kpt_mask.float())
+            _foreground_keypoint_losses(self, loss, pred_kpt, keypoints, b, a, target_gt_idx, fg_mask,
+                                        stride_tensor, target_bboxes, xyxy2xywh)
         else:  # ultralytics' DDP line: the keypoints stay in the graph
             loss[1] += kp[..., :0].sum()
         loss[1] *= self.hyp.pose
@@ -475,17 +485,8 @@ def _wrap_pose26_loss(orig, pose_cls, make_anchors, xyxy2xywh):
                 pred_kpt = torch.cat((pred_kpt, sig[b, :, a].view(-1, K, 2)), -1)
             # kpts_decode (YOLO26): x + anchor
             pred_kpt = torch.cat((pred_kpt[..., :2] + anchor_points[a][:, None, :], pred_kpt[..., 2:]), -1)
-            # calculate_keypoints_loss on the foreground rows
-            stride = stride_tensor[a]  # [N, 1]
-            gt_kpt = gt_kpts[b, target_gt_idx[fg_mask]]
-            gt_kpt[..., :2] /= stride[:, None]
-            area = xyxy2xywh(target_bboxes[fg_mask] / stride)[:, 2:].prod(1, keepdim=True)
-            kpt_mask = gt_kpt[..., 2] != 0
-            loss[1] = self.keypoint_loss(pred_kpt, gt_kpt, kpt_mask, area)
-            if self.rle_loss is not None and pred_kpt.shape[-1] in (4, 5):
-                loss[5] = self.calculate_rle_loss(pred_kpt, gt_kpt, kpt_mask).clamp(min=0)
-            if pred_kpt.shape[-1] in (3, 5):
-                loss[2] = self.bce_pose(pred_kpt[..., 2], kpt_mask.float())
+            _foreground_keypoint_losses(self, loss, pred_kpt, gt_kpts, b, a, target_gt_idx, fg_mask,
+                                        stride_tensor, target_bboxes, xyxy2xywh)
         else:  # ultralytics' DDP lines: the keypoints (and sigmas, the flow model) stay in the graph
             zero = kp[..., :0].sum() + (sig[..., :0].sum() if rle else 0)
             loss[1] += zero
