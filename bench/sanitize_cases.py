@@ -255,11 +255,14 @@ def assign_cases(quick):
                 lab = torch.randint(0, 5, (T,), generator=g)
                 ql = torch.randn(B, 30, 5, generator=g)
                 qb = torch.rand(B, 30, 4, generator=g) * 0.5 + 0.1
-                for kind in ("softmax", "focal"):
+                given = torch.randn(B, 30, M, generator=g)  # a class-cost block (Grounding DINO)
+                for kind, conv in (("softmax", "transformers"), ("focal", "transformers"),
+                                   ("given", "transformers"), ("focal", "ultralytics")):
                     for dt in (box_dtype,) if box_dtype == torch.float64 else (
                             box_dtype, torch.float16, torch.bfloat16):
-                        detr_match_cost(ql.to(DEVICE, dt), qb.to(DEVICE, dt), lab.to(DEVICE),
-                                        tb.to(DEVICE, dt), sizes, class_kind=kind)
+                        detr_match_cost((given if kind == "given" else ql).to(DEVICE, dt),
+                                        qb.to(DEVICE, dt), lab.to(DEVICE), tb.to(DEVICE, dt), sizes,
+                                        class_kind=kind, convention=conv)
                 for kw in (dict(topk=10), dict(topk=7, topk2=1)):
                     DN.PoseTaskAlignedAssigner(sig, num_classes=5, alpha=0.5, **kw)(
                         *args, strides.to(DEVICE), pd_kpts=pk, gt_kpts=gk.to(DEVICE, box_dtype))

@@ -244,7 +244,8 @@ def _opmath(dtype):
 # ---------------------------------------------------------------------------- assigner
 @_register_fake("detr_match_cost")
 def _detr_match_cost_fake(driver, logits, pred_boxes, target_labels, target_boxes, sizes,
-                          class_kind, class_cost, bbox_cost, giou_cost, alpha, gamma):
+                          class_kind, class_cost, bbox_cost, giou_cost, alpha, gamma,
+                          convention="transformers"):
     torch._check(logits.dim() == 3, lambda: "detloss.detr_match_cost: logits must be [B, Q, C]")
     dtype = torch.promote_types(torch.result_type(logits, pred_boxes), target_boxes.dtype)
     B, Q = logits.shape[:2]

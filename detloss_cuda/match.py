@@ -22,7 +22,8 @@ def _check(name, t):
 
 
 def detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes, *, class_cost=1.0,
-                    bbox_cost=1.0, giou_cost=1.0, class_kind="softmax", alpha=0.25, gamma=2.0):
+                    bbox_cost=1.0, giou_cost=1.0, class_kind="softmax", alpha=0.25, gamma=2.0,
+                    convention="transformers"):
     """The matchers' cost, per image: ``[B, Q, max(sizes)]``, entry ``[b, q, j]`` the cost of
     query q of image b against target j of image b (``sizes[b]`` targets; the entries beyond
     them are 0). ``logits [B, Q, C]``, ``pred_boxes [B, Q, 4]`` and ``target_boxes [T, 4]``
@@ -34,8 +35,17 @@ def detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes, *, c
     ``-softmax(logits)[label]`` (``class_kind='softmax'``, DETR's) or the focal cost
     ``alpha·(1-p)^gamma·(-log(p + 1e-8)) - (1-alpha)·p^gamma·(-log(1-p + 1e-8))`` of
     ``p = sigmoid(logit)`` (``'focal'``, Deformable DETR's, RT-DETR's, ...); NaN and ±inf are
-    replaced by the dtype's largest value, as the libraries do. Forward only (the matchers
-    run under ``no_grad``); deterministic."""
+    replaced by the dtype's largest value, as the libraries do. With ``class_kind='given'``
+    ``logits`` is the class cost itself, ``[B, Q, max(sizes)]`` in the output's layout (a
+    matcher whose class cost is a matmul, Grounding DINO's), and ``target_labels`` may be None.
+
+    ``convention='ultralytics'``: ultralytics' ``HungarianMatcher`` instead:
+    ``class_cost·class + bbox_cost·L1 + giou_cost·(1 - GIoU)``, its ``bbox_iou`` GIoU (``eps``
+    1e-7 in the union and the enclosing area), NaN and ±inf replaced by 0.
+    Forward only (the matchers run under ``no_grad``); deterministic."""
+    if target_labels is None and class_kind == "given" and isinstance(target_boxes, torch.Tensor):
+        target_labels = torch.zeros(target_boxes.shape[:1], dtype=torch.int64,
+                                    device=target_boxes.device)
     for name, t in (("logits", logits), ("pred_boxes", pred_boxes),
                     ("target_labels", target_labels), ("target_boxes", target_boxes)):
         _check(name, t)
@@ -52,7 +62,7 @@ def detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes, *, c
             raise TypeError(f"detr_match_cost: {name} must be a number, got {type(v).__name__}")
     return _ops.ops.detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes,
                                     class_kind, float(class_cost), float(bbox_cost),
-                                    float(giou_cost), float(alpha), float(gamma))
+                                    float(giou_cost), float(alpha), float(gamma), convention)
 
 
 def solve(cost, sizes):

@@ -463,24 +463,29 @@ def test_pose_assigner_bit_equal(kind):
                 assert torch.equal(x, y), f"output {i}: {int((x != y).sum())} values differ ({kw})"
 
 
-@pytest.mark.parametrize("kind", ["softmax", "focal"])
-def test_match_cost_bit_equal(kind):
-    """The DETR matchers' cost (MatchCostUnit, a unit an entry): every dtype, images without
-    targets (their padding), NaN logits and infinite boxes (the dtype's largest value)."""
+@pytest.mark.parametrize("kind,convention", [("softmax", "transformers"), ("focal", "transformers"),
+                                             ("given", "transformers"), ("focal", "ultralytics"),
+                                             ("softmax", "ultralytics")])
+def test_match_cost_bit_equal(kind, convention):
+    """The DETR matchers' cost (MatchCostUnit, a unit an entry): every dtype, both conventions
+    and the given class cost, images without targets (their padding), NaN logits and
+    infinite boxes (the dtype's largest value, or 0)."""
     from detloss_cuda.match import detr_match_cost
 
     g = torch.Generator().manual_seed(3)
     B, Q, C, sizes = 3, 20, 7, [4, 0, 9]
     for dtype in DTYPES:
-        logits = (torch.randn(B, Q, C, generator=g) * 3).to(dtype)
+        logits = (torch.randn(B, Q, 9 if kind == "given" else C, generator=g) * 3).to(dtype)
         pb = torch.cat([torch.rand(B, Q, 2, generator=g), torch.rand(B, Q, 2, generator=g) * 0.4], -1).to(dtype)
         tb = torch.cat([torch.rand(13, 2, generator=g), torch.rand(13, 2, generator=g) * 0.4], -1).to(dtype)
         lab = torch.randint(0, C, (13,), generator=g)
         logits[0, 2] = float("nan")
         pb[2, 5, 2] = float("inf")
         args = (logits, pb, lab, tb, sizes)
-        kw = dict(class_kind=kind, class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, alpha=0.3, gamma=1.5)
+        kw = dict(class_kind=kind, class_cost=2.0, bbox_cost=5.0, giou_cost=2.0, alpha=0.3, gamma=1.5,
+                  convention=convention)
         cpu = detr_match_cost(*args, **kw)
+        assert (cpu[0, 2, :4] == (0 if convention == "ultralytics" else torch.finfo(dtype).max)).all()
         with emulated():
             cuda = detr_match_cost(*args, **kw)
         assert cuda.dtype == cpu.dtype and torch.equal(cpu, cuda), (dtype, int((cpu != cuda).sum()))

@@ -218,8 +218,13 @@ def test_errors_name_the_argument():
         detr_match_cost(logits, pb, lab, tb, [15])
     with pytest.raises(ValueError, match=op + r"pred_boxes must have shape \[B, Q, 4\] = \[4, 30, 4\]"):
         detr_match_cost(logits, pb[..., :3], lab, tb, SIZES)
-    with pytest.raises(ValueError, match=op + r"class_kind must be 'softmax' \(DETR\) or 'focal'"):
+    with pytest.raises(ValueError, match=op + r"class_kind must be 'softmax' \(DETR\), 'focal'"):
         detr_match_cost(logits, pb, lab, tb, SIZES, class_kind="sigmoid")
+    with pytest.raises(ValueError, match=op + r"convention must be 'transformers' or 'ultralytics'"):
+        detr_match_cost(logits, pb, lab, tb, SIZES, convention="mmdet")
+    with pytest.raises(ValueError, match=op + r"with class_kind='given', logits must be the class "
+                       r"cost \[B, Q, max\(sizes\)\] = \[4, 30, 7\], got \[4, 30, 12\]"):
+        detr_match_cost(logits, pb, None, tb, SIZES, class_kind="given")
     with pytest.raises(ValueError, match=op + r"target_labels must be in \[0, C\) = \[0, 12\), got 12"):
         detr_match_cost(logits, pb, torch.full_like(lab, 12), tb, SIZES)
     with pytest.raises(TypeError, match=op + "target_labels must be an integer tensor"):

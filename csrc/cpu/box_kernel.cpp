@@ -111,12 +111,13 @@ at::Tensor box_matrix(const BoxMatrixArgs& a) {
 }
 
 // The DETR matchers' cost: a row (image b, query q) a task unit, its softmax statistics once,
-// then its image's targets (math::match_pair_cost); NaN and ±inf as the dtype's largest value.
+// then its image's targets (math::match_pair_cost); NaN and ±inf as the convention replaces
+// them (math::match_invalid).
 at::Tensor match_cost(const MatchCostArgs& a) {
   const int64_t B = a.B, Q = a.Q, C = a.C, Tm = a.Tmax;
   at::Tensor out = at::empty({B, Q, Tm}, a.logits.options());
   const int64_t* lab = a.labels.const_data_ptr<int64_t>();
-  for (int64_t t = 0; t < a.T; ++t)
+  for (int64_t t = 0; a.w.kind != math::MatchClass::kGiven && t < a.T; ++t)
     TORCH_CHECK_VALUE(lab[t] >= 0 && lab[t] < C, "detloss.detr_match_cost: target_labels must be "
                       "in [0, C) = [0, ", C, "), got ", lab[t], " (target ", t, ")");
   if (out.numel() == 0) return out;
@@ -128,7 +129,7 @@ at::Tensor match_cost(const MatchCostArgs& a) {
     const scalar_t* tb = a.target.const_data_ptr<scalar_t>();
     const int64_t* off = a.offsets.const_data_ptr<int64_t>();
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    const scalar_t big = std::numeric_limits<scalar_t>::max();
+    const scalar_t big = math::match_invalid(w, std::numeric_limits<scalar_t>::max());
     at::parallel_for(0, B * Q, std::max<int64_t>(1, 4096 / std::max<int64_t>(Tm, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / Q;
@@ -141,7 +142,8 @@ at::Tensor match_cost(const MatchCostArgs& a) {
         const int64_t n = off[b + 1] - off[b];
         for (int64_t j = 0; j < n; ++j) {
           const int64_t t = off[b] + j;
-          const S cls = math::match_class(static_cast<S>(xr[lab[t]]), mx, sum, w);
+          const S cls = math::match_class(static_cast<S>(xr[math::match_column(j, lab[t], w)]),
+                                          mx, sum, w);
           S g[4];
           for (int k = 0; k < 4; ++k) g[k] = static_cast<S>(tb[4 * t + k]);
           orow[j] = math::match_store(math::match_pair_cost(p, g, cls, w), big);

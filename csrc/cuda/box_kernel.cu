@@ -181,9 +181,9 @@ void launch_matrix(const BoxMatrixArgs& a, at::Tensor& out) {
 
 // The DETR matchers' cost: a unit an entry (image b, query q, target slot j) of [B, Q, Tmax],
 // the softmax statistics of its row recomputed (C ~ 100: cheaper than a pass and a buffer),
-// math::match_pair_cost; NaN and ±inf as the dtype's largest value; zeros beyond the image's
-// targets. A label outside [0, C) gives that largest value (the CPU raises; checking here
-// would synchronise).
+// math::match_pair_cost; NaN and ±inf as the convention replaces them (math::match_invalid);
+// zeros beyond the image's targets. A label outside [0, C) gives a NaN class term (the CPU
+// raises; checking here would synchronise).
 template <typename T>
 struct MatchCostUnit {
   using O = at::opmath_type<T>;
@@ -195,13 +195,13 @@ struct MatchCostUnit {
   T* out;
   int64_t Q, C, Tmax;
   math::MatchWeights<O> w;
-  T big;  // the dtype's largest finite value
+  T big;  // NaN and ±inf become this (math::match_invalid)
   __device__ __forceinline__ float operator()(int64_t u) const {
     const int64_t j = u % Tmax, r = u / Tmax, b = r / Q;
     const int64_t t0 = offsets[b], n = offsets[b + 1] - t0;
     T v = T(0);
     if (j < n) {
-      const int64_t t = t0 + j, l = labels[t];
+      const int64_t t = t0 + j, l = math::match_column(j, labels[t], w);
       const T* xr = logits + r * C;
       O cls = O(NAN);
       if (l >= 0 && l < C) {
@@ -235,7 +235,7 @@ at::Tensor match_cost_cuda(const MatchCostArgs& a) {
         a.logits.const_data_ptr<scalar_t>(), a.pred.const_data_ptr<scalar_t>(),
         a.labels.const_data_ptr<int64_t>(), a.target.const_data_ptr<scalar_t>(),
         a.offsets.const_data_ptr<int64_t>(), out.mutable_data_ptr<scalar_t>(), a.Q, a.C, a.Tmax, w,
-        std::numeric_limits<scalar_t>::max()};
+        math::match_invalid(w, std::numeric_limits<scalar_t>::max())};
     cuda::launch_map_reduce<float, float>(out.numel(), f, nullptr, 1.f, a.logits.device());
   });
   return out;

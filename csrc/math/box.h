@@ -374,17 +374,26 @@ DETLOSS_HD V box_pair(const V* a, const V* b, S eps, S floor, bool xywh, V gm, V
 //   GIoU  of the corners (c - 0.5·size, c + 0.5·size): iou - (area_c - union) / area_c
 //   (generalized_box_iou: no eps), NaN and ±inf then the dtype's largest finite value
 //   (the library's nan_to_num, in the output's dtype: done by the drivers).
-enum class MatchClass : int32_t { kSoftmax = 0, kFocal = 1 };
+//   class given: the entry [b, q, j] of a class-cost block the caller formed (Grounding
+//         DINO's focal cost averaged over each target's text tokens, a matmul)
+// ultralytics' HungarianMatcher (its convention): the class term first, its bbox_iou's GIoU
+// of (cx, cy, w, h) with eps = 1e-7 as a cost 1 - GIoU, NaN and ±inf then 0:
+//   cost = w_class·class + w_bbox·L1 + w_giou·(1 - GIoU),  L1 = ((|dx| + |dy|) + |dw|) + |dh|
+//   GIoU = iou - (C - union) / C,  union = w1·h1 + w2·h2 - inter + eps,  C = cw·ch + eps
+enum class MatchClass : int32_t { kSoftmax = 0, kFocal = 1, kGiven = 2 };
+enum class MatchConvention : int32_t { kTransformers = 0, kUltralytics = 1 };
 
 template <class S>
 struct MatchWeights {
   S w_class, w_bbox, w_giou, alpha, one_minus_alpha, gamma;  // (1 - alpha: formed in double)
   MatchClass kind;
+  MatchConvention convention;
 
   template <class O>
   MatchWeights<O> as() const {  // (the op's doubles in a driver's arithmetic)
     return {static_cast<O>(w_class), static_cast<O>(w_bbox), static_cast<O>(w_giou),
-            static_cast<O>(alpha), static_cast<O>(one_minus_alpha), static_cast<O>(gamma), kind};
+            static_cast<O>(alpha), static_cast<O>(one_minus_alpha), static_cast<O>(gamma), kind,
+            convention};
   }
 };
 
@@ -412,11 +421,25 @@ DETLOSS_HD S match_focal_class(S x, const MatchWeights<S>& w) {
   return pos - neg;
 }
 
-// The class term of logit xl (the target's label) of a row whose softmax statistics are
-// (mx, sum) (read only by the softmax kind).
+// The class term of xl, the row's entry at the target's label (the given kind: at the
+// target's slot, match_column), for a row whose softmax statistics are (mx, sum) (read only
+// by the softmax kind).
 template <class S>
 DETLOSS_HD S match_class(S xl, S mx, S sum, const MatchWeights<S>& w) {
+  if (w.kind == MatchClass::kGiven) return xl;
   return w.kind == MatchClass::kSoftmax ? -(dl_exp(xl - mx) / sum) : match_focal_class(xl, w);
+}
+
+// The column of a row read for target slot j of label l.
+template <class S>
+DETLOSS_HD int64_t match_column(int64_t j, int64_t l, const MatchWeights<S>& w) {
+  return w.kind == MatchClass::kGiven ? j : l;
+}
+
+// What nan_to_num makes of NaN and ±inf in the convention: T's largest value, or 0.
+template <class T, class S>
+DETLOSS_HD T match_invalid(const MatchWeights<S>& w, T big) {
+  return w.convention == MatchConvention::kUltralytics ? T(0) : big;
 }
 
 // The cost rounded to the output's type T, NaN and ±inf as T's largest value (nan_to_num).
@@ -427,11 +450,28 @@ DETLOSS_HD T match_store(S cost, T big) {
   return back != back || back - back != S(0) ? big : v;  // (inf - inf is NaN)
 }
 
-// The cost of one pair before nan_to_num; cls: the class term (softmax or focal) of the
-// target's label.
+// ultralytics' matcher: its bbox_iou(xywh=True, GIoU=True) as 1 - GIoU, in its order.
+template <class S>
+DETLOSS_HD S match_ultralytics_giou_cost(const S* p, const S* g) {
+  const S h(0.5), eps(1e-7), zero(0);
+  const S pw = p[2] * h, ph = p[3] * h, gw = g[2] * h, gh = g[3] * h;
+  const S ax1 = p[0] - pw, ax2 = p[0] + pw, ay1 = p[1] - ph, ay2 = p[1] + ph;
+  const S bx1 = g[0] - gw, bx2 = g[0] + gw, by1 = g[1] - gh, by2 = g[1] + gh;
+  const S inter = dl_max(dl_min(ax2, bx2) - dl_max(ax1, bx1), zero) *
+                  dl_max(dl_min(ay2, by2) - dl_max(ay1, by1), zero);
+  const S uni = p[2] * p[3] + g[2] * g[3] - inter + eps;
+  const S iou = inter / uni;
+  const S cw = dl_max(ax2, bx2) - dl_min(ax1, bx1), ch = dl_max(ay2, by2) - dl_min(ay1, by1);
+  const S area = cw * ch + eps;
+  return S(1) - (iou - (area - uni) / area);
+}
+
+// The cost of one pair before nan_to_num; cls: the class term of the target.
 template <class S>
 DETLOSS_HD S match_pair_cost(const S* p, const S* g, S cls, const MatchWeights<S>& w) {
   const S l1 = dl_abs(p[0] - g[0]) + dl_abs(p[1] - g[1]) + dl_abs(p[2] - g[2]) + dl_abs(p[3] - g[3]);
+  if (w.convention == MatchConvention::kUltralytics)
+    return w.w_class * cls + w.w_bbox * l1 + w.w_giou * match_ultralytics_giou_cost(p, g);
   const S h(0.5);
   const S ax1 = p[0] - h * p[2], ay1 = p[1] - h * p[3], ax2 = p[0] + h * p[2], ay2 = p[1] + h * p[3];
   const S bx1 = g[0] - h * g[2], by1 = g[1] - h * g[3], bx2 = g[0] + h * g[2], by2 = g[1] + h * g[3];

@@ -177,14 +177,19 @@ MatchCostArgs prepare_match_cost(const at::Tensor& logits, const at::Tensor& pre
                                  const at::Tensor& target_labels, const at::Tensor& target_boxes,
                                  at::IntArrayRef sizes, std::string_view class_kind,
                                  double class_weight, double bbox_weight, double giou_weight,
-                                 double alpha, double gamma) {
+                                 double alpha, double gamma, std::string_view convention) {
   constexpr const char* op = "detloss.detr_match_cost";
   MatchCostArgs a;
-  TORCH_CHECK_VALUE(class_kind == "softmax" || class_kind == "focal", op,
-                    ": class_kind must be 'softmax' (DETR) or 'focal' (Deformable DETR, RT-DETR, "
-                    "...), got '", std::string(class_kind), "'");
+  TORCH_CHECK_VALUE(class_kind == "softmax" || class_kind == "focal" || class_kind == "given", op,
+                    ": class_kind must be 'softmax' (DETR), 'focal' (Deformable DETR, RT-DETR, "
+                    "...) or 'given' (logits is the class cost), got '", std::string(class_kind),
+                    "'");
+  TORCH_CHECK_VALUE(convention == "transformers" || convention == "ultralytics", op,
+                    ": convention must be 'transformers' or 'ultralytics', got '",
+                    std::string(convention), "'");
+  const bool given = class_kind == "given";
   check_floating(logits, "logits", op);
-  TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(2) >= 1, op,
+  TORCH_CHECK_VALUE(logits.dim() == 3 && (given || logits.size(2) >= 1), op,
                     ": logits must have shape [B, Q, C] (images, queries, classes), got ",
                     logits.sizes());
   a.B = logits.size(0);
@@ -218,6 +223,9 @@ MatchCostArgs prepare_match_cost(const at::Tensor& logits, const at::Tensor& pre
   }
   TORCH_CHECK_VALUE(total == a.T, op, ": sizes must add up to the ", a.T,
                     " targets of target_boxes, got ", total);
+  TORCH_CHECK_VALUE(!given || a.C == a.Tmax, op, ": with class_kind='given', logits must be the "
+                    "class cost [B, Q, max(sizes)] = [", a.B, ", ", a.Q, ", ", a.Tmax, "], got ",
+                    logits.sizes());
   for (const auto* t : {&pred_boxes, &target_labels, &target_boxes}) {
     TORCH_CHECK_VALUE(t->device() == logits.device(), op,
                       ": all tensors must be on one device; logits is on ", logits.device(),
@@ -251,7 +259,10 @@ MatchCostArgs prepare_match_cost(const at::Tensor& logits, const at::Tensor& pre
   a.w.alpha = alpha;
   a.w.one_minus_alpha = 1.0 - alpha;
   a.w.gamma = gamma;
-  a.w.kind = class_kind == "focal" ? math::MatchClass::kFocal : math::MatchClass::kSoftmax;
+  a.w.kind = given ? math::MatchClass::kGiven
+                   : (class_kind == "focal" ? math::MatchClass::kFocal : math::MatchClass::kSoftmax);
+  a.w.convention = convention == "ultralytics" ? math::MatchConvention::kUltralytics
+                                               : math::MatchConvention::kTransformers;
   return a;
 }
 
@@ -278,5 +289,5 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
   m.def(
       "detr_match_cost(Tensor logits, Tensor pred_boxes, Tensor target_labels, "
       "Tensor target_boxes, int[] sizes, str class_kind, float class_cost, float bbox_cost, "
-      "float giou_cost, float alpha, float gamma) -> Tensor");
+      "float giou_cost, float alpha, float gamma, str convention=\"transformers\") -> Tensor");
 }

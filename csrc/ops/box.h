@@ -61,7 +61,8 @@ BoxMatrixArgs prepare_box_matrix(const at::Tensor& boxes1, const at::Tensor& box
 // and d(loss)/d(target) for an upstream gradient of 1 ('mean' scale included), each
 // [shape..., row] (the caller sums them to the inputs' shapes), undefined where not asked for.
 // The DETR matchers' cost (math::match_pair_cost): per image b, its queries against its own
-// targets only, [B, Q, Tmax] (zeros beyond image b's sizes[b] targets).
+// targets only, [B, Q, Tmax] (zeros beyond image b's sizes[b] targets); the given class
+// kind: logits is the class-cost block [B, Q, Tmax] itself.
 struct MatchCostArgs {
   at::Tensor logits;   // [B, Q, C] contiguous, in `dtype`
   at::Tensor pred;     // [B, Q, 4] cxcywh, contiguous, in `dtype`
@@ -77,7 +78,7 @@ MatchCostArgs prepare_match_cost(const at::Tensor& logits, const at::Tensor& pre
                                  const at::Tensor& target_labels, const at::Tensor& target_boxes,
                                  at::IntArrayRef sizes, std::string_view class_kind,
                                  double class_weight, double bbox_weight, double giou_weight,
-                                 double alpha, double gamma);
+                                 double alpha, double gamma, std::string_view convention);
 
 using BoxTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 at::Tensor box_forward_cpu(const BoxArgs& a);
@@ -96,10 +97,11 @@ at::Tensor match_cost_entry(const at::Tensor& logits, const at::Tensor& pred_box
                             const at::Tensor& target_labels, const at::Tensor& target_boxes,
                             at::IntArrayRef sizes, c10::string_view class_kind,
                             double class_weight, double bbox_weight, double giou_weight,
-                            double alpha, double gamma) {
+                            double alpha, double gamma, c10::string_view convention) {
   return F(prepare_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes,
                               std::string_view(class_kind.data(), class_kind.size()), class_weight,
-                              bbox_weight, giou_weight, alpha, gamma));
+                              bbox_weight, giou_weight, alpha, gamma,
+                              std::string_view(convention.data(), convention.size())));
 }
 
 template <at::Tensor (*Forward)(const BoxArgs&)>
