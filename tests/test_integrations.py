@@ -590,6 +590,7 @@ def test_ultralytics_unpatch_restores_the_originals():
     import detloss_cuda.integrations.ultralytics as dl
     from ultralytics.utils import loss as L
     from ultralytics.utils import tal as T
+    from ultralytics.models.utils import loss as RL, ops as RO
 
     def snapshot():
         return [L.v8DetectionLoss.__dict__["get_assigned_targets_and_loss"],
@@ -600,7 +601,8 @@ def test_ultralytics_unpatch_restores_the_originals():
                 L.v8SegmentationLoss.__dict__["calculate_segmentation_loss"],
                 L.v8SegmentationLoss.__dict__["loss"], L.v8OBBLoss.__dict__["loss"],
                 L.v8OBBLoss.__dict__["bbox_decode"], L.probiou, L.v8PoseLoss.__dict__["loss"],
-                L.PoseLoss26.__dict__["loss"]]
+                L.PoseLoss26.__dict__["loss"], RL.bbox_iou, RO.bbox_iou,
+                RO.HungarianMatcher.__dict__["forward"], RL.DETRLoss.__dict__["_get_loss_class"]]
 
     before = snapshot()
     dl.patch()

@@ -194,3 +194,105 @@ def test_transformers_functions_match_and_hand_back():
     with dl.patched():
         out = od.generalized_box_iou(bg, b)
     assert out.grad_fn is not None and "Detloss" not in type(out.grad_fn).__name__
+
+
+# ------------------------------------------------------------------ ultralytics' RT-DETR
+def _rtdetr_model(num_denoising):
+    """RT-DETR-l from ultralytics' yaml (no weights), 5 classes. BatchNorm keeps its initial
+    statistics (eval): batch statistics of two 64 px images amplify float32 rounding ~100x
+    (the float32 step's gradient is then 2% from float64's, which would leave the comparison
+    meaningless); the loss path is the training one."""
+    _require("ultralytics")
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    torch.manual_seed(0)
+    model = RTDETRDetectionModel("rtdetr-l.yaml", nc=5, verbose=False)
+    model.args, model.nc = get_cfg(), 5
+    model.train()
+    model.model[-1].num_denoising = num_denoising
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+def _rtdetr_batch(x):
+    return {"img": x, "batch_idx": torch.tensor([0.0, 0.0, 1.0]),
+            "cls": torch.tensor([[1.0], [3.0], [4.0]]),
+            "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.4], [0.3, 0.3, 0.2, 0.2],
+                                    [0.6, 0.4, 0.5, 0.3]])}
+
+
+def _rtdetr_step(model, batch, patched):
+    """Every loss of RTDETRDetectionLoss' dict (ultralytics returns three) and the gradients;
+    the denoising groups drawn from the same seed."""
+    import detloss_cuda.integrations.ultralytics as dl
+
+    model.zero_grad(set_to_none=True)
+    crit, got = model.init_criterion(), {}
+    forward = crit.forward
+
+    def capture(*a, **k):
+        out = forward(*a, **k)
+        got.update(out)
+        return out
+
+    crit.forward = capture
+    model.criterion = crit
+    torch.manual_seed(1)
+    with dl.patched() if patched else contextlib.nullcontext():
+        loss, _ = model.loss(batch)
+        loss.backward()
+    items = {k: v.detach().double() for k, v in got.items()}
+    items["loss"] = loss.detach().double()
+    return items, _grads(model)
+
+
+@pytest.mark.parametrize("num_denoising", [0, 100])
+def test_ultralytics_rtdetr_step_matches(num_denoising, monkeypatch):
+    """RT-DETR-l (ultralytics' yaml; VFL, the encoder's and six decoder layers' matchings, the
+    denoising groups): every loss of the dict and every gradient as close to float64 as
+    ultralytics' own float32 step; the fused matching cost ran for each matching, the class
+    loss on class indices (ultralytics' VarifocalLoss never ran), GIoU on the box kernels."""
+    import detloss_cuda.integrations.ultralytics as dl
+    import ultralytics.models.utils.ops as UO
+    from ultralytics.utils import loss as L
+
+    model = _rtdetr_model(num_denoising)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    m64 = copy.deepcopy(model).double()
+    cdn = UO.get_cdn_group
+
+    def cdn_float32(batch, nc, nq, class_embed, *a, **k):
+        # the same noise as the float32 runs (torch.rand draws other numbers in float64)
+        torch.set_default_dtype(torch.float32)
+        try:
+            out = cdn(batch, nc, nq, class_embed.float(), *a, **k)
+        finally:
+            torch.set_default_dtype(torch.float64)
+        return tuple(o.double() if isinstance(o, torch.Tensor) and o.is_floating_point() else o
+                     for o in out)
+
+    was, b64 = torch.get_default_dtype(), _rtdetr_batch(x.double())  # float32 boxes, as loaded
+    monkeypatch.setattr(UO, "get_cdn_group", cdn_float32)
+    torch.set_default_dtype(torch.float64)  # ultralytics' buffers take the default dtype
+    try:
+        l64, g64 = _rtdetr_step(m64, b64, False)
+    finally:
+        torch.set_default_dtype(was)
+        monkeypatch.setattr(UO, "get_cdn_group", cdn)
+    l32, g32 = _rtdetr_step(model, _rtdetr_batch(x), False)
+    spy, spy_match, vfl = Spy(dl.DF), Spy(dl.DM), []
+    monkeypatch.setattr(dl, "DF", spy)
+    monkeypatch.setattr(dl, "DM", spy_match)
+    with dl.patched():  # (patched inside the step again: a no-op; the spy wraps ours)
+        ours_vfl = L.VarifocalLoss.forward
+        monkeypatch.setattr(L.VarifocalLoss, "forward", lambda *a: vfl.append(1) or ours_vfl(*a))
+        lp, gp = _rtdetr_step(model, _rtdetr_batch(x), True)
+    layers = 7  # the encoder's proposals and six decoder layers
+    assert spy_match.calls["detr_match_cost"] == layers and not vfl
+    assert spy.calls["varifocal_loss"] == layers + 6 * (num_denoising > 0)
+    assert spy.calls["bbox_iou"] == 2 * spy.calls["varifocal_loss"]
+    assert l64["loss_class_dn"] > 0 if num_denoising else l64["loss_class_dn"] == 0
+    _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)

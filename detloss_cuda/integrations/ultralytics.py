@@ -84,6 +84,7 @@ import functools
 import torch
 
 from .. import functional as DF
+from .. import match as DM
 from ..assign import task_aligned_assign
 from ._patching import Switch, load_library, ours, wrap_bbox_iou
 
@@ -92,7 +93,8 @@ KNOWN = "ultralytics 8.3 and 8.4 (tested with 8.4.190)"
 
 def _load():
     return load_library("ultralytics", ("ultralytics.utils.loss", "ultralytics.utils.tal",
-                                        "ultralytics.utils.dist"), KNOWN)
+                                        "ultralytics.utils.dist", "ultralytics.models.utils.loss",
+                                        "ultralytics.models.utils.ops"), KNOWN)
 
 
 _DDP_HOOK = ("import detloss_cuda.integrations.ultralytics as _detloss_cuda; "
@@ -714,6 +716,86 @@ def _wrap_seg_call(orig, bcedice_cls, dice_cls):
     return loss
 
 
+# ------------------------------------------------------------------ RT-DETR (DETRLoss)
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _wrap_detr_matcher(orig, cls):
+    """ultralytics' ``HungarianMatcher.forward`` (RT-DETR; the exact class): its per-image
+    cost (class, L1, 1 - GIoU of its bbox_iou, NaN/inf as 0) in one kernel
+    (``detr_match_cost(convention='ultralytics')``) instead of a dozen ``[B, Q, max T]`` (and
+    ``[B, Q, max T, 4]``) tensors, then SciPy on each image's block, as there."""
+    @functools.wraps(orig)
+    def forward(self, pred_bboxes, pred_scores, gt_bboxes, gt_cls, gt_groups):
+        gain = getattr(self, "cost_gain", None)
+        if (type(self) is not cls or not ours(pred_bboxes, pred_scores, gt_bboxes)
+                or not isinstance(gain, dict) or not all(_is_number(gain.get(k)) for k in
+                                                         ("class", "bbox", "giou"))
+                or not _is_number(self.alpha) or not _is_number(self.gamma)
+                or pred_scores.dim() != 3 or pred_bboxes.shape != (*pred_scores.shape[:2], 4)
+                or gt_bboxes.dtype != torch.float32 or gt_bboxes.dim() != 2
+                or gt_bboxes.shape[1] != 4 or type(gt_cls) is not torch.Tensor
+                or gt_cls.dtype != torch.int64 or gt_cls.shape != gt_bboxes.shape[:1]
+                or gt_cls.device != pred_scores.device
+                or not isinstance(gt_groups, (list, tuple))
+                or not all(isinstance(n, int) and n >= 0 for n in gt_groups)
+                or len(gt_groups) != pred_scores.shape[0] or sum(gt_groups) != gt_cls.shape[0]
+                or sum(gt_groups) == 0):
+            return orig(self, pred_bboxes, pred_scores, gt_bboxes, gt_cls, gt_groups)
+        if not ((gt_cls >= 0) & (gt_cls < pred_scores.shape[-1])).all():
+            return orig(self, pred_bboxes, pred_scores, gt_bboxes, gt_cls, gt_groups)  # its error
+        with torch.no_grad():  # ultralytics: detached, in float32 (.float())
+            cost = DM.detr_match_cost(
+                pred_scores.detach().float(), pred_bboxes.detach().float(), gt_cls, gt_bboxes,
+                list(gt_groups), class_cost=gain["class"], bbox_cost=gain["bbox"],
+                giou_cost=gain["giou"], class_kind="focal" if self.use_fl else "softmax",
+                alpha=float(self.alpha), gamma=float(self.gamma), convention="ultralytics")
+        first = torch.as_tensor([0, *gt_groups[:-1]]).cumsum_(0)
+        return [(i, j + first[k]) for k, (i, j) in enumerate(DM.solve(cost, gt_groups))]
+    return forward
+
+
+def _wrap_detr_loss_class(orig, vfl_cls, focal_cls):
+    """``DETRLoss._get_loss_class``: ultralytics builds an int64 ``[B, Q, C + 1]`` one-hot, the
+    ``[B, Q, C]`` IoU targets and VFL's (or focal's) chain over them; here the fused VFL /
+    focal / BCE with class-index targets (``nc`` = background, the IoU as ``score``), no
+    ``[B, Q, C]`` tensor but the gradient. The losses are ultralytics' ``VarifocalLoss`` /
+    ``FocalLoss`` (exact classes; others go to ultralytics' code), the same scaling."""
+    @functools.wraps(orig)
+    def _get_loss_class(self, pred_scores, targets, gt_scores, num_gts, postfix=""):
+        fl, vfl = getattr(self, "fl", None), getattr(self, "vfl", None)
+        use_vfl = bool(fl) and bool(num_gts) and bool(vfl)
+        if (not ours(pred_scores, gt_scores) or pred_scores.dim() != 3
+                or not isinstance(targets, torch.Tensor) or targets.dtype != torch.int64
+                or targets.shape != pred_scores.shape[:2] or gt_scores.shape != targets.shape
+                or gt_scores.requires_grad or targets.device != pred_scores.device
+                or not _is_number(self.loss_gain.get("class"))
+                or (fl and type(fl) is not focal_cls) or (use_vfl and type(vfl) is not vfl_cls)
+                or (not use_vfl and pred_scores.dtype not in (torch.float32, torch.float64))):
+            return orig(self, pred_scores, targets, gt_scores, num_gts, postfix)
+        nc = pred_scores.shape[-1]
+        if self.nc != nc or not ((targets >= 0) & (targets <= nc)).all():
+            return orig(self, pred_scores, targets, gt_scores, num_gts, postfix)  # its error
+        nq = pred_scores.shape[1]
+        if use_vfl:  # ultralytics: in float32 (autocast off), the weight's gradient included
+            loss = DF.varifocal_loss(pred_scores.float(), targets, alpha=float(vfl.alpha),
+                                     gamma=float(vfl.gamma), score=gt_scores.float(),
+                                     reduction="sum") / nq
+        elif fl:
+            a = fl.alpha
+            alpha = float(a) if not isinstance(a, torch.Tensor) else float(a.detach().cpu())
+            loss = DF.sigmoid_focal_loss(pred_scores, targets, alpha=alpha if alpha > 0 else None,
+                                         gamma=float(fl.gamma), reduction="sum") / nq
+        else:
+            loss = DF.binary_cross_entropy_with_logits(
+                pred_scores, targets, score=gt_scores.to(pred_scores.dtype), reduction="sum") / nq
+        if fl:
+            loss = loss / (max(num_gts, 1) / nq)
+        return {f"loss_class{postfix}": loss.squeeze() * self.loss_gain["class"]}
+    return _get_loss_class
+
+
 def _fused_bbox_iou(*args, **kwargs):
     return DF.bbox_iou(*args, **kwargs)  # DF read at call time (tests spy on it)
 
@@ -731,6 +813,8 @@ def _apply(ps):
     obb = ps.original(L, "v8OBBLoss")
     pose = ps.original(L, "v8PoseLoss")
     pose26 = ps.original(L, "PoseLoss26")
+    RL, RO = ps.mods["ultralytics.models.utils.loss"], ps.mods["ultralytics.models.utils.ops"]
+    matcher = ps.original(RO, "HungarianMatcher")
     # look every name up before replacing any: a moved name fails before anything changes
     names = [
         (det, "get_assigned_targets_and_loss",
@@ -755,6 +839,13 @@ def _apply(ps):
         (ps.original(L, "VarifocalLoss"), "forward", _wrap_vfl_forward),
         (ps.original(L, "FocalLoss"), "forward", _wrap_focal_forward),
         (ps.mods["ultralytics.utils.dist"], "generate_ddp_file", _wrap_ddp_file),
+        # RT-DETR
+        (RL, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
+        (RO, "bbox_iou", lambda o: wrap_bbox_iou(o, _fused_bbox_iou)),
+        (matcher, "forward", lambda o: _wrap_detr_matcher(o, matcher)),
+        (ps.original(RL, "DETRLoss"), "_get_loss_class",
+         lambda o: _wrap_detr_loss_class(o, ps.original(L, "VarifocalLoss"),
+                                         ps.original(L, "FocalLoss"))),
     ]
     ps.original(ps.original(L, "BboxLoss"), "forward")  # calls bbox_iou and DFLoss: must exist
     ps.original(ps.original(L, "RotatedBboxLoss"), "forward")  # calls probiou and DFLoss
