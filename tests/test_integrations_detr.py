@@ -6,13 +6,14 @@ import copy
 import pytest
 import torch
 
-from integration_common import Spy, _check_close_as_own_fp32, _grads, _require
+from integration_common import F32_EPS, Spy, _check_close_as_own_fp32, _grads, _require
 
 
 # ------------------------------------------------------------------ transformers (DETR family)
 def _detr_models():
-    """Tiny randomly initialised DETR, Deformable DETR and RT-DETR (no weights, no network;
-    dropout and RT-DETR's random denoising queries off, so that steps are repeatable)."""
+    """Tiny randomly initialised DETR, Deformable DETR, RT-DETR, D-FINE, DEIMv2, LW-DETR and
+    Grounding DINO (no weights, no network; dropout and the random denoising queries off, so
+    that steps are repeatable)."""
     T = _require("transformers")
     T.logging.set_verbosity_error()
 
@@ -24,6 +25,10 @@ def _detr_models():
                  decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
                  num_queries=12, num_labels=5, dropout=0.0, attention_dropout=0.0,
                  activation_dropout=0.0)
+    rt_like = dict(backbone_config=resnet(T.RTDetrResNetConfig), use_pretrained_backbone=False,
+                   encoder_hidden_dim=16, encoder_in_channels=[16, 16, 16],
+                   decoder_in_channels=[16, 16, 16], decoder_layers=2, num_denoising=0,
+                   decoder_n_points=2, **small)
     return {
         "detr": lambda: T.DetrForObjectDetection(T.DetrConfig(
             use_timm_backbone=False, backbone_config=resnet(), use_pretrained_backbone=False,
@@ -38,6 +43,25 @@ def _detr_models():
             decoder_in_channels=[16, 16, 16], decoder_layers=2, num_denoising=0,
             decoder_n_points=2, **{k: v for k, v in small.items() if "dropout" not in k},
             dropout=0.0, activation_dropout=0.0)),
+        "d_fine": lambda: T.DFineForObjectDetection(T.DFineConfig(lqe_hidden_dim=8, **rt_like)),
+        "deimv2": lambda: T.Deimv2ForObjectDetection(T.Deimv2Config(**rt_like)),
+        "lw_detr": lambda: T.LwDetrForObjectDetection(T.LwDetrConfig(
+            backbone_config=T.LwDetrViTConfig(
+                hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=64,
+                patch_size=16, window_block_indices=[0], out_indices=[1, 2]),
+            projector_scale_factors=[1.0], d_model=32, decoder_layers=2,
+            decoder_self_attention_heads=2, decoder_cross_attention_heads=2, decoder_ffn_dim=32,
+            num_queries=12, num_labels=5, group_detr=3, dropout=0.0, attention_dropout=0.0,
+            activation_dropout=0.0)),
+        "grounding_dino": lambda: T.GroundingDinoForObjectDetection(T.GroundingDinoConfig(
+            use_timm_backbone=False, backbone_config=resnet(), use_pretrained_backbone=False,
+            text_config=T.BertConfig(vocab_size=1100, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32,
+                                     max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0),
+            decoder_layers=2, auxiliary_loss=True, two_stage=True, num_feature_levels=3,
+            encoder_n_points=2, decoder_n_points=2, max_text_len=16,
+            **{k: v for k, v in small.items() if k != "num_labels"})),
     }
 
 
@@ -51,13 +75,23 @@ def _detr_batch():
     return x, labels
 
 
-def _detr_step(model, x, labels, patched):
+def _text(arch):
+    """Grounding DINO's prompt: token ids (101/102 the ends, 1012 the '.' between classes;
+    the first image three classes, the second two and padding) and their attention mask."""
+    if arch != "grounding_dino":
+        return {}
+    ids = torch.tensor([[101, 11, 12, 1012, 13, 1012, 14, 15, 1012, 102],
+                        [101, 21, 1012, 22, 23, 1012, 102, 0, 0, 0]])
+    return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+
+def _detr_step(model, x, labels, patched, **inputs):
     import detloss_cuda.integrations.transformers as dl
 
     model.zero_grad(set_to_none=True)
     ctx = dl.patched() if patched else contextlib.nullcontext()
     with ctx:
-        out = model(pixel_values=x, labels=labels)
+        out = model(pixel_values=x, labels=labels, **inputs)
         out.loss.backward()
     items = {k: v.detach().double() for k, v in out.loss_dict.items() if k.startswith("loss")}
     items["loss"] = out.loss.detach().double()
@@ -67,37 +101,131 @@ def _detr_step(model, x, labels, patched):
 @pytest.mark.parametrize("arch", ["detr", "deformable_detr", "rt_detr"])
 def test_detr_family_steps_match(arch, monkeypatch):
     """A training step of DETR (the matcher's fused cost; GIoU of the matched pairs),
-    Deformable DETR (+ focal loss) and RT-DETR (+ VFL): every loss of the dict (auxiliary
-    decoder layers' included) and every parameter's gradient as close to float64 as
-    transformers' own float32 step, and the fused functions ran."""
+    Deformable DETR (+ focal loss), RT-DETR and D-FINE (+ VFL; D-FINE's FGL and DDF are the
+    library's), DEIMv2 (its MAL is the library's) and LW-DETR (query groups matched apart):
+    every loss of the dict (auxiliary decoder layers' and the encoder's included) and every
+    parameter's gradient as close to float64 as transformers' own float32 step, and the
+    fused functions ran."""
     import detloss_cuda.integrations.transformers as dl
 
     torch.manual_seed(0)
     model = _detr_models()[arch]()
     model.train()
     x, labels = _detr_batch()
+    if arch == "lw_detr":
+        # LW-DETR's encoder proposals sit on the anchors' grid, which these boxes' edges share:
+        # the L1 term at its kink |0| makes float32's and float64's gradients of those heads
+        # differ by 20-40%, which would leave the comparison meaningless; off the grid
+        for t in labels:
+            t["boxes"] = t["boxes"] + 0.0123
     m64 = copy.deepcopy(model).double()
     was = torch.get_default_dtype()
+    if arch in ("d_fine", "deimv2"):
+        # D-FINE's translate_gt forms its interpolation weights in float32 (indices.float())
+        # and cannot take float64 distances: the float64 run's targets go through it in
+        # float32 (targets, no gradient; a 1e-7 relative change of the reference)
+        from transformers.loss import loss_d_fine
+
+        translate = loss_d_fine.translate_gt
+
+        def translate_in_float32(gt, max_num_bins, reg_scale, up):
+            out = translate(gt.float(), max_num_bins, reg_scale, up.float())
+            return tuple(o.double() if o.is_floating_point() else o for o in out)
+
+        monkeypatch.setattr(loss_d_fine, "translate_gt", translate_in_float32)
     torch.set_default_dtype(torch.float64)  # the losses build float32 buffers (class weights)
     try:
         l64, g64 = _detr_step(m64, x.double(), [{k: (v.double() if v.is_floating_point() else v)
                                                   for k, v in t.items()} for t in labels], False)
     finally:
         torch.set_default_dtype(was)
+        monkeypatch.undo()
     l32, g32 = _detr_step(model, x, labels, False)
     spy, spy_match = Spy(dl.DF), Spy(dl.DM)
     monkeypatch.setattr(dl, "DF", spy)
     monkeypatch.setattr(dl, "DM", spy_match)
     lp, gp = _detr_step(model, x, labels, True)
-    layers = {"detr": 1, "deformable_detr": 2, "rt_detr": 2}[arch]  # each decoder layer's losses
+    layers = {"detr": 1, "deformable_detr": 2, "rt_detr": 2, "d_fine": 2, "deimv2": 2,
+              "lw_detr": 2}[arch]  # each decoder layer's losses
     # the matchers: the fused per-image cost, no (B·Q) x ΣT GIoU matrix of the library's
     assert spy_match.calls["detr_match_cost"] >= layers and spy.calls["box_iou_matrix"] == 0
-    assert spy.calls["generalized_box_iou_loss"] == layers + (arch == "rt_detr")  # + encoder
+    assert spy.calls["generalized_box_iou_loss"] == layers + (arch not in ("detr", "deformable_detr"))  # + encoder
     if arch == "deformable_detr":
         assert spy.calls["sigmoid_focal_loss"] == layers
-    if arch == "rt_detr":
+    if arch in ("rt_detr", "d_fine"):
         assert spy.calls["binary_cross_entropy_with_logits"] == layers + 1
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+@pytest.mark.parametrize("arch", ["grounding_dino"])
+def test_detr_loss_steps_match(arch, monkeypatch):
+    """Grounding DINO's loss step (the matcher's token-map class cost, the focal loss on the
+    text tokens, GIoU of the matched pairs; two decoder layers and the encoder's proposals) on
+    the outputs of one forward: the loss dict and the gradient of every output the loss
+    takes, as close to float64 as transformers' own float32 step. Not the whole training
+    step: this model's forward is not reproducible here (the same weights and inputs give
+    logits that differ in the fifth digit from call to call, in its text-image encoder), which
+    a whole-step comparison would measure instead of the loss."""
+    import detloss_cuda.integrations.transformers as dl
+
+    torch.manual_seed(0)
+    model = _detr_models()[arch]()
+    model.train()
+    x, labels = _detr_batch()
+    if arch == "grounding_dino":  # classes of the prompt: three in the first image, two
+        labels[0]["class_labels"], labels[1]["class_labels"] = torch.tensor([1, 2]), torch.tensor([1])
+    for t in labels:  # (off the anchors' grid: no L1 term at its kink |0|)
+        t["boxes"] = t["boxes"] + 0.0123
+    got = {}
+
+    def capture(*args, **kwargs):
+        got["args"], got["kwargs"] = args, kwargs
+        return torch.zeros(()), {}, None
+
+    monkeypatch.setattr(model, "loss_function", capture)
+    model(pixel_values=x, labels=labels, **_text(arch))
+    monkeypatch.undo()
+    outputs = {**dict(enumerate(got["args"])), **got["kwargs"]}
+    leaves = [k for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.requires_grad]
+    assert len(leaves) >= 5  # logits, boxes, the layers' and the encoder's logits
+
+    def step(dtype, patched):
+        inputs = {k: (v.detach().to(dtype).requires_grad_(k in leaves)
+                      if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                  for k, v in outputs.items()}
+        inputs[1] = [{k: (v.to(dtype) if v.is_floating_point() else v) for k, v in t.items()}
+                     for t in labels]
+        with dl.patched() if patched else contextlib.nullcontext():
+            loss, loss_dict, _ = model.loss_function(
+                *[inputs[i] for i in range(len(got["args"]))],
+                **{k: inputs[k] for k in got["kwargs"]})
+            loss.backward()
+        items = {k: v.detach().double() for k, v in loss_dict.items() if k.startswith("loss")}
+        items["loss"] = loss.detach().double()
+        return items, {k: inputs[k].grad.double() for k in leaves}
+
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # buffers (label maps' norms, weights) by default dtype
+    try:
+        l64, g64 = step(torch.float64, False)
+    finally:
+        torch.set_default_dtype(was)
+    l32, g32 = step(torch.float32, False)
+    spy, spy_match = Spy(dl.DF), Spy(dl.DM)
+    monkeypatch.setattr(dl, "DF", spy)
+    monkeypatch.setattr(dl, "DM", spy_match)
+    lp, gp = step(torch.float32, True)
+    assert spy_match.calls["detr_match_cost"] == 3 and spy.calls["box_iou_matrix"] == 0
+    assert spy.calls["generalized_box_iou_loss"] == 3 and spy.calls["sigmoid_focal_loss"] == 3
+    assert l64.keys() == l32.keys() == lp.keys() and len(l64) >= 10
+    for k in l64:
+        own, ours = (l32[k] - l64[k]).abs().item(), (lp[k] - l64[k]).abs().item()
+        assert ours <= 2 * own + 8 * F32_EPS * l64[k].abs().item(), (k, ours, own)
+    for k in g64:
+        ref = g64[k].norm()
+        own, ours = (g32[k] - g64[k]).norm() / ref, (gp[k] - g64[k]).norm() / ref
+        assert ours <= 2 * own + 1e-6 and (gp[k] - g32[k]).norm() / ref < 1e-5, (k, ours, own)
+        assert own < 1e-3, (k, own)  # the float32 loss step itself is sane
 
 
 def test_transformers_unpatch_restores_the_originals():
@@ -105,7 +233,7 @@ def test_transformers_unpatch_restores_the_originals():
     import detloss_cuda.integrations.transformers as dl
     from transformers.loss import loss_for_object_detection as od, loss_rt_detr as rt
 
-    from transformers.loss import loss_deformable_detr as dd, loss_lw_detr as lw
+    from transformers.loss import loss_deformable_detr as dd, loss_grounding_dino as gd, loss_lw_detr as lw
 
     def snapshot():
         return [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
@@ -113,7 +241,8 @@ def test_transformers_unpatch_restores_the_originals():
                 od.HungarianMatcher.__dict__["forward"],
                 dd.DeformableDetrHungarianMatcher.__dict__["forward"],
                 rt.RTDetrHungarianMatcher.__dict__["forward"],
-                lw.LwDetrHungarianMatcher.__dict__["forward"]]
+                lw.LwDetrHungarianMatcher.__dict__["forward"],
+                gd.GroundingDinoHungarianMatcher.__dict__["forward"]]
 
     before = snapshot()
     with dl.patched():

@@ -177,6 +177,63 @@ def test_rt_detr_and_lw_detr_matchers():
     assert calls == ["focal", "softmax", "focal"]
 
 
+def _grounding_scene(seed, sizes=(3, 0, 7, 12), K=16, dtype=torch.float32):
+    """Text-token logits [B, Q, K] and per-image label maps (int64 0/1, as the model builds
+    them: each class one to three tokens; image 2 has a class without tokens, a NaN cost)."""
+    g = torch.Generator().manual_seed(seed)
+    logits, pb, targets = scene(dtype=dtype, seed=seed, C=K, sizes=list(sizes))
+    maps = []
+    for b, t in enumerate(targets):
+        n = 5 + b
+        lm = torch.zeros(n, K, dtype=torch.int64)
+        for c in range(n):
+            start = int(torch.randint(0, K - 3, (), generator=g))
+            lm[c, start:start + 1 + int(torch.randint(0, 3, (), generator=g))] = 1
+        if b == 2:
+            lm[4] = 0
+        maps.append(lm)
+        t["class_labels"] = torch.randint(0, n, (len(t["boxes"]),), generator=g)
+    return logits, pb, targets, tuple(maps)
+
+
+def test_grounding_dino_matcher():
+    """Grounding DINO's matcher (the class cost a matmul of token costs and label maps): the
+    library's matchings on random scenes (an image with a label without tokens: a column of
+    NaN costs, the largest value for every query, so any query is optimal there: the same
+    number of pairs); float64 logits with float32 label maps (the
+    library's matmul raises) and a label outside an image's classes go to the library."""
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss.loss_grounding_dino import GroundingDinoHungarianMatcher
+
+    m = GroundingDinoHungarianMatcher(class_cost=1.0, bbox_cost=5.0, giou_cost=2.0)
+    calls = []
+    real = dl.DM.detr_match_cost
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl.DM, "detr_match_cost", lambda *a, **k: calls.append(k["class_kind"]) or real(*a, **k))
+        for seed in range(4):
+            logits, pb, targets, maps = _grounding_scene(seed)
+            out = {"logits": logits, "pred_boxes": pb, "label_maps": maps}
+            ref = m(out, targets)
+            with dl.patched():
+                got = m(out, targets)
+            for b, ((i, j), (oi, oj)) in enumerate(zip(ref, got)):
+                if b == 2 and (targets[2]["class_labels"] == 4).any():
+                    assert len(oi) == len(i)  # ties among the NaN column's entries
+                    continue
+                assert torch.equal(i, oi) and torch.equal(j, oj)
+        assert calls == ["given"] * 4
+        logits, pb, targets, maps = _grounding_scene(5)
+        with dl.patched():
+            with pytest.raises(RuntimeError):  # the library's matmul of float64 by float32
+                m({"logits": logits.double(), "pred_boxes": pb.double(), "label_maps": maps},
+                  [dict(t, boxes=t["boxes"].double()) for t in targets])
+            bad = [dict(t) for t in targets]
+            bad[3] = dict(bad[3], class_labels=torch.full((12,), 8))  # image 3 has 8 classes
+            with pytest.raises(IndexError):
+                m({"logits": logits, "pred_boxes": pb, "label_maps": maps}, bad)
+    assert calls == ["given"] * 4
+
+
 def test_what_is_not_routed_keeps_the_librarys_code_and_errors():
     """A subclass, invalid corners (generalized_box_iou's ValueError), a label outside the
     classes (the library's IndexError), float16 boxes (the library's cdist error on the CPU):

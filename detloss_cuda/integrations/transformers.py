@@ -125,11 +125,12 @@ def _wrap_giou_matrix(orig):
     return generalized_box_iou
 
 
-def _matcher_inputs(outputs, targets, to_corners, float32_only=False):
+def _matcher_inputs(outputs, targets, to_corners, float32_only=False, classes=None):
     """(logits, pred_boxes, labels, boxes, sizes) of a matcher call the fused cost reproduces:
     logits and boxes of one dtype, float32 or float64 (float32 only where the library's L1 is
-    a float32 cdist whatever the dtype: LW-DETR), integer labels in [0, C), corners valid;
-    else None (the library's code runs, with its own errors)."""
+    a float32 cdist whatever the dtype: LW-DETR), integer labels in [0, C) (``classes(sizes)``:
+    each target's class count where it is not C, a [T] tensor), corners valid; else None
+    (the library's code runs, with its own errors)."""
     if not isinstance(outputs, dict) or not isinstance(targets, (list, tuple)):
         return None
     logits, pb = outputs.get("logits"), outputs.get("pred_boxes")
@@ -152,7 +153,8 @@ def _matcher_inputs(outputs, targets, to_corners, float32_only=False):
     # the library's checks, in one host read (the library reads twice: generalized_box_iou's
     # corner checks): a label outside [0, C) (its index error), invalid corners (its ValueError)
     c1, c2 = to_corners(pb.flatten(0, 1)), to_corners(boxes)
-    ok = (((labels >= 0) & (labels < logits.shape[-1])).all() & (c1[:, 2:] >= c1[:, :2]).all()
+    limit = logits.shape[-1] if classes is None else classes(sizes)
+    ok = (((labels >= 0) & (labels < limit)).all() & (c1[:, 2:] >= c1[:, :2]).all()
           & (c2[:, 2:] >= c2[:, :2]).all())
     if not ok:
         return None
@@ -199,6 +201,61 @@ def _wrap_group_matcher(orig, cls, to_corners):
             indices = got_g if g == 0 else [(torch.cat([i1, i2 + n * g]), torch.cat([j1, j2]))
                                             for (i1, j1), (i2, j2) in zip(indices, got_g)]
         return indices
+    return forward
+
+
+def _grounding_class_cost(logits, label_maps, targets, sizes):
+    """Grounding DINO's class cost, per image: the focal cost of each text token (its lines, on
+    [B, Q, K]) times each target's label map normalised over its tokens, ``[B, Q, max T]``
+    by one batched matmul of each image's rows (the library: ``[B·Q, K] @ [K, ΣT]``, every
+    query against every target of the batch); None where the library's own dtype rules
+    would not give one matmul dtype (it raises there)."""
+    prob = logits.sigmoid()
+    alpha, gamma = 0.25, 2.0
+    neg = (1 - alpha) * (prob ** gamma) * (-(1 - prob + 1e-8).log())
+    pos = alpha * ((1 - prob) ** gamma) * (-(prob + 1e-8).log())
+    maps = [lm[t["class_labels"]] for lm, t in zip(label_maps, targets)]
+    maps = [m / m.sum(dim=-1, keepdim=True) for m in maps]  # the library's normalisation, by row
+    if any(m.dtype != logits.dtype for m in maps):
+        return None
+    padded = logits.new_zeros(logits.shape[0], max(sizes, default=0), logits.shape[-1])
+    for b, m in enumerate(maps):
+        padded[b, :len(m)] = m
+    return torch.bmm(pos - neg, padded.transpose(1, 2))
+
+
+def _wrap_grounding_matcher(orig, cls, to_corners):
+    """Grounding DINO's matcher: the class cost from text-token label maps
+    (_grounding_class_cost, per image), given to the fused cost with the L1 and GIoU terms
+    (``class_kind='given'``), the blocks solved as the other matchers'."""
+    @functools.wraps(orig)
+    def forward(self, outputs, targets):
+        maps = outputs.get("label_maps") if isinstance(outputs, dict) else None
+        got = None
+        if (type(self) is cls and isinstance(maps, (list, tuple)) and isinstance(targets, (list, tuple))
+                and len(maps) == len(targets)
+                and all(type(m) is torch.Tensor and m.dim() == 2 for m in maps)):
+            logits = outputs.get("logits")
+
+            def classes(sizes):  # each target's image's class count (the label map's rows)
+                n = torch.tensor([m.shape[0] for m in maps])
+                return n.repeat_interleave(torch.tensor(sizes)).to(logits.device)
+
+            got = _matcher_inputs(outputs, targets, to_corners, classes=classes)
+            if got is not None and (any(m.device != got[0].device for m in maps)
+                                    or any(m.shape[1] != got[0].shape[-1] for m in maps)):
+                got = None
+        if got is None:
+            return orig(self, outputs, targets)
+        logits, pb, labels, boxes, sizes = got
+        with torch.no_grad():
+            class_cost = _grounding_class_cost(logits, maps, targets, sizes)
+            if class_cost is None:
+                return orig(self, outputs, targets)
+            cost = DM.detr_match_cost(class_cost, pb, labels, boxes, sizes,
+                                      class_cost=self.class_cost, bbox_cost=self.bbox_cost,
+                                      giou_cost=self.giou_cost, class_kind="given")
+        return DM.solve(cost, sizes)
     return forward
 
 
@@ -281,7 +338,7 @@ def _apply(ps):
     rt = ps.original(m["rt_detr"], "RTDetrLoss")
     plan.append((rt, "loss_labels_vfl",
                  _wrap_loss_labels_vfl(ps.original(rt, "loss_labels_vfl"), to_corners)))
-    # the Hungarian matchers (each exact class; Grounding DINO's and RF-DETR's keep theirs)
+    # the Hungarian matchers (each exact class; RF-DETR's segmentation matcher keeps its own)
     for short, name, kind in (
             ("od", "HungarianMatcher", lambda self: ("softmax", 0.25, 2.0)),
             ("deformable_detr", "DeformableDetrHungarianMatcher", lambda self: ("focal", 0.25, 2.0)),
@@ -290,6 +347,8 @@ def _apply(ps):
              else ("softmax", 0.25, 2.0))):
         c = ps.original(m[short], name)
         plan.append((c, "forward", _wrap_matcher(ps.original(c, "forward"), c, to_corners, kind)))
+    gd = ps.original(m["grounding_dino"], "GroundingDinoHungarianMatcher")
+    plan.append((gd, "forward", _wrap_grounding_matcher(ps.original(gd, "forward"), gd, to_corners)))
     lw = ps.original(m["lw_detr"], "LwDetrHungarianMatcher")
     plan.append((lw, "forward", _wrap_group_matcher(ps.original(lw, "forward"), lw, to_corners)))
     for owner, name, new in plan:
