@@ -98,7 +98,8 @@ def _detr_step(model, x, labels, patched, **inputs):
     return items, _grads(model)
 
 
-@pytest.mark.parametrize("arch", ["detr", "deformable_detr", "rt_detr"])
+@pytest.mark.parametrize("arch", ["detr", "deformable_detr", "rt_detr", "d_fine", "deimv2",
+                                  "lw_detr"])
 def test_detr_family_steps_match(arch, monkeypatch):
     """A training step of DETR (the matcher's fused cost; GIoU of the matched pairs),
     Deformable DETR (+ focal loss), RT-DETR and D-FINE (+ VFL; D-FINE's FGL and DDF are the
