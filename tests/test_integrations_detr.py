@@ -103,7 +103,7 @@ def _detr_step(model, x, labels, patched, **inputs):
 def test_detr_family_steps_match(arch, monkeypatch):
     """A training step of DETR (the matcher's fused cost; GIoU of the matched pairs),
     Deformable DETR (+ focal loss), RT-DETR and D-FINE (+ VFL; D-FINE's FGL and DDF are the
-    library's), DEIMv2 (its MAL is the library's) and LW-DETR (query groups matched apart):
+    library's), DEIMv2 (+ MAL) and LW-DETR (query groups matched apart):
     every loss of the dict (auxiliary decoder layers' and the encoder's included) and every
     parameter's gradient as close to float64 as transformers' own float32 step, and the
     fused functions ran."""
@@ -153,7 +153,7 @@ def test_detr_family_steps_match(arch, monkeypatch):
     assert spy.calls["generalized_box_iou_loss"] == layers + (arch not in ("detr", "deformable_detr"))  # + encoder
     if arch == "deformable_detr":
         assert spy.calls["sigmoid_focal_loss"] == layers
-    if arch in ("rt_detr", "d_fine"):
+    if arch in ("rt_detr", "d_fine", "deimv2"):  # VFL, or DEIMv2's MAL
         assert spy.calls["binary_cross_entropy_with_logits"] == layers + 1
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
 
@@ -234,7 +234,8 @@ def test_transformers_unpatch_restores_the_originals():
     import detloss_cuda.integrations.transformers as dl
     from transformers.loss import loss_for_object_detection as od, loss_rt_detr as rt
 
-    from transformers.loss import loss_deformable_detr as dd, loss_grounding_dino as gd, loss_lw_detr as lw
+    from transformers.loss import loss_deformable_detr as dd, loss_deimv2 as deim
+    from transformers.loss import loss_grounding_dino as gd, loss_lw_detr as lw
 
     def snapshot():
         return [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
@@ -243,7 +244,8 @@ def test_transformers_unpatch_restores_the_originals():
                 dd.DeformableDetrHungarianMatcher.__dict__["forward"],
                 rt.RTDetrHungarianMatcher.__dict__["forward"],
                 lw.LwDetrHungarianMatcher.__dict__["forward"],
-                gd.GroundingDinoHungarianMatcher.__dict__["forward"]]
+                gd.GroundingDinoHungarianMatcher.__dict__["forward"],
+                deim.Deimv2Loss.__dict__["loss_labels_mal"]]
 
     before = snapshot()
     with dl.patched():
@@ -426,3 +428,41 @@ def test_ultralytics_rtdetr_step_matches(num_denoising, monkeypatch):
     assert spy.calls["bbox_iou"] == 2 * spy.calls["varifocal_loss"]
     assert l64["loss_class_dn"] > 0 if num_denoising else l64["loss_class_dn"] == 0
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
+
+
+@pytest.mark.parametrize("mal_alpha,gamma", [(None, 2.0), (0.75, 2.0), (0.5, 1.5)])
+def test_deimv2_mal_matches(mal_alpha, gamma):
+    """DEIMv2's matchability-aware loss on the fused BCE (class indices, IoU^gamma as score,
+    the library's detached weights) against the library's: the value and the logits'
+    gradient; half logits go to the library."""
+    T = _require("transformers")
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss.loss_deimv2 import Deimv2Loss
+
+    crit = Deimv2Loss(T.Deimv2Config(num_labels=6, mal_alpha=mal_alpha, focal_loss_gamma=gamma))
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 10, 6, generator=g) * 2
+    boxes = torch.cat([torch.rand(2, 10, 2, generator=g) * 0.6 + 0.2,
+                       torch.rand(2, 10, 2, generator=g) * 0.3 + 0.05], -1)
+    targets = [{"class_labels": torch.tensor([1, 4, 4]), "boxes": boxes[0, [2, 5, 7]] + 0.03},
+               {"class_labels": torch.tensor([0]), "boxes": boxes[1, [3]] - 0.02}]
+    indices = [(torch.tensor([2, 5, 7]), torch.tensor([0, 1, 2])), (torch.tensor([3]), torch.tensor([0]))]
+
+    def run(patched, dtype=torch.float32):
+        x, b = logits.to(dtype).requires_grad_(), boxes.to(dtype).requires_grad_()
+        with dl.patched() if patched else contextlib.nullcontext():
+            out = crit.loss_labels_mal({"logits": x, "pred_boxes": b}, targets, indices, 4.0)
+        (gx,) = torch.autograd.grad(out["loss_mal"], x)
+        return out["loss_mal"], gx
+
+    want, gw = run(False)
+    spy = Spy(dl.DF)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl, "DF", spy)
+        got, gg = run(True)
+        assert spy.calls["binary_cross_entropy_with_logits"] == 1
+        half, _ = run(True, torch.float16)
+        assert spy.calls["binary_cross_entropy_with_logits"] == 1 and half.dtype == torch.float16
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(gg, gw, rtol=2e-5, atol=1e-7)

@@ -29,7 +29,10 @@ calls the fused ops would treat differently go to the library's code):
 * ``RTDetrLoss.loss_labels_vfl``: the matched queries' IoU (pairwise, not the diagonal of an
   ``N x N`` matrix) and the fused BCE with class-index targets and ``score`` = IoU, weighted
   as the library weights it (``alpha·sigmoid(x)^gamma`` on negatives, the IoU on positives,
-  detached): no one-hot, target or target-score ``[B, Q, C]`` tensor.
+  detached): no one-hot, target or target-score ``[B, Q, C]`` tensor;
+* ``Deimv2Loss.loss_labels_mal`` (DEIMv2's matchability-aware loss): likewise, ``score`` =
+  IoU^gamma, weight 1 on positives and ``mal_alpha·sigmoid(x)^gamma`` (detached) elsewhere.
+  D-FINE's and DEIMv2's FGL and DDF terms are the library's code.
 
 The library's own formulas have no ``eps``: the fused ops run with ``eps=0`` (degenerate
 boxes give the same NaN/inf). fp16/bf16 boxes (AMP) go to the library's code, which mixes
@@ -54,6 +57,7 @@ _MODULES = {
     "lw_detr": "transformers.loss.loss_lw_detr",
     "rf_detr": "transformers.loss.loss_rf_detr",
     "grounding_dino": "transformers.loss.loss_grounding_dino",
+    "deimv2": "transformers.loss.loss_deimv2",
     "image_transforms": "transformers.image_transforms",
 }
 
@@ -315,6 +319,43 @@ def _wrap_loss_labels_vfl(orig, to_corners):
     return loss_labels_vfl
 
 
+def _wrap_loss_labels_mal(orig, to_corners):
+    """DEIMv2's matchability-aware loss: BCE towards IoU^gamma on each matched query's class,
+    weighted 1 there and ``mal_alpha·sigmoid(x)^gamma`` (detached) elsewhere: the fused BCE
+    with class-index targets and that score; no one-hot, target or target-score [B, Q, C]."""
+    @functools.wraps(orig)
+    def loss_labels_mal(self, outputs, targets, indices, num_boxes):
+        if "pred_boxes" not in outputs or "logits" not in outputs:
+            return orig(self, outputs, targets, indices, num_boxes)
+        idx, src_boxes, target_boxes = _matched(self, outputs, targets, indices)
+        src_logits = outputs["logits"]
+        a, b = to_corners(src_boxes.detach()), to_corners(target_boxes)
+        alpha = self.mal_alpha
+        if (not _boxes_ok(a, b) or not ours(src_logits) or src_logits.dim() != 3
+                or src_logits.dtype not in (torch.float32, torch.float64)
+                or not is_number(self.gamma) or not (alpha is None or is_number(alpha))):
+            return orig(self, outputs, targets, indices, num_boxes)
+        dtype = src_logits.dtype
+        with torch.no_grad():  # the library's IoU of the matched pairs (no eps), detached
+            ious = 1 - DF.iou_loss(a, b, "iou", eps=0.0, reduction="none")
+        target_classes_original = torch.cat(
+            [t["class_labels"][i] for t, (_, i) in zip(targets, indices)])
+        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
+                                    device=src_logits.device)
+        target_classes[idx] = target_classes_original
+        score = torch.zeros(src_logits.shape[:2], dtype=dtype, device=src_logits.device)
+        score[idx] = ious.to(dtype).pow(self.gamma)
+        weight = torch.sigmoid(src_logits.detach()).pow(self.gamma)
+        if alpha is not None:
+            weight = alpha * weight
+        weight[idx + (target_classes_original,)] = 1
+        loss = DF.binary_cross_entropy_with_logits(src_logits, target_classes, weight=weight,
+                                                   score=score, reduction="sum")
+        # the library: loss.mean(1).sum() * Q / num_boxes = the sum / num_boxes
+        return {"loss_mal": loss / num_boxes}
+    return loss_labels_mal
+
+
 def _apply(ps):
     m = ps.mods
     to_corners = ps.original(m["image_transforms"], "center_to_corners_format")
@@ -338,6 +379,9 @@ def _apply(ps):
     rt = ps.original(m["rt_detr"], "RTDetrLoss")
     plan.append((rt, "loss_labels_vfl",
                  _wrap_loss_labels_vfl(ps.original(rt, "loss_labels_vfl"), to_corners)))
+    deim = ps.original(m["deimv2"], "Deimv2Loss")
+    plan.append((deim, "loss_labels_mal",
+                 _wrap_loss_labels_mal(ps.original(deim, "loss_labels_mal"), to_corners)))
     # the Hungarian matchers (each exact class; RF-DETR's segmentation matcher keeps its own)
     for short, name, kind in (
             ("od", "HungarianMatcher", lambda self: ("softmax", 0.25, 2.0)),
