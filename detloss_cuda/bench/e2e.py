@@ -25,6 +25,13 @@ detector (forward + backward of the loss only, the model's outputs fixed), patch
   config (80 classes, 300 queries, 6 decoder layers: the last layer's, 5 auxiliary and the
   encoder's top-k losses: VFL + L1 + GIoU each, with a Hungarian matching each), 8 boxes per
   image; size = images. Includes the matching.
+* ``dfine_loss`` / ``deimv2_loss``: transformers ``DFineForObjectDetectionLoss`` /
+  ``Deimv2ForObjectDetectionLoss`` with the default configs (80 classes, 300 queries, 6
+  decoder layers, 32 bins: VFL (D-FINE) or MAL (DEIMv2), L1, GIoU, FGL and DDF each, a
+  matching each), 8 boxes per image; size = images.
+* ``ul_rtdetr_loss``: ultralytics ``RTDETRDetectionLoss`` (RT-DETR-l's head: 80 classes, 300
+  queries, the encoder's proposals and six decoder layers: VFL + L1 + GIoU and a matching
+  each), 8 boxes per image, no denoising groups; size = images.
 * ``yolov5_loss``: YOLOv5 ``ComputeLoss`` of a yolov5s head (80 classes, 3 anchors, 640 x
   640: 25200 predictions per image), hyp.scratch-low, 8 boxes per image; size = images.
   Includes its target building.
@@ -314,6 +321,81 @@ def rtdetr_fused(inp):
         return _rtdetr_loss(inp)
 
 
+def _dfine_config(kind):
+    if kind not in _RT:
+        import transformers
+
+        # the defaults: 80 classes, 300 queries, 6 decoder layers, 32 bins
+        _RT[kind] = getattr(transformers, {"d_fine": "DFineConfig", "deimv2": "Deimv2Config"}[kind])()
+    return _RT[kind]
+
+
+def dfine_inputs(kind, size, dtype, device, gen):
+    """D-FINE's / DEIMv2's loss inputs: every decoder layer's logits, boxes, bin logits of the
+    four edges (``4 (bins + 1)``) and reference points, and the encoder's top-k queries."""
+    inp = rtdetr_inputs(size, dtype, device, gen)
+    cfg = _dfine_config(kind)
+    b, L = inp["x"].shape[0], cfg.decoder_layers
+    Q, R = cfg.num_queries, cfg.max_num_bins + 1
+    corners = torch.randn(b, L, Q, 4 * R, generator=gen).to(device=device, dtype=dtype)
+    refs = inp["boxes"][:, 1:].detach().clone()
+    inp.update(corners=corners, refs=refs, config=cfg, kind=kind,
+               grad_leaves=inp["grad_leaves"] + [corners])
+    return inp
+
+
+def _dfine_loss(inp):
+    from transformers.loss.loss_d_fine import DFineForObjectDetectionLoss
+    from transformers.loss.loss_deimv2 import Deimv2ForObjectDetectionLoss
+
+    fn = DFineForObjectDetectionLoss if inp["kind"] == "d_fine" else Deimv2ForObjectDetectionLoss
+    x, bx = inp["x"], inp["boxes"]
+    loss, _, _ = fn(
+        logits=x[:, -1], labels=inp["labels"], device=inp["device"], pred_boxes=bx[:, -1],
+        config=inp["config"], outputs_class=x[:, 1:], outputs_coord=bx[:, 1:],
+        enc_topk_logits=x[:, 0], enc_topk_bboxes=bx[:, 0], predicted_corners=inp["corners"],
+        initial_reference_points=inp["refs"])
+    return loss
+
+
+def dfine_fused(inp):
+    from ..integrations import transformers as dl
+
+    with dl.patched():
+        return _dfine_loss(inp)
+
+
+def ul_rtdetr_inputs(size, dtype, device, gen):
+    """ultralytics' RTDETRDetectionLoss (RT-DETR-l: 80 classes, 300 queries, the encoder's
+    proposals and six decoder layers), 8 boxes per image, no denoising groups."""
+    from ultralytics.models.utils.loss import RTDETRDetectionLoss
+
+    b = max(1, int(size))
+    x = (torch.randn(7, b, 300, 80, generator=gen) - 3).to(device=device, dtype=dtype)
+    cxcy = torch.rand(7, b, 300, 2, generator=gen) * 0.8 + 0.1
+    wh = torch.rand(7, b, 300, 2, generator=gen) * 0.2 + 0.02
+    boxes = torch.cat([cxcy, wh], -1).to(device=device, dtype=dtype)
+    per = 8
+    xy, twh = _boxes(b, per, 640, gen)
+    batch = {"cls": torch.randint(0, 80, (b * per,), generator=gen).to(device),
+             "bboxes": torch.cat([xy, twh], 1).to(device=device),
+             "batch_idx": torch.arange(b).repeat_interleave(per).to(device),
+             "gt_groups": [per] * b}
+    return {"x": x, "boxes": boxes, "grad_leaves": [x, boxes], "batch": batch,
+            "criterion": RTDETRDetectionLoss(nc=80, use_vfl=True)}
+
+
+def _ul_rtdetr_loss(inp):
+    return sum(inp["criterion"]((inp["boxes"], inp["x"]), inp["batch"]).values())
+
+
+def ul_rtdetr_fused(inp):
+    from ..integrations import ultralytics as dl
+
+    with dl.patched():
+        return _ul_rtdetr_loss(inp)
+
+
 _Y5 = {}
 
 
@@ -405,6 +487,13 @@ def ops():
                 make=lambda *a, cfg=cfg, make=make: make(cfg, *a), fused=_crit_fused,
                 eager=_crit_loss, bytes_moved=_x_bytes, compilable=False,
                 sizes={"quick": quick, "cpu": cpu, "cuda": [1, 16, 64]})
+        if _have("scipy"):
+            ops["ul_rtdetr_loss"] = BenchOp(
+                name="ul_rtdetr_loss", family="e2e",
+                unit="images (ultralytics RT-DETR-l, 300 queries, 80 classes)",
+                make=ul_rtdetr_inputs, fused=ul_rtdetr_fused, eager=_ul_rtdetr_loss,
+                bytes_moved=_x_bytes, compilable=False,
+                sizes={"quick": [], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
     if _have("torchvision"):
         ops["retinanet_loss"] = BenchOp(
             name="retinanet_loss", family="e2e", unit="images (RetinaNet, 512 px)",
@@ -416,6 +505,13 @@ def ops():
             name="rtdetr_loss", family="e2e", unit="images (RT-DETR, 300 queries, 80 classes)",
             make=rtdetr_inputs, fused=rtdetr_fused, eager=_rtdetr_loss, bytes_moved=_x_bytes,
             compilable=False, sizes={"quick": [2], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
+        for kind, unit in (("d_fine", "D-FINE"), ("deimv2", "DEIMv2")):
+            ops[f"{kind.replace('_', '')}_loss"] = BenchOp(
+                name=f"{kind.replace('_', '')}_loss", family="e2e",
+                unit=f"images ({unit}, 300 queries, 80 classes)",
+                make=lambda *a, kind=kind: dfine_inputs(kind, *a), fused=dfine_fused,
+                eager=_dfine_loss, bytes_moved=_x_bytes, compilable=False,
+                sizes={"quick": [], "cpu": [1, 4, 16], "cuda": [1, 16, 64]})
     if _have("yolov5"):
         ops["yolov5_loss"] = BenchOp(
             name="yolov5_loss", family="e2e", unit="images (yolov5s, 640 px)",
