@@ -152,6 +152,10 @@ def dfl_cases(quick):
                     backward(o, [z], upstream_not_1=i == 1, retain=i == 0)
                 forward_only(lambda z: DF.distribution_focal_loss(z, y), z)
                 backward(DF.distribution_integral(z), [z], retain=True)
+        # the distillation KL (D-FINE's DDF): a thread a row
+        for bins in (2, 33, 1024):
+            z = torch.randn(37, bins, device=DEVICE, dtype=dtype, requires_grad=True)
+            backward(DF.distribution_kl_loss(z, torch.randn_like(z).detach(), 5.0), [z])
         # ultralytics' bin-major box output
         z = torch.randn(2, 64, 50, device=DEVICE, dtype=dtype).permute(0, 2, 1).view(2, 50, 4, 16)
         z.requires_grad_()

@@ -237,6 +237,22 @@ def _dfl_integral_backward_fake(driver, grad, pred, stats):
     return _like(pred, pred if dfl_keeps_bin_major(pred, driver) else None)
 
 
+@_register_fake("dfl_kl")
+def _dfl_kl_fake(driver, pred, teacher, temperature):
+    torch._check(pred.dim() >= 1 and pred.shape[-1] >= 2,
+                 lambda: f"detloss.dfl_kl: pred must have shape [..., R] with 2 <= R bins, got {tuple(pred.shape)}")
+    torch._check(teacher.shape == pred.shape,
+                 lambda: f"detloss.dfl_kl: teacher must have pred's shape {tuple(pred.shape)}, got "
+                 f"{tuple(teacher.shape)}")
+    return (pred.new_empty(pred.shape[:-1]),
+            pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype)))
+
+
+@_register_fake("dfl_kl_backward")
+def _dfl_kl_backward_fake(driver, grad, pred, teacher, stats, temperature):
+    return pred.new_empty(pred.shape)
+
+
 def _opmath(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 

@@ -43,6 +43,7 @@ __all__ = [
     "probiou_loss",
     "batch_probiou",
     "distribution_focal_loss",
+    "distribution_kl_loss",
     "distribution_integral",
     "prototype_mask_loss",
 ]
@@ -320,6 +321,20 @@ def distribution_focal_loss(pred, target, reduction="mean", weight=None):
     _check_tensor("target", target)
     _check_tensor("weight", weight, optional=True)
     return _ops.ops.dfl_loss(pred, target, weight, reduction)[0]
+
+
+def distribution_kl_loss(pred, teacher, temperature=1.0):
+    """The distillation KL of bin distributions (D-FINE's decoupled distillation, LD), per row:
+    ``T²·KL(softmax(teacher/T) || softmax(pred/T))`` over the last dimension (``R`` bins, 2 to
+    1024), shaped ``pred.shape[:-1]``: torch's ``kl_div(log_softmax(pred/T),
+    softmax(teacher/T), reduction='none').sum(-1) · T²`` without its ``[..., R]`` tensors.
+    Differentiable with respect to ``pred`` only (``teacher`` must not require grad: detach
+    it); weight and reduce the rows as the caller's loss does."""
+    _check_tensor("pred", pred)
+    _check_tensor("teacher", teacher)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a number, got {type(temperature).__name__}")
+    return _ops.ops.dfl_kl(pred, teacher, float(temperature))[0]
 
 
 def distribution_integral(pred):

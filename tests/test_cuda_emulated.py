@@ -227,6 +227,23 @@ def test_dfl(bins, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_distribution_kl(dtype):
+    """The distillation KL (DflKlUnit, DflKlGradUnit: a thread a row): rows of 2 to 1024 bins,
+    an upstream per row, unaligned rows, a teacher equal to pred."""
+    g = torch.Generator().manual_seed(1)
+    for bins in (2, 33, 300, 1024):
+        base = (torch.randn(37 * bins + 1, generator=g) * 3).to(dtype)
+        u = (torch.randn(37, bins, generator=g) * 3).to(dtype)
+        for z0 in (base[:-1].view(37, bins), base[1:].view(37, bins)):
+            for teacher in (u, z0):
+                w = torch.rand(37, generator=g).to(dtype)
+                z = z0.detach().clone().requires_grad_()
+                cpu, cuda = both(lambda: loss_and_grads(
+                    lambda: DF.distribution_kl_loss(z, teacher.detach(), 5.0) * w, [z], "none", 1))
+                close(cpu, cuda, dtype, f"kl {bins}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_dfl_bin_major(dtype):
     """ultralytics' [B, 4R, A] box bins, permuted: the CPU reads them in place and writes the
     gradient in their strides; CUDA makes them rows (a copy) and returns contiguous gradients,

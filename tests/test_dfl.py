@@ -1,5 +1,5 @@
-"""The distribution family: DFL and the distribution integral against the pure-PyTorch
-reference (values, gradients), edge targets, large logits, registration (gradcheck,
+"""The distribution family: DFL, the distribution integral and the distillation KL against
+the pure-PyTorch reference (values, gradients), edge targets, large logits, registration (gradcheck,
 opcheck, torch.compile), the ultralytics-shaped nn module, and argument errors."""
 import math
 
@@ -13,6 +13,7 @@ import detloss_cuda.reference as R
 from conftest import DTYPES, OpSpy, assert_close_dtype as _assert_close_dtype, devices, drivers, on_driver
 
 _BINS_IN_CHECK = [16]
+F32_EPS = torch.finfo(torch.float32).eps
 
 
 def assert_close_dtype(actual, expected, dtype, msg=""):
@@ -396,3 +397,68 @@ def test_backward_op_reads_the_upstream_gradient_as_it_is(driver):
             ops.dfl_backward(torch.ones(5, 9, device=device), z, y, stats, None, "none")
         with pytest.raises(ValueError, match="grad of a reduced loss must be 0-dim"):
             ops.dfl_backward(torch.ones(5, 10, device=device), z, y, stats, None, "mean")
+
+
+# ------------------------------------------------------------------ the distillation KL (DDF)
+def _kl_reference(z, u, temperature):
+    """torch's chain (D-FINE's DDF): kl_div(log_softmax(z/T), softmax(u/T)).sum(-1)·T²."""
+    return F.kl_div(F.log_softmax(z / temperature, dim=-1), F.softmax(u / temperature, dim=-1),
+                    reduction="none").sum(-1) * temperature ** 2
+
+
+@pytest.mark.parametrize("bins", [2, 17, 33, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 5.0])
+def test_distribution_kl_against_float64(bins, temperature):
+    """Rows far from and close to their teacher (distillation's case: the KL a small difference
+    of terms ~log R): the value and the gradient (a different weight per row) against torch's
+    chain in float64; float32 to a few ulp of the value (the row is computed in double, so
+    closer than torch's own float32 chain, also checked), half and bfloat16 rounded once."""
+    g = torch.Generator().manual_seed(bins)
+    z = torch.randn(4, 75, bins, generator=g, dtype=torch.float64) * 4
+    u = torch.cat([torch.randn(4, 40, bins, generator=g, dtype=torch.float64) * 4,
+                   z[:, 40:] + torch.randn(4, 35, bins, generator=g, dtype=torch.float64) * 0.05], 1)
+    w = torch.rand(4, 75, generator=g, dtype=torch.float64)
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        zd, ud = z.to(dtype), u.to(dtype)
+        z64 = zd.double().requires_grad_()
+        want = _kl_reference(z64, ud.double(), temperature)
+        (gw,) = torch.autograd.grad((want * w).sum(), z64)
+        zg = zd.clone().requires_grad_()
+        got = DF.distribution_kl_loss(zg, ud, temperature)
+        (gg,) = torch.autograd.grad((got * w.to(dtype)).sum(), zg)
+        assert got.shape == (4, 75) and got.dtype == dtype and gg.dtype == dtype
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(gg, gw, rtol=1e-12, atol=1e-13)
+        elif dtype == torch.float32:
+            own = (_kl_reference(zd, ud, temperature).double() - want).abs().max().item()
+            err = (got.double() - want).abs().max().item()
+            assert err <= 4 * F32_EPS * want.abs().max().item() and err <= own + 1e-12, (err, own)
+            torch.testing.assert_close(gg.double(), gw, rtol=1e-5, atol=1e-6 * gw.abs().max().item())
+        else:  # the float result rounded to the dtype (within one of its ulps)
+            torch.testing.assert_close(got, want.to(dtype), rtol=torch.finfo(dtype).eps,
+                                       atol=torch.finfo(dtype).eps * want.abs().max().item())
+
+
+def test_distribution_kl_registration_and_errors():
+    """gradcheck and opcheck; a teacher of another dtype is cast to pred's; errors name the
+    argument: a teacher that requires grad, shapes that differ, a temperature <= 0."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 3, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(5, 3, 9, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: DF.distribution_kl_loss(x, u, 2.0), (z,))
+    torch.library.opcheck(torch.ops.detloss.dfl_kl.default, (z, u, 2.0))
+    torch.library.opcheck(torch.ops.detloss.dfl_kl.default, (z.detach().float(), u.float(), 5.0))
+    torch.testing.assert_close(DF.distribution_kl_loss(z.detach(), u.float(), 2.0),
+                               DF.distribution_kl_loss(z.detach(), u.float().double(), 2.0))
+    assert DF.distribution_kl_loss(torch.zeros(0, 9), torch.zeros(0, 9), 5.0).shape == (0,)
+    with pytest.raises(RuntimeError, match="teacher requires grad, but the distillation KL has no "
+                       "gradient with respect to its teacher; pass teacher.detach()"):
+        DF.distribution_kl_loss(z, u.clone().requires_grad_(), 2.0)
+    with pytest.raises(ValueError, match=r"detloss.dfl_kl: teacher \(the teacher's bin logits\) "
+                       r"must have pred's shape \[5, 3, 9\], got \[5, 3, 8\]"):
+        DF.distribution_kl_loss(z, u[..., :8], 2.0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
+        DF.distribution_kl_loss(z, u, 0.0)
+    with pytest.raises(TypeError, match="temperature must be a number"):
+        DF.distribution_kl_loss(z, u, "5")

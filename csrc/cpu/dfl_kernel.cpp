@@ -203,9 +203,56 @@ at::Tensor dfl_integral_backward_cpu(const DflArgs& a, const OperandDesc& g) {
   return cpu::backward(a, g, true);
 }
 
+// The distillation KL: a row a unit (math::dfl_kl_row), chunks of rows a task.
+DflPair dfl_kl_cpu(const DflKlArgs& a) {
+  at::Tensor out = at::empty(a.shape, a.pred.options());
+  std::vector<int64_t> st(a.shape);
+  st.push_back(2);
+  at::Tensor stats = at::empty(st, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(), "detloss_dfl_kl_cpu", [&] {
+    using S = at::opmath_type<scalar_t>;
+    const scalar_t* z = a.pred.const_data_ptr<scalar_t>();
+    const scalar_t* u = a.teacher.const_data_ptr<scalar_t>();
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    S* sp = stats.mutable_data_ptr<S>();
+    const S temp = static_cast<S>(a.temperature);
+    const int32_t R = a.bins;
+    at::parallel_for(0, a.rows, cpu::rows_per_chunk(R), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        o[r] = static_cast<scalar_t>(
+            math::dfl_kl_row(z + r * R, u + r * R, R, temp, sp[2 * r], sp[2 * r + 1]));
+      }
+    });
+  });
+  return {out, stats};
+}
+
+at::Tensor dfl_kl_backward_cpu(const DflKlArgs& a) {
+  at::Tensor gz = at::empty(a.pred.sizes(), a.pred.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(), "detloss_dfl_kl_backward_cpu", [&] {
+    using S = at::opmath_type<scalar_t>;
+    const scalar_t* z = a.pred.const_data_ptr<scalar_t>();
+    const scalar_t* u = a.teacher.const_data_ptr<scalar_t>();
+    const scalar_t* g = a.grad.const_data_ptr<scalar_t>();
+    const S* sp = a.stats.const_data_ptr<S>();
+    scalar_t* o = gz.mutable_data_ptr<scalar_t>();
+    const S temp = static_cast<S>(a.temperature);
+    const int32_t R = a.bins;
+    at::parallel_for(0, a.rows, cpu::rows_per_chunk(R), [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        math::dfl_kl_row_grad(z + r * R, u + r * R, R, temp, sp[2 * r], sp[2 * r + 1],
+                              static_cast<S>(g[r]), o + r * R);
+      }
+    });
+  });
+  return gz;
+}
+
 }  // namespace detloss
 
 TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, CPU, m) {
+  m.impl("dfl_kl", &detloss::dfl_kl_entry<detloss::dfl_kl_cpu>);
+  m.impl("dfl_kl_backward", &detloss::dfl_kl_backward_entry<detloss::dfl_kl_backward_cpu>);
   m.impl("dfl_loss", &detloss::dfl_loss_entry<detloss::dfl_forward_cpu>);
   m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cpu>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cpu>);

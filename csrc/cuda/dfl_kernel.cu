@@ -267,8 +267,76 @@ at::Tensor backward(const DflArgs& a, const OperandDesc& grad, bool integral) {
   return gz;
 }
 
+// The distillation KL: a thread a row (math::dfl_kl_row; R ~ 17-33 bins, rows ~ 10^4-10^6).
+template <typename T>
+struct DflKlUnit {
+  using O = at::opmath_type<T>;
+  const T* pred;
+  const T* teacher;
+  T* loss;
+  O* stats;
+  int32_t bins;
+  O temp;
+  __device__ __forceinline__ float operator()(int64_t r) const {
+    O lz, lu;
+    const O l = math::dfl_kl_row(pred + r * bins, teacher + r * bins, bins, temp, lz, lu);
+    loss[r] = static_cast<T>(l);
+    stats[2 * r] = lz;
+    stats[2 * r + 1] = lu;
+    return 0.f;
+  }
+};
+
+template <typename T>
+struct DflKlGradUnit {
+  using O = at::opmath_type<T>;
+  const T* pred;
+  const T* teacher;
+  const T* grad;
+  const O* stats;
+  T* out;
+  int32_t bins;
+  O temp;
+  __device__ __forceinline__ float operator()(int64_t r) const {
+    math::dfl_kl_row_grad(pred + r * bins, teacher + r * bins, bins, temp, stats[2 * r],
+                          stats[2 * r + 1], static_cast<O>(grad[r]), out + r * bins);
+    return 0.f;
+  }
+};
+
 }  // namespace
 }  // namespace cuda
+
+DflPair dfl_kl_cuda(const DflKlArgs& a) {
+  const c10::cuda::CUDAGuard guard(a.pred.device());
+  at::Tensor out = at::empty(a.shape, a.pred.options());
+  std::vector<int64_t> st(a.shape);
+  st.push_back(2);
+  at::Tensor stats = at::empty(st, a.pred.options().dtype(at::toOpMathType(a.pred.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(), "detloss_dfl_kl_cuda", [&] {
+    using O = at::opmath_type<scalar_t>;
+    const cuda::DflKlUnit<scalar_t> f{a.pred.const_data_ptr<scalar_t>(),
+                                      a.teacher.const_data_ptr<scalar_t>(),
+                                      out.mutable_data_ptr<scalar_t>(), stats.mutable_data_ptr<O>(),
+                                      a.bins, static_cast<O>(a.temperature)};
+    cuda::launch_map_reduce<float, float>(a.rows, f, nullptr, 1.f, a.pred.device());
+  });
+  return {out, stats};
+}
+
+at::Tensor dfl_kl_backward_cuda(const DflKlArgs& a) {
+  const c10::cuda::CUDAGuard guard(a.pred.device());
+  at::Tensor gz = at::empty(a.pred.sizes(), a.pred.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.pred.scalar_type(), "detloss_dfl_kl_backward_cuda", [&] {
+    using O = at::opmath_type<scalar_t>;
+    const cuda::DflKlGradUnit<scalar_t> f{
+        a.pred.const_data_ptr<scalar_t>(), a.teacher.const_data_ptr<scalar_t>(),
+        a.grad.const_data_ptr<scalar_t>(), a.stats.const_data_ptr<O>(),
+        gz.mutable_data_ptr<scalar_t>(), a.bins, static_cast<O>(a.temperature)};
+    cuda::launch_map_reduce<float, float>(a.rows, f, nullptr, 1.f, a.pred.device());
+  });
+  return gz;
+}
 
 DflPair dfl_forward_cuda(const DflArgs& a) {
   auto [out, stats, grad] = cuda::forward(a, false, false);
@@ -295,6 +363,8 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, DETLOSS_CUDA_KEY, m) {
   m.impl("dfl_loss_with_grad", &detloss::dfl_loss_with_grad_entry<detloss::dfl_forward_with_grad_cuda>);
   m.impl("dfl_backward", &detloss::dfl_backward_entry<detloss::dfl_backward_cuda>);
   m.impl("dfl_integral", &detloss::dfl_integral_entry<detloss::dfl_integral_cuda>);
+  m.impl("dfl_kl", &detloss::dfl_kl_entry<detloss::dfl_kl_cuda>);
+  m.impl("dfl_kl_backward", &detloss::dfl_kl_backward_entry<detloss::dfl_kl_backward_cuda>);
   m.impl("dfl_integral_backward",
          &detloss::dfl_integral_backward_entry<detloss::dfl_integral_backward_cuda>);
 }

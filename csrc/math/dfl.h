@@ -1,4 +1,5 @@
-// Distribution Focal Loss (GFL) and the distribution integral, per row of R bin logits z.
+// Distribution Focal Loss (GFL), the distribution integral and the distillation KL (D-FINE's
+// DDF), per row of R bin logits z.
 // The row reductions (max, sum) are the kernels' business; the per-element and per-row
 // formulas are here, shared by CPU and CUDA.
 //
@@ -51,6 +52,62 @@ DETLOSS_HD S dfl_pick(const DflTarget<S>& t, int32_t i, S z) {
 template <class S>
 DETLOSS_HD S dfl_grad(const DflTarget<S>& t, int32_t i, S p) {
   return p - (i == t.l ? t.wl : S(0)) - (i == t.l + 1 ? t.wr : S(0));
+}
+
+// ---- The distillation KL of two distributions over the bins (D-FINE's DDF, LD): pred
+// logits z against a teacher's logits u (no gradient to u), at temperature T:
+//   q = softmax(u / T), log p = log_softmax(z / T)
+//   loss = T²·Σ_i q_i·(log q_i - log p_i)            (torch's kl_div; 0 where q_i = 0)
+//        = T²·(Σ_i q_i·(u_i/T - z_i/T) + (lse_z - lse_u)·Σ_i q_i)
+//   dloss/dz_i = T·(p_i·Σ_j q_j - q_i)                (log_softmax's backward of -T²·q)
+// Per row (lse of z/T, lse of u/T) are kept for the backward. The row is computed in double
+// whatever the dtype: a student close to its teacher (the point of distillation) makes the
+// KL a small difference of terms ~log R, which float32 would leave with a few ulp of those
+// terms (worse than torch's own float32 chain); the cost is R-term sums in double.
+template <class S, class T>
+DETLOSS_HD S dfl_kl_row(const T* z, const T* u, int32_t bins, S temp_s, S& lse_z_out,
+                        S& lse_u_out) {
+  using A = double;
+  const A temp = static_cast<A>(temp_s);
+  A mz = static_cast<A>(static_cast<S>(z[0])) / temp, mu = static_cast<A>(static_cast<S>(u[0])) / temp;
+  for (int32_t i = 1; i < bins; ++i) {
+    mz = dl_max(mz, static_cast<A>(static_cast<S>(z[i])) / temp);
+    mu = dl_max(mu, static_cast<A>(static_cast<S>(u[i])) / temp);
+  }
+  A sz(0), su(0);
+  for (int32_t i = 0; i < bins; ++i) {
+    sz = sz + dl_exp(static_cast<A>(static_cast<S>(z[i])) / temp - mz);
+    su = su + dl_exp(static_cast<A>(static_cast<S>(u[i])) / temp - mu);
+  }
+  const A lse_z = mz + dl_log(sz), lse_u = mu + dl_log(su);
+  A acc(0), sq(0);
+  for (int32_t i = 0; i < bins; ++i) {
+    const A ut = static_cast<A>(static_cast<S>(u[i])) / temp, q = dl_exp(ut - lse_u);
+    if (q > A(0)) {
+      acc = acc + q * (ut - static_cast<A>(static_cast<S>(z[i])) / temp);
+      sq = sq + q;
+    }
+  }
+  lse_z_out = static_cast<S>(lse_z);
+  lse_u_out = static_cast<S>(lse_u);
+  return static_cast<S>(temp * temp * (acc + (lse_z - lse_u) * sq));
+}
+
+// gz_i = g·T·(p_i·Σ q - q_i) for the row, from its (lse_z, lse_u) (in double, as the loss).
+template <class S, class T>
+DETLOSS_HD void dfl_kl_row_grad(const T* z, const T* u, int32_t bins, S temp_s, S lse_z_s,
+                                S lse_u_s, S g, T* gz) {
+  using A = double;
+  const A temp = static_cast<A>(temp_s), lse_z = static_cast<A>(lse_z_s),
+          lse_u = static_cast<A>(lse_u_s);
+  A sq(0);
+  for (int32_t i = 0; i < bins; ++i) sq = sq + dl_exp(static_cast<A>(static_cast<S>(u[i])) / temp - lse_u);
+  const A gt = static_cast<A>(g) * temp;
+  for (int32_t i = 0; i < bins; ++i) {
+    const A p = dl_exp(static_cast<A>(static_cast<S>(z[i])) / temp - lse_z);
+    const A q = dl_exp(static_cast<A>(static_cast<S>(u[i])) / temp - lse_u);
+    gz[i] = static_cast<T>(static_cast<S>(gt * (p * sq - q)));
+  }
 }
 
 template <class S>

@@ -67,6 +67,14 @@ Pair dfl_integral_autocast(const at::Tensor& p) {
 }
 
 template <c10::DispatchKey key, c10::DeviceType device>
+Pair dfl_kl_autocast(const at::Tensor& p, const at::Tensor& u, double temp) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
+  static const auto op =
+      find_op<Pair(const at::Tensor&, const at::Tensor&, double)>(DETLOSS_OP("dfl_kl"));
+  return op.call(f32<device>(p), f32<device>(u), temp);
+}
+
+template <c10::DispatchKey key, c10::DeviceType device>
 at::Tensor mask_loss_autocast(DETLOSS_MASK_PARAMS) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   static const auto op =
@@ -82,6 +90,7 @@ void register_autocast(torch::Library& m) {
   m.impl("box_loss", &box_loss_autocast<key, device>);
   m.impl("dfl_loss", &dfl_loss_autocast<key, device>);
   m.impl("dfl_integral", &dfl_integral_autocast<key, device>);
+  m.impl("dfl_kl", &dfl_kl_autocast<key, device>);
   m.impl("prototype_mask_loss", &mask_loss_autocast<key, device>);
 }
 

@@ -344,6 +344,58 @@ class IntegralFunction : public torch::autograd::Function<IntegralFunction> {
   }
 };
 
+using KlSig = Pair(const at::Tensor&, const at::Tensor&, double);
+using KlBackwardSig = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, double);
+
+class DflKlBackwardFunction : public torch::autograd::Function<DflKlBackwardFunction> {
+ public:
+  static at::Tensor forward(AutogradContext*, const at::Tensor& g, const at::Tensor& p,
+                            const at::Tensor& u, const at::Tensor& stats, double temp) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static const auto op = find_op<KlBackwardSig>(DETLOSS_OP("dfl_kl_backward"));
+    return op.call(g, p, u, stats, temp);
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    protocol::no_double_backward("dfl_kl");
+  }
+};
+
+// The upstream differs per row (the caller's weights): the gradient is computed in the
+// backward, from the forward's per-row statistics, in one pass.
+class DflKlFunction : public torch::autograd::Function<DflKlFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& p, const at::Tensor& u,
+                               double temp) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static const auto op = find_op<KlSig>(DETLOSS_OP("dfl_kl"));
+    auto [out, stats] = op.call(p, u, temp);
+    ctx->save_for_backward({p, u, stats});
+    ctx->saved_data["temperature"] = temp;
+    ctx->mark_non_differentiable({stats});
+    return {out, stats};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const double temp = ctx->saved_data["temperature"].toDouble();
+    return {DflKlBackwardFunction::apply(grads[0], s[0], s[1], s[2], temp), at::Tensor(),
+            at::Tensor()};
+  }
+};
+
+Pair dfl_kl_autograd(const at::Tensor& p, const at::Tensor& u, double temp) {
+  if (torch::autograd::GradMode::is_enabled()) {
+    protocol::check_detached(u, "teacher", "the distillation KL has no gradient with respect "
+                             "to its teacher");
+  }
+  auto out = DflKlFunction::apply(p, u, temp);
+  return {out[0], out[1]};
+}
+at::Tensor dfl_kl_backward_autograd(const at::Tensor& g, const at::Tensor& p, const at::Tensor& u,
+                                    const at::Tensor& stats, double temp) {
+  return DflKlBackwardFunction::apply(g, p, u, stats, temp);
+}
+
 Pair dfl_loss_autograd(const at::Tensor& p, const at::Tensor& t,
                        const std::optional<at::Tensor>& w, c10::string_view r) {
   const bool grad_mode = torch::autograd::GradMode::is_enabled();
@@ -496,6 +548,8 @@ TORCH_LIBRARY_IMPL(DETLOSS_OPS_NS, Autograd, m) {
   m.impl("dfl_backward", &detloss::dfl_backward_autograd);
   m.impl("dfl_integral", &detloss::dfl_integral_autograd);
   m.impl("dfl_integral_backward", &detloss::dfl_integral_backward_autograd);
+  m.impl("dfl_kl", &detloss::dfl_kl_autograd);
+  m.impl("dfl_kl_backward", &detloss::dfl_kl_backward_autograd);
   m.impl("tal_assign", &detloss::tal_assign_autograd<false>);
   m.impl("tal_assign_seg", &detloss::tal_assign_seg_autograd);
   m.impl("tal_assign_rotated", &detloss::tal_assign_autograd<true>);

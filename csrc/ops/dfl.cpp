@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <string>
 
 namespace detloss {
@@ -84,6 +85,50 @@ OperandDesc prepare_dfl_grad(const at::Tensor& grad, const DflArgs& a, const cha
   return describe_operand(grad, a.shape, a.pred.scalar_type(), "grad", op);
 }
 
+DflKlArgs prepare_dfl_kl(const at::Tensor& pred, const at::Tensor& teacher, double temperature,
+                         const char* op) {
+  DflKlArgs a;
+  const auto s = pred.scalar_type();
+  TORCH_CHECK_TYPE(is_floating(s), op, ": pred must be a floating tensor of bin logits (float32, "
+                   "float64, float16 or bfloat16), got ", s);
+  TORCH_CHECK_VALUE(pred.dim() >= 1 && pred.size(-1) >= 2 && pred.size(-1) <= math::kDflMaxBins,
+                    op, ": pred must have shape [..., R] with 2 <= R <= ", math::kDflMaxBins,
+                    " bins, got ", pred.sizes());
+  check_floating(teacher, "teacher", op);
+  check_same_device(teacher, pred, "teacher", "pred", op);
+  TORCH_CHECK_VALUE(teacher.sizes() == pred.sizes(), op, ": teacher (the teacher's bin logits) "
+                    "must have pred's shape ", pred.sizes(), ", got ", teacher.sizes());
+  TORCH_CHECK_VALUE(std::isfinite(temperature) && temperature > 0, op,
+                    ": temperature must be a finite number > 0, got ", temperature);
+  check_representable(temperature, at::toOpMathType(s), "temperature", op);
+  a.bins = static_cast<int32_t>(pred.size(-1));
+  a.shape.assign(pred.sizes().begin(), pred.sizes().end() - 1);
+  a.rows = pred.numel() / a.bins;
+  a.temperature = temperature;
+  a.teacher = (teacher.scalar_type() == s ? teacher : teacher.to(s)).contiguous();
+  a.pred = pred.contiguous();
+  return a;
+}
+
+void prepare_dfl_kl_backward(DflKlArgs& a, const at::Tensor& grad, const at::Tensor& stats,
+                             const char* op) {
+  check_floating(grad, "grad", op);
+  check_same_device(grad, a.pred, "grad", "pred", op);
+  TORCH_CHECK_VALUE(at::is_expandable_to(grad.sizes(), a.shape), op, ": grad of shape ",
+                    grad.sizes(), " is not broadcastable to the loss shape ",
+                    at::IntArrayRef(a.shape));
+  const auto tt = at::toOpMathType(a.pred.scalar_type());
+  std::vector<int64_t> want(a.shape);
+  want.push_back(2);
+  TORCH_CHECK_VALUE(stats.scalar_type() == tt && stats.sizes() == at::IntArrayRef(want), op,
+                    ": stats (the saved statistics) must be ", tt, " of shape ",
+                    at::IntArrayRef(want), " (what the forward returned), got ",
+                    stats.scalar_type(), " ", stats.sizes());
+  check_same_device(stats, a.pred, "stats", "pred", op);
+  a.stats = stats.contiguous();
+  a.grad = grad.to(a.pred.scalar_type()).expand(a.shape).contiguous();
+}
+
 }  // namespace detloss
 
 TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
@@ -100,4 +145,9 @@ TORCH_LIBRARY_FRAGMENT(DETLOSS_OPS_NS, m) {
       "-> (Tensor loss, Tensor stats, Tensor grad)");
   m.def("dfl_integral(Tensor pred) -> (Tensor integral, Tensor stats)");
   m.def("dfl_integral_backward(Tensor grad, Tensor pred, Tensor stats) -> Tensor");
+  // the distillation KL per row (D-FINE's DDF) and its per-row (lse of pred/T, lse of teacher/T)
+  m.def("dfl_kl(Tensor pred, Tensor teacher, float temperature) -> (Tensor loss, Tensor stats)");
+  m.def(
+      "dfl_kl_backward(Tensor grad, Tensor pred, Tensor teacher, Tensor stats, "
+      "float temperature) -> Tensor");
 }

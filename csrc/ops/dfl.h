@@ -78,6 +78,41 @@ DflTriple dfl_forward_with_grad_cuda(const DflArgs& a);
 void check_dfl_stats(const at::Tensor& stats, DflArgs& a, int64_t per_row, const char* op);
 
 
+// The distillation KL (math::dfl_kl_row): pred and teacher [..., R] (teacher in pred's
+// dtype, contiguous), temperature > 0; forward: the loss per row (pred's dtype, the leading
+// shape) and per row (lse of z/T, lse of u/T) (opmath, [..., 2]); backward: d/d(pred) for an
+// upstream per row.
+struct DflKlArgs {
+  at::Tensor pred, teacher, stats, grad;  // grad: [rows] contiguous, pred's dtype (backward)
+  std::vector<int64_t> shape;
+  int64_t rows = 0;
+  int32_t bins = 0;
+  double temperature = 1.0;
+};
+DflKlArgs prepare_dfl_kl(const at::Tensor& pred, const at::Tensor& teacher, double temperature,
+                         const char* op);
+DflPair dfl_kl_cpu(const DflKlArgs& a);
+at::Tensor dfl_kl_backward_cpu(const DflKlArgs& a);
+DflPair dfl_kl_cuda(const DflKlArgs& a);
+at::Tensor dfl_kl_backward_cuda(const DflKlArgs& a);
+void prepare_dfl_kl_backward(DflKlArgs& a, const at::Tensor& grad, const at::Tensor& stats,
+                             const char* op);
+
+template <DflPair (*F)(const DflKlArgs&)>
+DflPair dfl_kl_entry(const at::Tensor& pred, const at::Tensor& teacher, double temperature) {
+  return F(prepare_dfl_kl(pred, teacher, temperature, "detloss.dfl_kl"));
+}
+
+template <at::Tensor (*F)(const DflKlArgs&)>
+at::Tensor dfl_kl_backward_entry(const at::Tensor& grad, const at::Tensor& pred,
+                                 const at::Tensor& teacher, const at::Tensor& stats,
+                                 double temperature) {
+  constexpr const char* op = "detloss.dfl_kl_backward";
+  DflKlArgs a = prepare_dfl_kl(pred, teacher, temperature, op);
+  prepare_dfl_kl_backward(a, grad, stats, op);
+  return F(a);
+}
+
 template <DflPair (*F)(const DflArgs&)>
 DflPair dfl_loss_entry(const at::Tensor& pred, const at::Tensor& target,
                        const std::optional<at::Tensor>& weight, c10::string_view reduction) {
