@@ -102,8 +102,8 @@ def _detr_step(model, x, labels, patched, **inputs):
                                   "lw_detr"])
 def test_detr_family_steps_match(arch, monkeypatch):
     """A training step of DETR (the matcher's fused cost; GIoU of the matched pairs),
-    Deformable DETR (+ focal loss), RT-DETR and D-FINE (+ VFL; D-FINE's FGL and DDF are the
-    library's), DEIMv2 (+ MAL) and LW-DETR (query groups matched apart):
+    Deformable DETR (+ focal loss), RT-DETR and D-FINE (+ VFL, FGL, DDF's distillation KL),
+    DEIMv2 (+ MAL) and LW-DETR (query groups matched apart):
     every loss of the dict (auxiliary decoder layers' and the encoder's included) and every
     parameter's gradient as close to float64 as transformers' own float32 step, and the
     fused functions ran."""
@@ -112,6 +112,13 @@ def test_detr_family_steps_match(arch, monkeypatch):
     torch.manual_seed(0)
     model = _detr_models()[arch]()
     model.train()
+    if arch in ("d_fine", "deimv2"):
+        # the edge-distribution heads start at zero: every layer's corners equal, so DDF (each
+        # layer's distributions against the last's) would be 0; a trained model's are not
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "bbox_embed" in n and n.endswith("layers.2.weight"):
+                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(n)))
     x, labels = _detr_batch()
     if arch == "lw_detr":
         # LW-DETR's encoder proposals sit on the anchors' grid, which these boxes' edges share:
@@ -155,6 +162,8 @@ def test_detr_family_steps_match(arch, monkeypatch):
         assert spy.calls["sigmoid_focal_loss"] == layers
     if arch in ("rt_detr", "d_fine", "deimv2"):  # VFL, or DEIMv2's MAL
         assert spy.calls["binary_cross_entropy_with_logits"] == layers + 1
+    if arch in ("d_fine", "deimv2"):  # DDF: the auxiliary layers against the last
+        assert spy.calls["distribution_kl_loss"] == layers - 1
     _check_close_as_own_fp32(l32, g32, lp, gp, l64, g64)
 
 
@@ -234,7 +243,7 @@ def test_transformers_unpatch_restores_the_originals():
     import detloss_cuda.integrations.transformers as dl
     from transformers.loss import loss_for_object_detection as od, loss_rt_detr as rt
 
-    from transformers.loss import loss_deformable_detr as dd, loss_deimv2 as deim
+    from transformers.loss import loss_d_fine as df, loss_deformable_detr as dd, loss_deimv2 as deim
     from transformers.loss import loss_grounding_dino as gd, loss_lw_detr as lw
 
     def snapshot():
@@ -245,7 +254,7 @@ def test_transformers_unpatch_restores_the_originals():
                 rt.RTDetrHungarianMatcher.__dict__["forward"],
                 lw.LwDetrHungarianMatcher.__dict__["forward"],
                 gd.GroundingDinoHungarianMatcher.__dict__["forward"],
-                deim.Deimv2Loss.__dict__["loss_labels_mal"]]
+                deim.Deimv2Loss.__dict__["loss_labels_mal"], df.DFineLoss.__dict__["loss_local"]]
 
     before = snapshot()
     with dl.patched():
@@ -466,3 +475,49 @@ def test_deimv2_mal_matches(mal_alpha, gamma):
     assert got.shape == want.shape and got.dtype == want.dtype
     torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(gg, gw, rtol=2e-5, atol=1e-7)
+
+
+def test_dfine_loss_local_matches():
+    """D-FINE's loss_local with DDF on the fused distillation KL: FGL and DDF and the gradient
+    of the corners against the library's (a student close to its teacher and one far from
+    it); equal corners take the library's shortcut (0); half corners go to the library."""
+    T = _require("transformers")
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss.loss_d_fine import DFineLoss
+
+    crit = DFineLoss(T.DFineConfig(num_labels=5))
+    R = crit.max_num_bins + 1
+    g = torch.Generator().manual_seed(5)
+    B, Q = 2, 12
+    boxes = torch.cat([torch.rand(B, Q, 2, generator=g) * 0.6 + 0.2,
+                       torch.rand(B, Q, 2, generator=g) * 0.3 + 0.05], -1)
+    targets = [{"class_labels": torch.tensor([1, 4]), "boxes": boxes[0, [2, 5]] + 0.02},
+               {"class_labels": torch.tensor([0]), "boxes": boxes[1, [3]] - 0.01}]
+    indices = [(torch.tensor([2, 5]), torch.tensor([0, 1])), (torch.tensor([3]), torch.tensor([0]))]
+    teacher = torch.randn(B, Q, 4 * R, generator=g) * 3
+    for spread in (0.05, 3.0, 0.0):
+        corners = teacher + torch.randn(B, Q, 4 * R, generator=g) * spread
+
+        def run(patched, dtype=torch.float32):
+            c = corners.to(dtype).requires_grad_()
+            out = {"pred_corners": c, "ref_points": boxes.to(dtype), "pred_boxes": boxes.to(dtype),
+                   "teacher_corners": teacher.to(dtype), "teacher_logits": torch.randn(B, Q, 5, generator=g).to(dtype)}
+            with dl.patched() if patched else contextlib.nullcontext():
+                losses = crit.loss_local(out, targets, indices, 3.0)
+            total = losses["loss_fgl"] + 2 * losses["loss_ddf"]
+            return losses, (torch.autograd.grad(total, c)[0] if total.requires_grad else None)
+
+        state = g.get_state()
+        want, gw = run(False)
+        g.set_state(state)  # the same teacher logits
+        spy = Spy(dl.DF)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(dl, "DF", spy)
+            got, gg = run(True)
+            assert spy.calls["distribution_kl_loss"] == (spread > 0)
+            run(True, torch.float16)
+            assert spy.calls["distribution_kl_loss"] == (spread > 0)
+        assert got.keys() == want.keys() == {"loss_fgl", "loss_ddf"}
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(gg, gw, rtol=1e-5, atol=1e-6 * gw.abs().max().item())

@@ -31,8 +31,11 @@ calls the fused ops would treat differently go to the library's code):
   as the library weights it (``alpha·sigmoid(x)^gamma`` on negatives, the IoU on positives,
   detached): no one-hot, target or target-score ``[B, Q, C]`` tensor;
 * ``Deimv2Loss.loss_labels_mal`` (DEIMv2's matchability-aware loss): likewise, ``score`` =
-  IoU^gamma, weight 1 on positives and ``mal_alpha·sigmoid(x)^gamma`` (detached) elsewhere.
-  D-FINE's and DEIMv2's FGL and DDF terms are the library's code.
+  IoU^gamma, weight 1 on positives and ``mal_alpha·sigmoid(x)^gamma`` (detached) elsewhere;
+* ``DFineLoss.loss_local`` (D-FINE, DEIMv2): DDF's distillation KL of every query's edge
+  distributions on ``distribution_kl_loss`` (one kernel, no ``[B·Q·4, R]`` softmax /
+  log-softmax / KL tensors); FGL stays the library's two ATen cross-entropies (over the
+  matched queries' edges only), as do the weights and masked means.
 
 The library's own formulas have no ``eps``: the fused ops run with ``eps=0`` (degenerate
 boxes give the same NaN/inf). fp16/bf16 boxes (AMP) go to the library's code, which mixes
@@ -58,6 +61,7 @@ _MODULES = {
     "rf_detr": "transformers.loss.loss_rf_detr",
     "grounding_dino": "transformers.loss.loss_grounding_dino",
     "deimv2": "transformers.loss.loss_deimv2",
+    "d_fine": "transformers.loss.loss_d_fine",
     "image_transforms": "transformers.image_transforms",
 }
 
@@ -356,6 +360,62 @@ def _wrap_loss_labels_mal(orig, to_corners):
     return loss_labels_mal
 
 
+def _wrap_loss_local(orig, mod, to_corners):
+    """D-FINE's (and DEIMv2's) ``loss_local``: FGL as the library computes it (two ATen
+    cross-entropies over the matched queries' edges: a few rows), DDF's KL of every query's
+    edge distributions against the last layer's on the fused distillation KL
+    (``distribution_kl_loss``: no ``[B·Q·4, R]`` softmax, log-softmax or KL tensors), then the
+    library's weighting and masked means. ``mod``: the library's module (its bbox2distance
+    and box_iou, looked up at call time)."""
+    @functools.wraps(orig)
+    def loss_local(self, outputs, targets, indices, num_boxes, T=5):
+        pc, tc = outputs.get("pred_corners"), outputs.get("teacher_corners")
+        if (pc is None or tc is None or "teacher_logits" not in outputs
+                or not ours(pc, tc) or pc.shape != tc.shape
+                or pc.dtype not in (torch.float32, torch.float64) or not is_number(T) or T <= 0):
+            return orig(self, outputs, targets, indices, num_boxes, T)
+        losses = {}
+        R = self.max_num_bins + 1
+        idx = self._get_source_permutation_idx(indices)
+        target_boxes = torch.cat([t["boxes"][i] for t, (_, i) in zip(targets, indices)], dim=0)
+        # FGL: the library's lines
+        pred_corners = pc[idx].reshape(-1, R)
+        ref_points = outputs["ref_points"][idx].detach()
+        with torch.no_grad():
+            self.fgl_targets = mod.bbox2distance(ref_points, to_corners(target_boxes),
+                                                 self.max_num_bins, self.reg_scale, self.up)
+        target_corners, weight_right, weight_left = self.fgl_targets
+        ious = torch.diag(mod.box_iou(to_corners(outputs["pred_boxes"][idx]),
+                                      to_corners(target_boxes))[0])
+        weight_targets = ious.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
+        losses["loss_fgl"] = self.unimodal_distribution_focal_loss(
+            pred_corners, target_corners, weight_right, weight_left, weight_targets,
+            avg_factor=num_boxes)
+        # DDF
+        pred_corners, target_corners = pc.reshape(-1, R), tc.reshape(-1, R)
+        if torch.equal(pred_corners, target_corners):
+            losses["loss_ddf"] = pred_corners.sum() * 0
+            return losses
+        weight_targets_local = outputs["teacher_logits"].sigmoid().max(dim=-1)[0]
+        mask = torch.zeros_like(weight_targets_local, dtype=torch.bool)
+        mask[idx] = True
+        mask = mask.unsqueeze(-1).repeat(1, 1, 4).reshape(-1)
+        weight_targets_local[idx] = ious.reshape_as(weight_targets_local[idx]).to(weight_targets_local.dtype)
+        weight_targets_local = weight_targets_local.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
+        # T²·KL(softmax(teacher/T) || softmax(pred/T)) per edge, in one kernel
+        loss_match_local = weight_targets_local * DF.distribution_kl_loss(
+            pred_corners, target_corners.detach(), float(T))
+        batch_scale = 1 / outputs["pred_boxes"].shape[0]
+        self.num_pos, self.num_neg = ((mask.sum() * batch_scale) ** 0.5,
+                                      ((~mask).sum() * batch_scale) ** 0.5)
+        loss_match_local1 = loss_match_local[mask].mean() if mask.any() else 0
+        loss_match_local2 = loss_match_local[~mask].mean() if (~mask).any() else 0
+        losses["loss_ddf"] = (loss_match_local1 * self.num_pos + loss_match_local2 * self.num_neg) / (
+            self.num_pos + self.num_neg)
+        return losses
+    return loss_local
+
+
 def _apply(ps):
     m = ps.mods
     to_corners = ps.original(m["image_transforms"], "center_to_corners_format")
@@ -379,6 +439,11 @@ def _apply(ps):
     rt = ps.original(m["rt_detr"], "RTDetrLoss")
     plan.append((rt, "loss_labels_vfl",
                  _wrap_loss_labels_vfl(ps.original(rt, "loss_labels_vfl"), to_corners)))
+    dfine = ps.original(m["d_fine"], "DFineLoss")
+    for name in ("bbox2distance", "box_iou"):
+        ps.original(m["d_fine"], name)  # loss_local reads them: they must exist
+    plan.append((dfine, "loss_local",
+                 _wrap_loss_local(ps.original(dfine, "loss_local"), m["d_fine"], to_corners)))
     deim = ps.original(m["deimv2"], "Deimv2Loss")
     plan.append((deim, "loss_labels_mal",
                  _wrap_loss_labels_mal(ps.original(deim, "loss_labels_mal"), to_corners)))
