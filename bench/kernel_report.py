@@ -58,7 +58,7 @@ README_END = "<!-- kernel-report:end -->"
 class Kernel:
     mangled: str
     name: str = ""
-    family: str = ""  # cls | box | dfl | matrix | mask | finalize | scale | count | assign | other
+    family: str = ""  # cls | box | dfl | kl | matrix | match | mask | finalize | scale | count | assign | other
     dtype: str = ""
     registers: int = 0
     stack: int = 0
@@ -159,6 +159,8 @@ def classify(k: Kernel) -> None:
         k.family = "matrix"
     elif "MatchCostUnit" in n:
         k.family = "match"  # the DETR matchers' cost (csrc/cuda/box_kernel.cu)
+    elif "DflKlUnit" in n or "DflKlGradUnit" in n:
+        k.family = "kl"  # the distillation KL, a thread a row (csrc/cuda/dfl_kernel.cu)
     elif "positive_kernel" in n or "ProtoGradUnit" in n or "LossSumUnit" in n:
         k.family = "mask"  # the prototype mask loss (csrc/cuda/mask_kernel.cu)
     elif "finalize_sum_kernel" in n:
@@ -172,7 +174,8 @@ def classify(k: Kernel) -> None:
     # the element type is the first template argument of the unit (or of the kernel)
     m = re.search(r"(?:ClsUnit|BoxUnit|DflForward|DflBackward|DflForwardLong|DflBackwardLong|"
                   r"box_matrix_kernel|positive_kernel|ProtoGradUnit|LossSumUnit|ScaleUnit|SelectUnit|ScatterUnit|ResolveUnit|KeepUnit|"
-                  r"MaxUnit|OutputUnit|GtCountUnit|PairRowUnit|SegIouUnit|GateUnit|MatchCostUnit)<([^,<>]+)", n)
+                  r"MaxUnit|OutputUnit|GtCountUnit|PairRowUnit|SegIouUnit|GateUnit|MatchCostUnit|DflKlUnit|"
+                  r"DflKlGradUnit)<([^,<>]+)", n)
     if m is None:
         m = re.search(r"finalize_sum_kernel<[^,]+, ([^,<>]+)>", n)
     if m:
@@ -296,10 +299,10 @@ def markdown(kernels: list[Kernel], detail: bool) -> str:
               "widest global load | expected | occupancy at 256 thr (min–max) | "
               "MUFU (min–max) | CALL (min–max) |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    order = {"cls": 0, "box": 1, "dfl": 2, "matrix": 3, "mask": 4, "finalize": 5, "scale": 6,
-             "count": 7, "assign": 8, "other": 9}
+    order = {"cls": 0, "box": 1, "dfl": 2, "kl": 3, "matrix": 4, "match": 5, "mask": 6,
+             "finalize": 7, "scale": 8, "count": 9, "assign": 10, "other": 11}
     dorder = {"fp16": 0, "bf16": 1, "fp32": 2, "fp64": 3}
-    for (fam, dt), ks in sorted(groups.items(), key=lambda x: (order.get(x[0][0], 9),
+    for (fam, dt), ks in sorted(groups.items(), key=lambda x: (order.get(x[0][0], 11),
                                                                dorder.get(x[0][1], 9))):
         regs = [k.registers for k in ks]
         occ = [k.occupancy for k in ks]

@@ -29,7 +29,7 @@ def test_every_family_is_compiled(kernels):
     fams = {}
     for k in kernels:
         fams.setdefault(k.family, set()).add(k.dtype)
-    for fam in ("cls", "box", "dfl", "matrix", "finalize", "scale", "match"):
+    for fam in ("cls", "box", "dfl", "kl", "matrix", "finalize", "scale", "match"):
         assert fams.get(fam) == {"fp16", "bf16", "fp32", "fp64"}, (fam, fams.get(fam))
     assert fams.get("count") == {"int64"}
     assert {"fp32", "fp64"} <= fams.get("assign", set())  # the arithmetic of the boxes
