@@ -292,31 +292,42 @@ def _wrap_loss_boxes(orig, to_corners):
     return loss_boxes
 
 
+def _class_targets(self, outputs, targets, indices, to_corners):
+    """What VFL and MAL build their targets from: the matched queries ``idx``, their IoU with
+    their targets (the library's: pairwise, no eps, detached; not the diagonal of an N x N
+    matrix), their classes, and every query's class index ``[B, Q]`` (``num_classes`` where
+    unmatched: background); None where the fused path does not take these boxes or logits."""
+    idx, src_boxes, target_boxes = _matched(self, outputs, targets, indices)
+    logits = outputs["logits"]
+    a, b = to_corners(src_boxes.detach()), to_corners(target_boxes)
+    if not _boxes_ok(a, b) or not ours(logits) or logits.dim() != 3:
+        return None
+    with torch.no_grad():
+        ious = 1 - DF.iou_loss(a, b, "iou", eps=0.0, reduction="none")
+    matched = torch.cat([t["class_labels"][i] for t, (_, i) in zip(targets, indices)])
+    classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+    classes[idx] = matched
+    return idx, ious, matched, classes
+
+
 def _wrap_loss_labels_vfl(orig, to_corners):
     @functools.wraps(orig)
     def loss_labels_vfl(self, outputs, targets, indices, num_boxes, log=True):
-        if "pred_boxes" not in outputs or "logits" not in outputs:
+        got = None
+        if ("pred_boxes" in outputs and "logits" in outputs and is_number(self.alpha)
+                and is_number(self.gamma)):
+            got = _class_targets(self, outputs, targets, indices, to_corners)
+        if got is None:
             return orig(self, outputs, targets, indices, num_boxes, log)
-        idx, src_boxes, target_boxes = _matched(self, outputs, targets, indices)
+        idx, ious, matched, classes = got
         src_logits = outputs["logits"]
-        a, b = to_corners(src_boxes.detach()), to_corners(target_boxes)
-        if (not _boxes_ok(a, b) or not ours(src_logits) or src_logits.dim() != 3
-                or not is_number(self.alpha) or not is_number(self.gamma)):
-            return orig(self, outputs, targets, indices, num_boxes, log)
         dtype = src_logits.dtype
-        with torch.no_grad():  # the library's IoU of the matched pairs (no eps), detached
-            ious = 1 - DF.iou_loss(a, b, "iou", eps=0.0, reduction="none")
-        target_classes_original = torch.cat(
-            [t["class_labels"][i] for t, (_, i) in zip(targets, indices)])
-        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
-                                    device=src_logits.device)
-        target_classes[idx] = target_classes_original
         score = torch.zeros(src_logits.shape[:2], dtype=dtype, device=src_logits.device)
         score[idx] = ious.to(dtype)
         # alpha·p^gamma on negatives, the IoU on each matched query's class (detached, as there)
         weight = (self.alpha * torch.sigmoid(src_logits.detach()).pow(self.gamma)).to(dtype)
-        weight[idx + (target_classes_original,)] = ious.to(dtype)
-        loss = DF.binary_cross_entropy_with_logits(src_logits, target_classes, weight=weight,
+        weight[idx + (matched,)] = ious.to(dtype)
+        loss = DF.binary_cross_entropy_with_logits(src_logits, classes, weight=weight,
                                                    score=score, reduction="sum")
         # the library: loss.mean(1).sum() * Q / num_boxes = the sum / num_boxes
         return {"loss_vfl": loss / num_boxes}
@@ -329,31 +340,22 @@ def _wrap_loss_labels_mal(orig, to_corners):
     with class-index targets and that score; no one-hot, target or target-score [B, Q, C]."""
     @functools.wraps(orig)
     def loss_labels_mal(self, outputs, targets, indices, num_boxes):
-        if "pred_boxes" not in outputs or "logits" not in outputs:
+        alpha, got = self.mal_alpha, None
+        if ("pred_boxes" in outputs and "logits" in outputs and is_number(self.gamma)
+                and (alpha is None or is_number(alpha))
+                and getattr(outputs["logits"], "dtype", None) in (torch.float32, torch.float64)):
+            got = _class_targets(self, outputs, targets, indices, to_corners)
+        if got is None:
             return orig(self, outputs, targets, indices, num_boxes)
-        idx, src_boxes, target_boxes = _matched(self, outputs, targets, indices)
+        idx, ious, matched, classes = got
         src_logits = outputs["logits"]
-        a, b = to_corners(src_boxes.detach()), to_corners(target_boxes)
-        alpha = self.mal_alpha
-        if (not _boxes_ok(a, b) or not ours(src_logits) or src_logits.dim() != 3
-                or src_logits.dtype not in (torch.float32, torch.float64)
-                or not is_number(self.gamma) or not (alpha is None or is_number(alpha))):
-            return orig(self, outputs, targets, indices, num_boxes)
-        dtype = src_logits.dtype
-        with torch.no_grad():  # the library's IoU of the matched pairs (no eps), detached
-            ious = 1 - DF.iou_loss(a, b, "iou", eps=0.0, reduction="none")
-        target_classes_original = torch.cat(
-            [t["class_labels"][i] for t, (_, i) in zip(targets, indices)])
-        target_classes = torch.full(src_logits.shape[:2], self.num_classes, dtype=torch.int64,
-                                    device=src_logits.device)
-        target_classes[idx] = target_classes_original
-        score = torch.zeros(src_logits.shape[:2], dtype=dtype, device=src_logits.device)
-        score[idx] = ious.to(dtype).pow(self.gamma)
+        score = torch.zeros(src_logits.shape[:2], dtype=src_logits.dtype, device=src_logits.device)
+        score[idx] = ious.to(src_logits.dtype).pow(self.gamma)
         weight = torch.sigmoid(src_logits.detach()).pow(self.gamma)
         if alpha is not None:
             weight = alpha * weight
-        weight[idx + (target_classes_original,)] = 1
-        loss = DF.binary_cross_entropy_with_logits(src_logits, target_classes, weight=weight,
+        weight[idx + (matched,)] = 1
+        loss = DF.binary_cross_entropy_with_logits(src_logits, classes, weight=weight,
                                                    score=score, reduction="sum")
         # the library: loss.mean(1).sum() * Q / num_boxes = the sum / num_boxes
         return {"loss_mal": loss / num_boxes}
