@@ -219,8 +219,10 @@ DflPair dfl_kl_cpu(const DflKlArgs& a) {
     const int32_t R = a.bins;
     at::parallel_for(0, a.rows, cpu::rows_per_chunk(R), [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
-        o[r] = static_cast<scalar_t>(
-            math::dfl_kl_row(z + r * R, u + r * R, R, temp, sp[2 * r], sp[2 * r + 1]));
+        const math::DflKlRow<S> k = math::dfl_kl_row(z + r * R, u + r * R, R, temp);
+        o[r] = static_cast<scalar_t>(k.loss);
+        sp[2 * r] = k.lse_z;
+        sp[2 * r + 1] = k.lse_u;
       }
     });
   });

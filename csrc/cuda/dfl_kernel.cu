@@ -278,11 +278,10 @@ struct DflKlUnit {
   int32_t bins;
   O temp;
   __device__ __forceinline__ float operator()(int64_t r) const {
-    O lz, lu;
-    const O l = math::dfl_kl_row(pred + r * bins, teacher + r * bins, bins, temp, lz, lu);
-    loss[r] = static_cast<T>(l);
-    stats[2 * r] = lz;
-    stats[2 * r + 1] = lu;
+    const math::DflKlRow<O> k = math::dfl_kl_row(pred + r * bins, teacher + r * bins, bins, temp);
+    loss[r] = static_cast<T>(k.loss);
+    stats[2 * r] = k.lse_z;
+    stats[2 * r + 1] = k.lse_u;
     return 0.f;
   }
 };

@@ -64,33 +64,36 @@ DETLOSS_HD S dfl_grad(const DflTarget<S>& t, int32_t i, S p) {
 // whatever the dtype: a student close to its teacher (the point of distillation) makes the
 // KL a small difference of terms ~log R, which float32 would leave with a few ulp of those
 // terms (worse than torch's own float32 chain); the cost is R-term sums in double.
+template <class S>
+struct DflKlRow {
+  S loss, lse_z, lse_u;
+};
+
 template <class S, class T>
-DETLOSS_HD S dfl_kl_row(const T* z, const T* u, int32_t bins, S temp_s, S& lse_z_out,
-                        S& lse_u_out) {
+DETLOSS_HD DflKlRow<S> dfl_kl_row(const T* z, const T* u, int32_t bins, S temp_s) {
   using A = double;
-  const A temp = static_cast<A>(temp_s);
-  A mz = static_cast<A>(static_cast<S>(z[0])) / temp, mu = static_cast<A>(static_cast<S>(u[0])) / temp;
+  const A temp = static_cast<A>(temp_s), inv = A(1) / temp;  // (x·(1/T): one division a row)
+  A mz = static_cast<A>(static_cast<S>(z[0])) * inv, mu = static_cast<A>(static_cast<S>(u[0])) * inv;
   for (int32_t i = 1; i < bins; ++i) {
-    mz = dl_max(mz, static_cast<A>(static_cast<S>(z[i])) / temp);
-    mu = dl_max(mu, static_cast<A>(static_cast<S>(u[i])) / temp);
+    mz = dl_max(mz, static_cast<A>(static_cast<S>(z[i])) * inv);
+    mu = dl_max(mu, static_cast<A>(static_cast<S>(u[i])) * inv);
   }
   A sz(0), su(0);
   for (int32_t i = 0; i < bins; ++i) {
-    sz = sz + dl_exp(static_cast<A>(static_cast<S>(z[i])) / temp - mz);
-    su = su + dl_exp(static_cast<A>(static_cast<S>(u[i])) / temp - mu);
+    sz = sz + dl_exp(static_cast<A>(static_cast<S>(z[i])) * inv - mz);
+    su = su + dl_exp(static_cast<A>(static_cast<S>(u[i])) * inv - mu);
   }
   const A lse_z = mz + dl_log(sz), lse_u = mu + dl_log(su);
   A acc(0), sq(0);
   for (int32_t i = 0; i < bins; ++i) {
-    const A ut = static_cast<A>(static_cast<S>(u[i])) / temp, q = dl_exp(ut - lse_u);
+    const A ut = static_cast<A>(static_cast<S>(u[i])) * inv, q = dl_exp(ut - lse_u);
     if (q > A(0)) {
-      acc = acc + q * (ut - static_cast<A>(static_cast<S>(z[i])) / temp);
+      acc = acc + q * (ut - static_cast<A>(static_cast<S>(z[i])) * inv);
       sq = sq + q;
     }
   }
-  lse_z_out = static_cast<S>(lse_z);
-  lse_u_out = static_cast<S>(lse_u);
-  return static_cast<S>(temp * temp * (acc + (lse_z - lse_u) * sq));
+  return {static_cast<S>(temp * temp * (acc + (lse_z - lse_u) * sq)), static_cast<S>(lse_z),
+          static_cast<S>(lse_u)};
 }
 
 // gz_i = g·T·(p_i·Σ q - q_i) for the row, from its (lse_z, lse_u) (in double, as the loss).
@@ -98,14 +101,14 @@ template <class S, class T>
 DETLOSS_HD void dfl_kl_row_grad(const T* z, const T* u, int32_t bins, S temp_s, S lse_z_s,
                                 S lse_u_s, S g, T* gz) {
   using A = double;
-  const A temp = static_cast<A>(temp_s), lse_z = static_cast<A>(lse_z_s),
+  const A temp = static_cast<A>(temp_s), inv = A(1) / temp, lse_z = static_cast<A>(lse_z_s),
           lse_u = static_cast<A>(lse_u_s);
   A sq(0);
-  for (int32_t i = 0; i < bins; ++i) sq = sq + dl_exp(static_cast<A>(static_cast<S>(u[i])) / temp - lse_u);
+  for (int32_t i = 0; i < bins; ++i) sq = sq + dl_exp(static_cast<A>(static_cast<S>(u[i])) * inv - lse_u);
   const A gt = static_cast<A>(g) * temp;
   for (int32_t i = 0; i < bins; ++i) {
-    const A p = dl_exp(static_cast<A>(static_cast<S>(z[i])) / temp - lse_z);
-    const A q = dl_exp(static_cast<A>(static_cast<S>(u[i])) / temp - lse_u);
+    const A p = dl_exp(static_cast<A>(static_cast<S>(z[i])) * inv - lse_z);
+    const A q = dl_exp(static_cast<A>(static_cast<S>(u[i])) * inv - lse_u);
     gz[i] = static_cast<T>(static_cast<S>(gt * (p * sq - q)));
   }
 }
