@@ -192,11 +192,11 @@ def classify(k: Kernel) -> None:
 
 def allowed_frame(k) -> bool:
     """The stack frames by design: the assigner's per-box top-k list (a local array indexed at
-    run time); the distillation KL's forward in float32/half/bf16, where the called slow path
-    of the double-precision log (the row is computed in double) saves one 8-byte register."""
+    run time); the distillation KL's forward, where the called slow path of the
+    double-precision log (the row is computed in double) saves one 8-byte register."""
     if k.family == "assign":
         return True
-    return (k.family == "kl" and k.dtype != "fp64" and k.calls > 0 and k.stack <= 8
+    return (k.family == "kl" and k.calls > 0 and k.stack <= 8
             and k.spill_stores <= 8 and k.spill_loads <= 8 and not k.local)
 
 
