@@ -192,8 +192,8 @@ def classify(k: Kernel) -> None:
 
 def allowed_frame(k) -> bool:
     """The stack frames by design: the assigner's per-box top-k list (a local array indexed at
-    run time); the distillation KL's forward, where the called slow path of the
-    double-precision log (the row is computed in double) saves one 8-byte register."""
+    run time); the distillation KL's float64 forward, where the called slow path of the
+    double-precision log saves one 8-byte register."""
     if k.family == "assign":
         return True
     return (k.family == "kl" and k.calls > 0 and k.stack <= 8
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{len(kernels)} {ARCH} kernels in the extension; "
               f"{sum(1 for k in kernels if (k.spill_stores or k.spill_loads or k.stack) and not allowed_frame(k))} "
               f"spill ({len(local)} assigner kernels keep a per-box top-k list in local memory, "
-              f"by design; {len(frames)} distillation-KL forwards save one register around the "
-              f"double log's called slow path), "
+              f"by design; {len(frames)} distillation-KL forward (float64) saves one register "
+              f"around the double log's called slow path), "
               f"{sum(1 for k in kernels if k.expected_load_bits)} have a load-width "
               f"expectation, {len(bad)} violate one. Occupancy is theoretical, at 256 threads "
               f"per block. Regenerate: `python bench/kernel_report.py --docs`.")

@@ -58,58 +58,50 @@ DETLOSS_HD S dfl_grad(const DflTarget<S>& t, int32_t i, S p) {
 // logits z against a teacher's logits u (no gradient to u), at temperature T:
 //   q = softmax(u / T), log p = log_softmax(z / T)
 //   loss = T²·Σ_i q_i·(log q_i - log p_i)            (torch's kl_div; 0 where q_i = 0)
-//        = T²·(Σ_i q_i·(u_i/T - z_i/T) + (lse_z - lse_u)·Σ_i q_i)
-//   dloss/dz_i = T·(p_i·Σ_j q_j - q_i)                (log_softmax's backward of -T²·q)
-// Per row (lse of z/T, lse of u/T) are kept for the backward. The row is computed in double
-// whatever the dtype: a student close to its teacher (the point of distillation) makes the
-// KL a small difference of terms ~log R, which float32 would leave with a few ulp of those
-// terms (worse than torch's own float32 chain); the cost is R-term sums in double.
+//        = T²·(Σ_i q_i·(u_i/T - z_i/T) + lse_z - lse_u)   (Σ q = 1)
+//   dloss/dz_i = T·(p_i - q_i)                        (log_softmax's backward of -T²·q)
+// Per row (lse of z/T, lse of u/T) are kept for the backward. The exponentials are in the
+// row's arithmetic, their sums and the KL's two terms in double: a student close to its
+// teacher (the point of distillation) makes the KL a small difference of terms ~log R, which
+// float32 sums would leave with a few ulp of those terms (torch's own chain has them).
 template <class S>
 struct DflKlRow {
   S loss, lse_z, lse_u;
 };
 
 template <class S, class T>
-DETLOSS_HD DflKlRow<S> dfl_kl_row(const T* z, const T* u, int32_t bins, S temp_s) {
+DETLOSS_HD DflKlRow<S> dfl_kl_row(const T* z, const T* u, int32_t bins, S temp) {
   using A = double;
-  const A temp = static_cast<A>(temp_s), inv = A(1) / temp;  // (x·(1/T): one division a row)
-  A mz = static_cast<A>(static_cast<S>(z[0])) * inv, mu = static_cast<A>(static_cast<S>(u[0])) * inv;
+  const S inv = S(1) / temp;
+  S mz = static_cast<S>(z[0]) * inv, mu = static_cast<S>(u[0]) * inv;
   for (int32_t i = 1; i < bins; ++i) {
-    mz = dl_max(mz, static_cast<A>(static_cast<S>(z[i])) * inv);
-    mu = dl_max(mu, static_cast<A>(static_cast<S>(u[i])) * inv);
+    mz = dl_max(mz, static_cast<S>(z[i]) * inv);
+    mu = dl_max(mu, static_cast<S>(u[i]) * inv);
   }
-  A sz(0), su(0);
+  // the exponentials in the row's arithmetic, their sums and the KL's terms in double
+  A sz(0), su(0), acc(0);
   for (int32_t i = 0; i < bins; ++i) {
-    sz = sz + dl_exp(static_cast<A>(static_cast<S>(z[i])) * inv - mz);
-    su = su + dl_exp(static_cast<A>(static_cast<S>(u[i])) * inv - mu);
+    const S zt = static_cast<S>(z[i]) * inv, ut = static_cast<S>(u[i]) * inv;
+    const S eu = dl_exp(ut - mu);
+    sz = sz + static_cast<A>(dl_exp(zt - mz));
+    su = su + static_cast<A>(eu);
+    acc = acc + static_cast<A>(eu) * (static_cast<A>(ut) - static_cast<A>(zt));
   }
-  const A lse_z = mz + dl_log(sz), lse_u = mu + dl_log(su);
-  A acc(0), sq(0);
-  for (int32_t i = 0; i < bins; ++i) {
-    const A ut = static_cast<A>(static_cast<S>(u[i])) * inv, q = dl_exp(ut - lse_u);
-    if (q > A(0)) {
-      acc = acc + q * (ut - static_cast<A>(static_cast<S>(z[i])) * inv);
-      sq = sq + q;
-    }
-  }
-  return {static_cast<S>(temp * temp * (acc + (lse_z - lse_u) * sq)), static_cast<S>(lse_z),
-          static_cast<S>(lse_u)};
+  // Σ q·(u/T - z/T) + lse_z - lse_u (Σ q = 1), lse = m + log(s)
+  const A kl = acc / su + (static_cast<A>(mz) - static_cast<A>(mu)) + dl_log(sz / su);
+  return {static_cast<S>(static_cast<A>(temp) * static_cast<A>(temp) * kl),
+          static_cast<S>(static_cast<A>(mz) + dl_log(sz)), static_cast<S>(static_cast<A>(mu) + dl_log(su))};
 }
 
-// gz_i = g·T·(p_i·Σ q - q_i) for the row, from its (lse_z, lse_u) (in double, as the loss).
+// gz_i = g·T·(p_i·Σ q - q_i) for the row, from its (lse_z, lse_u): Σ q = 1 up to rounding.
 template <class S, class T>
-DETLOSS_HD void dfl_kl_row_grad(const T* z, const T* u, int32_t bins, S temp_s, S lse_z_s,
-                                S lse_u_s, S g, T* gz) {
-  using A = double;
-  const A temp = static_cast<A>(temp_s), inv = A(1) / temp, lse_z = static_cast<A>(lse_z_s),
-          lse_u = static_cast<A>(lse_u_s);
-  A sq(0);
-  for (int32_t i = 0; i < bins; ++i) sq = sq + dl_exp(static_cast<A>(static_cast<S>(u[i])) * inv - lse_u);
-  const A gt = static_cast<A>(g) * temp;
+DETLOSS_HD void dfl_kl_row_grad(const T* z, const T* u, int32_t bins, S temp, S lse_z, S lse_u,
+                                S g, T* gz) {
+  const S inv = S(1) / temp, gt = g * temp;
   for (int32_t i = 0; i < bins; ++i) {
-    const A p = dl_exp(static_cast<A>(static_cast<S>(z[i])) * inv - lse_z);
-    const A q = dl_exp(static_cast<A>(static_cast<S>(u[i])) * inv - lse_u);
-    gz[i] = static_cast<T>(static_cast<S>(gt * (p * sq - q)));
+    const S p = dl_exp(static_cast<S>(z[i]) * inv - lse_z);
+    const S q = dl_exp(static_cast<S>(u[i]) * inv - lse_u);
+    gz[i] = static_cast<T>(gt * (p - q));
   }
 }
 
