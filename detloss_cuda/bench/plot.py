@@ -42,7 +42,7 @@ def figure(result):
     noisy = {(r["op"], r["dtype"], r["mode"], r["size"]) for r in rows if r.get("noise")}
     meta = result["meta"]
     ops = list(dict.fromkeys(r["op"] for r in result["rows"]))
-    tab10 = plt.get_cmap("tab10")
+    tab20 = plt.get_cmap("tab20")  # (the e2e panel holds 13 steps: tab10 would repeat)
     dashes = {"fp32": "-", "bf16": "--", "fp16": ":", "fp64": "-."}
     panels = []  # (device, family) in a fixed order
     for dev in sorted({r["device"] for r in rows}) or ["cpu"]:
@@ -63,7 +63,7 @@ def figure(result):
             if r["mode"] == ("fwdbwd" if has_bwd else "fwd"):
                 lines.setdefault((r["op"], r["dtype"], r["mode"]), {})[r["size"]] = \
                     r["speedup_vs_eager"]
-        colour = {op: tab10(i % 10) for i, op in
+        colour = {op: tab20(i % 20) for i, op in
                   enumerate(dict.fromkeys(k[0] for k in sorted(lines, key=lambda k: ops.index(k[0]))))}
         for (op, dt, mode), by_size in sorted(lines.items(), key=lambda kv: (ops.index(kv[0][0]), kv[0][1])):
             pts = sorted(by_size.items())
