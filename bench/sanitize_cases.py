@@ -151,6 +151,10 @@ def dfl_cases(quick):
                     o = DF.distribution_focal_loss(z, y, reduction=red)
                     backward(o, [z], upstream_not_1=i == 1, retain=i == 0)
                 forward_only(lambda z: DF.distribution_focal_loss(z, y), z)
+                # D-FINE's split targets (left bin, right weight)
+                left = torch.randint(0, bins - 1, (rows,), device=DEVICE).float()
+                wr = torch.rand(rows, device=DEVICE)
+                backward(DF.distribution_focal_loss(z, left, "sum", weight_right=wr), [z], retain=True)
                 backward(DF.distribution_integral(z), [z], retain=True)
         # the distillation KL (D-FINE's DDF): a thread a row
         for bins in (2, 33, 1024):

@@ -205,9 +205,9 @@ def _box_iou_matrix_fake(driver, boxes1, boxes2, kind, box_format, eps, floor=0.
 def _dfl_loss_fake(driver, pred, target, weight, reduction):
     torch._check(pred.dim() >= 1 and pred.shape[-1] >= 2,
                  lambda: f"detloss.dfl_loss: DFL needs at least 2 bins, got pred of shape {tuple(pred.shape)}")
-    torch._check(target.shape == pred.shape[:-1],
+    torch._check(target.shape == pred.shape[:-1] or target.shape == (*pred.shape[:-1], 2),
                  lambda: f"detloss.dfl_loss: target of shape {tuple(target.shape)} must have the "
-                 f"leading shape of pred {tuple(pred.shape)}")
+                 f"leading shape of pred {tuple(pred.shape)}, or that and 2")
     loss = pred.new_empty(pred.shape[:-1] if reduction == "none" else ())
     return loss, pred.new_empty((*pred.shape[:-1], 2), dtype=_opmath(pred.dtype))
 

@@ -307,7 +307,7 @@ def batch_probiou(obb1, obb2, eps=1e-7):
 
 
 # ------------------------------------------------------------------- distribution (DFL)
-def distribution_focal_loss(pred, target, reduction="mean", weight=None):
+def distribution_focal_loss(pred, target, reduction="mean", weight=None, *, weight_right=None):
     """Distribution Focal Loss (GFL): ``pred [..., R]`` bin logits, ``target [...]`` the
     continuous distance in bins.
 
@@ -316,10 +316,40 @@ def distribution_focal_loss(pred, target, reduction="mean", weight=None):
     Differentiable with respect to ``pred`` only. A NaN target gives a NaN loss for its row
     (detecting it would need a host synchronisation). ``R`` from 2 to 1024; targets are
     read in float32 (float64 for float64 logits), whatever the logits' dtype.
+
+    With ``weight_right [...]`` (D-FINE's FGL, whose bins are not uniform): ``target``'s integer
+    part is the left bin ``l`` (``0 <= l <= R - 2``; not clamped), ``weight_right`` the right
+    bin's weight and ``1 - weight_right`` the left's:
+    ``loss = (1 - wr)·CE(z, l) + wr·CE(z, l + 1)``, D-FINE's
+    ``unimodal_distribution_focal_loss`` row. A left bin outside ``[0, R - 2]`` gives a NaN
+    loss for its row (the library's cross-entropy raises; checking would need a host
+    synchronisation).
     """
     _check_tensor("pred", pred)
     _check_tensor("target", target)
     _check_tensor("weight", weight, optional=True)
+    _check_tensor("weight_right", weight_right, optional=True)
+    if weight_right is not None:
+        if weight_right.shape != target.shape:
+            raise ValueError(f"distribution_focal_loss: weight_right of shape {tuple(weight_right.shape)} "
+                             f"must have target's shape {tuple(target.shape)}")
+        if target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"distribution_focal_loss: target must be a real tensor of left bins, got "
+                            f"{target.dtype}")
+        if not weight_right.is_floating_point():
+            raise TypeError(f"distribution_focal_loss: weight_right must be a floating tensor, got "
+                            f"{weight_right.dtype}")
+        if weight_right.device != target.device:
+            raise ValueError(f"distribution_focal_loss: weight_right is on {weight_right.device}, "
+                             f"target on {target.device}")
+        # the op's split form: [..., 2] (left bin, right weight) in the targets' dtype (opmath)
+        tt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+        target = torch.stack([target.detach().to(tt), weight_right.detach().to(tt)], -1)
+    elif pred.dim() >= 1 and target.shape == (*pred.shape[:-1], 2):
+        # the op's split form is reached through weight_right only: here a shape error
+        raise ValueError(f"detloss.dfl_loss: target of shape {list(target.shape)} must have the "
+                         f"leading shape of pred {list(pred.shape)}, i.e. {list(pred.shape[:-1])} "
+                         "(D-FINE's left bins and right weights: pass weight_right)")
     return _ops.ops.dfl_loss(pred, target, weight, reduction)[0]
 
 

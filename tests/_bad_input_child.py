@@ -74,6 +74,10 @@ SPECS = {
     "distribution_focal_loss": (DF.distribution_focal_loss,
         lambda: {"pred": torch.randn(6, 16, requires_grad=True), "target": T(6) * 15,
                  "reduction": "mean", "weight": T(6)}, {"weight"}, set()),
+    "distribution_focal_loss[split]": (DF.distribution_focal_loss,
+        lambda: {"pred": torch.randn(6, 16, requires_grad=True),
+                 "target": torch.randint(0, 15, (6,)).float(), "reduction": "sum", "weight": T(6),
+                 "weight_right": T(6)}, {"weight", "weight_right"}, set()),
     "distribution_kl_loss": (DF.distribution_kl_loss,
         lambda: {"pred": torch.randn(6, 16, requires_grad=True), "teacher": torch.randn(6, 16),
                  "temperature": 5.0}, set(), {"temperature"}),
@@ -100,6 +104,7 @@ SPECS = {
 
 # arguments whose last dim is free (a number of classes or bins), and functions of one tensor
 FREE_LAST = {"sigmoid_focal_loss[index]": {"input"}, "distribution_focal_loss": {"pred"},
+             "distribution_focal_loss[split]": {"pred"},
              "distribution_integral": {"pred"}, "task_aligned_assign": {"pd_scores"},
              "detr_match_cost": {"logits"}}
 ONE_TENSOR = {"distribution_integral"}

@@ -220,6 +220,19 @@ def test_dfl(bins, dtype):
             cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_integral(z), [z], "none",
                                                     1, retain=retain))
             close(cpu, cuda, dtype, f"integral {bins} {name}")
+    # D-FINE's split targets (left bin, right weight): both edges, a weight of 1 on the last
+    # bin (translate_gt's clamp), a left bin out of range (a NaN row), in every kernel
+    left = torch.randint(0, bins - 1, (rows,), generator=g).float()
+    wr = torch.rand(rows, generator=g)
+    left[:4], wr[:4] = torch.tensor([0.0, bins - 2.0, bins - 1.1, bins - 1.0]), torch.tensor([0.0, 1.0, 1.0, 0.5])
+    for name, z0 in layouts:
+        for requires_grad in (False, True):
+            for reduction in REDUCTIONS:
+                z = z0.detach().clone().requires_grad_(requires_grad)
+                cpu, cuda = both(lambda: loss_and_grads(
+                    lambda: DF.distribution_focal_loss(z, left, reduction, weight=weight, weight_right=wr),
+                    [z], reduction, int(requires_grad)))
+                close(cpu, cuda, dtype, f"dfl split {bins} {name} grad={requires_grad} {reduction}")
     empty = torch.zeros(0, bins, dtype=dtype, requires_grad=True)
     cpu, cuda = both(lambda: loss_and_grads(lambda: DF.distribution_focal_loss(
         empty, torch.zeros(0), reduction="mean"), [empty], "mean", 1))

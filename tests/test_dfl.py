@@ -265,6 +265,77 @@ def test_errors_name_the_argument():
         DF.distribution_focal_loss(z, torch.rand(4), reduction="avg")
 
 
+def split_targets(n, bins, gen=None):
+    """D-FINE's FGL targets: left bins (float, as translate_gt gives them: integers, and
+    R - 1.1 for its clamped last bin) and right weights in [0, 1] (0 and 1 included)."""
+    left = torch.randint(0, bins - 1, (n,), generator=gen).double()
+    wr = torch.rand(n, dtype=torch.float64, generator=gen)
+    left[:4] = torch.tensor([0.0, bins - 2.0, bins - 1.1, 0.0])
+    wr[:4] = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    return left, wr
+
+
+def fgl_reference(z, left, wr, weight=None):
+    """D-FINE's unimodal_distribution_focal_loss rows: two cross-entropies."""
+    l = left.long()
+    loss = F.cross_entropy(z, l, reduction="none") * (1 - wr) + F.cross_entropy(z, l + 1, reduction="none") * wr
+    return loss if weight is None else loss * weight
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bins", [2, 17, 33, 256])
+def test_split_targets_are_dfines_fgl(bins, dtype, device):
+    """weight_right: the left bin given (not clamped: translate_gt's R - 1.1 is bin R - 2),
+    the right weight given, the left 1 - it; value and gradient against the library's two
+    cross-entropies in float64, every reduction, with a weight."""
+    _BINS_IN_CHECK[0] = bins
+    g = torch.Generator().manual_seed(bins)
+    n = 301
+    z64 = torch.randn(n, bins, dtype=torch.float64, generator=g) * 3
+    left, wr = split_targets(n, bins, g)
+    w = torch.rand(n, dtype=torch.float64, generator=g)
+    for reduction in ("none", "sum", "mean"):
+        z = z64.to(dtype).to(device).requires_grad_()
+        zr = z.detach().double().cpu().requires_grad_()
+        wd = w.to(dtype)
+        out = DF.distribution_focal_loss(z, left.float().to(device), reduction, wd.to(device),
+                                         weight_right=wr.float().to(device))
+        ref = fgl_reference(zr, left, wr.float().double(), wd.double())
+        ref = {"none": ref, "sum": ref.sum(), "mean": ref.mean()}[reduction]
+        assert out.dtype == dtype and out.shape == ref.shape
+        assert_close_dtype(out, ref, dtype, f"fgl {reduction}")
+        up = torch.randn(ref.shape, dtype=torch.float64, generator=g).to(dtype)
+        (gz,) = torch.autograd.grad(out, z, up.to(device))
+        (gr,) = torch.autograd.grad(ref, zr, up.double())
+        assert_close_dtype(gz, gr, dtype, f"fgl grad {reduction}")
+
+
+def test_split_targets_edges_and_errors():
+    """A left bin outside [0, R - 2] (or NaN) is a NaN row, the others untouched; the integer
+    left bins of int64 targets; weight_right's shape, dtype and device are checked; a plain
+    call with target [..., 2] is a shape error (the split form is weight_right's)."""
+    z = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    left = torch.tensor([0.0, 6.0, 6.9, 7.0, -0.5, float("nan")], dtype=torch.float64)
+    wr = torch.tensor([0.25, 0.5, 1.0, 0.5, 0.5, 0.5], dtype=torch.float64)
+    out = DF.distribution_focal_loss(z, left, "none", weight_right=wr)
+    assert torch.isnan(out[3:]).all() and torch.isfinite(out[:3]).all()
+    torch.testing.assert_close(out[:3], fgl_reference(z[:3], left[:3], wr[:3]), rtol=1e-14, atol=1e-14)
+    (gz,) = torch.autograd.grad(out.sum(), z)
+    assert torch.isnan(gz[3:]).all() and torch.isfinite(gz[:3]).all()
+    as_int = DF.distribution_focal_loss(z[:3], left[:3].long(), "none", weight_right=wr[:3])
+    torch.testing.assert_close(as_int, out[:3], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"weight_right of shape \(5,\) must have target's shape \(6,\)"):
+        DF.distribution_focal_loss(z, left, weight_right=wr[:5])
+    with pytest.raises(TypeError, match="weight_right must be a floating tensor"):
+        DF.distribution_focal_loss(z, left, weight_right=wr.long())
+    with pytest.raises(TypeError, match="weight_right must be a torch.Tensor"):
+        DF.distribution_focal_loss(z, left, weight_right=0.5)
+    with pytest.raises(ValueError, match=r"target of shape \[6, 2\] must have the leading shape of "
+                       r"pred \[6, 8\], i.e. \[6\] \(D-FINE's left bins and right weights: pass weight_right\)"):
+        DF.distribution_focal_loss(z, torch.stack([left, wr], -1))
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bins", BINS + [4, 5, 32, 33, 128, 129, 257, 301, 1023, 1024])

@@ -22,6 +22,7 @@ DflLoopArgs<T> loop_args(const DflArgs& a, bool integral) {
   DflLoopArgs<T> la;
   la.pred = a.pred.const_data_ptr<T>();
   if (!integral) la.target = a.target.const_data_ptr<at::opmath_type<T>>();
+  la.split = a.split;
   la.weight = a.weight.typed<T>();
   la.bins = a.bins;
   la.integral = integral;

@@ -17,7 +17,8 @@ template <typename T>
 struct DflLoopArgs {
   using opmath = at::opmath_type<T>;
   const T* pred = nullptr;         // [rows, bins]
-  const opmath* target = nullptr;  // [rows] (loss only)
+  const opmath* target = nullptr;  // [rows] (loss only), or [rows, 2] where split
+  bool split = false;              // (left bin, right bin's weight) targets: D-FINE's FGL
   Operand<T> weight;
   Operand<T> grad;                 // backward only
   opmath grad_scale = 1;           // backward: 1/rows for 'mean', else 1

@@ -58,7 +58,7 @@ at::opmath_type<T> dfl_forward_columns(const DflLoopArgs<T>& a, int64_t begin, i
     math::DflTarget<O> tk[W];
     if (!a.integral) {
       for (int64_t k = 0; k < W; ++k) {
-        tk[k] = math::dfl_target(k < n ? a.target[r0 + k] : O(0), R);
+        tk[k] = k < n ? math::dfl_target_at(a.target, a.split, r0 + k, R) : math::dfl_target(O(0), R);
         lin[k] = tk[k].wl * col[tk[k].l * W + k] + tk[k].wr * col[(tk[k].l + 1) * W + k];
       }
     }
@@ -155,7 +155,7 @@ at::opmath_type<T> dfl_forward_impl(const DflLoopArgs<T>& a, int64_t begin, int6
       a.stats_out[2 * row + 1] = d;
       continue;
     }
-    const math::DflTarget<O> t = math::dfl_target(a.target[row], R);
+    const math::DflTarget<O> t = math::dfl_target_at(a.target, a.split, row, R);
     O loss = lse - (t.wl * static_cast<O>(z[t.l]) + t.wr * static_cast<O>(z[t.l + 1]));
     if (t.nan) loss = math::nan_value<O>();
     loss *= math::operand_at(a.weight, row, O(1));
@@ -212,7 +212,7 @@ void dfl_backward_impl(const DflLoopArgs<T>& a, int64_t begin, int64_t end) {
     const O m = a.stats[2 * row], inv_s = O(1) / a.stats[2 * row + 1];
     const O g = math::operand_at(a.grad, row, O(1)) * a.grad_scale *
                 math::operand_at(a.weight, row, O(1));
-    const math::DflTarget<O> t = math::dfl_target(a.target[row], R);
+    const math::DflTarget<O> t = math::dfl_target_at(a.target, a.split, row, R);
     if (t.nan) {
       for (int32_t i = 0; i < R; ++i) gz[i] = static_cast<T>(math::nan_value<O>());
       continue;

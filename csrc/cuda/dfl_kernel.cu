@@ -49,7 +49,7 @@ struct DflForward {
     if constexpr (INTEGRAL) {
       return finish_row<T, true>(p, r, lane, m, s, group_sum<TPR>(si), math::DflTarget<O>{});
     } else {
-      const math::DflTarget<O> t = math::dfl_target(p.target[r], p.bins);
+      const math::DflTarget<O> t = math::dfl_target_at(p.target, p.split, r, p.bins);
       O lin(0);
 #pragma unroll
       for (int j = 0; j < VPT; ++j) lin += math::dfl_pick(t, lane * VPT + j, v[j]);
@@ -106,7 +106,7 @@ struct DflForwardLong {
     const int lane = static_cast<int>(u % kLongTpr);
     const T* row = p.pred + r * p.bins;
     const math::DflTarget<O> t =
-        INTEGRAL ? math::DflTarget<O>{} : math::dfl_target(p.target[r], p.bins);
+        INTEGRAL ? math::DflTarget<O>{} : math::dfl_target_at(p.target, p.split, r, p.bins);
     O m(-INFINITY), s(0), si(0), lin(0);
     for (int first = lane * 4; first < p.bins; first += kLongStep) {
       O v[4];
@@ -192,6 +192,7 @@ DflParams<T> params(const DflArgs& a, bool integral) {
   DflParams<T> p{};
   p.pred = a.pred.const_data_ptr<T>();
   p.target = integral ? nullptr : a.target.const_data_ptr<at::opmath_type<T>>();
+  p.split = a.split;
   p.weight = a.weight.typed<T>();
   p.grad_scale = 1;
   p.bins = a.bins;

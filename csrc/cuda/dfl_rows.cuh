@@ -46,7 +46,7 @@ template <typename T>
 struct DflParams {
   using O = at::opmath_type<T>;
   const T* __restrict__ pred;
-  const O* __restrict__ target;
+  const O* __restrict__ target;  // [rows], or [rows, 2] (left bin, right weight) where split
   Operand<T> weight, grad;
   O grad_scale;
   T* __restrict__ out;       // forward: the row results (or null: reduce); backward: grad
@@ -55,6 +55,7 @@ struct DflParams {
   T* __restrict__ grad_out;   // forward of a differentiable DFL call: d(loss)/d(pred) at upstream 1
   int32_t bins;
   bool vec_ok;  // rows start 4·sizeof(T)-aligned: load/store bins in 4s
+  bool split;   // D-FINE's (left bin, right bin's weight) targets
 };
 
 // Loads bins first .. first + VPT - 1 of a row (`fill` past its end): in packs of 4 when
@@ -154,10 +155,10 @@ struct RowGrad {
     init(p, r, max, sum);
   }
   __device__ __forceinline__ void init(const DflParams<T>& p, int64_t r, O max, O sum) {
+    t = math::dfl_target_at(p.target, p.split, r, p.bins);
     a = max;
-    b = O(1) / sum;
     g = math::operand_at(p.grad, r, O(1)) * p.grad_scale * math::operand_at(p.weight, r, O(1));
-    t = math::dfl_target(p.target[r], p.bins);
+    b = O(1) / sum;
   }
   __device__ __forceinline__ O operator()(int i, O z) const {
     if constexpr (INTEGRAL) {

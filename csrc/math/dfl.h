@@ -42,6 +42,28 @@ DETLOSS_HD DflTarget<S> dfl_target(S y, int32_t bins) {
   return t;
 }
 
+// D-FINE's FGL (unimodal_distribution_focal_loss): its bins are not uniform, so the caller
+// gives the left bin and the right bin's weight:
+//   l = trunc(y) (y >= 0: floor), r = l + 1, wr as given, wl = 1 - wr; no clamp
+// (loss = wl·CE(z, l) + wr·CE(z, r), as the library's two cross-entropies). A left bin outside
+// [0, R - 2], or a NaN, gives a NaN row as a NaN target does.
+template <class S>
+DETLOSS_HD DflTarget<S> dfl_target_split(S y, S wr, int32_t bins) {
+  DflTarget<S> t;
+  t.nan = !(y >= S(0) && y < S(bins - 1));  // (a NaN weight makes a NaN row by itself)
+  t.l = t.nan ? 0 : static_cast<int32_t>(y);
+  t.wr = wr;
+  t.wl = S(1) - wr;
+  return t;
+}
+
+// Row r's target: [rows] distances, or (split) [rows, 2] (left bin, right bin's weight).
+template <class S>
+DETLOSS_HD DflTarget<S> dfl_target_at(const S* target, bool split, int64_t r, int32_t bins) {
+  return split ? dfl_target_split(target[2 * r], target[2 * r + 1], bins)
+               : dfl_target(target[r], bins);
+}
+
 // The bins' share of the loss' linear term: wl·z_l + wr·z_r, for bin i holding z.
 template <class S>
 DETLOSS_HD S dfl_pick(const DflTarget<S>& t, int32_t i, S z) {

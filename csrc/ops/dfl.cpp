@@ -37,9 +37,14 @@ DflArgs prepare_dfl(const at::Tensor& pred, const std::optional<at::Tensor>& tar
                          at::isIntegralType(t.scalar_type(), /*includeBool=*/false),
                      op, ": target must be a real tensor of distances in bins, got ",
                      t.scalar_type());
-    TORCH_CHECK_VALUE(t.sizes() == at::IntArrayRef(a.shape), op, ": target of shape ",
+    // [..., 2]: (left bin, right bin's weight) per row, the weights given (math/dfl.h)
+    std::vector<int64_t> split_shape(a.shape);
+    split_shape.push_back(2);
+    a.split = t.sizes() == at::IntArrayRef(split_shape);
+    TORCH_CHECK_VALUE(a.split || t.sizes() == at::IntArrayRef(a.shape), op, ": target of shape ",
                       t.sizes(), " must have the leading shape of pred ", pred.sizes(), ", i.e. ",
-                      at::IntArrayRef(a.shape));
+                      at::IntArrayRef(a.shape), " (distances in bins), or that and 2 (each row's "
+                      "left bin and right bin's weight)");
     // targets stay in opmath (float32 for half/bf16 logits): their fraction is the weight
     const auto tt = at::toOpMathType(s);
     a.target = (t.scalar_type() == tt ? t : t.to(tt)).contiguous();

@@ -16,7 +16,8 @@ namespace detloss {
 
 struct DflArgs {
   at::Tensor pred;    // [rows, R] contiguous, or bin-major (dfl_bin_major) where kept
-  at::Tensor target;  // [rows] contiguous, opmath dtype (loss only)
+  at::Tensor target;  // [rows] contiguous, opmath dtype (loss only); [rows, 2] where split
+  bool split = false;  // target [..., 2]: (left bin, right bin's weight), D-FINE's FGL
   at::Tensor stats;   // backward: what the forward saved per row, opmath, contiguous
                       // [rows, 2]: the loss' (max z, sum exp(z - max)); the integral's
                       // (lse, mean)
