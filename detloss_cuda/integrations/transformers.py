@@ -32,10 +32,11 @@ calls the fused ops would treat differently go to the library's code):
   detached): no one-hot, target or target-score ``[B, Q, C]`` tensor;
 * ``Deimv2Loss.loss_labels_mal`` (DEIMv2's matchability-aware loss): likewise, ``score`` =
   IoU^gamma, weight 1 on positives and ``mal_alpha·sigmoid(x)^gamma`` (detached) elsewhere;
-* ``DFineLoss.loss_local`` (D-FINE, DEIMv2): DDF's distillation KL of every query's edge
+* ``DFineLoss.loss_local`` (D-FINE, DEIMv2): FGL on the DFL kernel with the library's left
+  bins and right weights (``distribution_focal_loss(..., weight_right=)``: one pass a row
+  where the library runs two cross-entropies), DDF's distillation KL of every query's edge
   distributions on ``distribution_kl_loss`` (one kernel, no ``[B·Q·4, R]`` softmax /
-  log-softmax / KL tensors); FGL stays the library's two ATen cross-entropies (over the
-  matched queries' edges only), as do the weights and masked means.
+  log-softmax / KL tensors); the weights and masked means stay the library's.
 
 The library's own formulas have no ``eps``: the fused ops run with ``eps=0`` (degenerate
 boxes give the same NaN/inf). fp16/bf16 boxes (AMP) go to the library's code, which mixes
@@ -362,13 +363,14 @@ def _wrap_loss_labels_mal(orig, to_corners):
     return loss_labels_mal
 
 
-def _wrap_loss_local(orig, mod, to_corners):
-    """D-FINE's (and DEIMv2's) ``loss_local``: FGL as the library computes it (two ATen
-    cross-entropies over the matched queries' edges: a few rows), DDF's KL of every query's
-    edge distributions against the last layer's on the fused distillation KL
-    (``distribution_kl_loss``: no ``[B·Q·4, R]`` softmax, log-softmax or KL tensors), then the
-    library's weighting and masked means. ``mod``: the library's module (its bbox2distance
-    and box_iou, looked up at call time)."""
+def _wrap_loss_local(orig, mod, to_corners, fgl):
+    """D-FINE's (and DEIMv2's) ``loss_local``: FGL (``fgl``: the library's
+    ``unimodal_distribution_focal_loss``, two cross-entropies a row) on the DFL kernel with
+    translate_gt's left bins and right weights, DDF's KL of every query's edge distributions
+    against the last layer's on the fused distillation KL (``distribution_kl_loss``: no
+    ``[B·Q·4, R]`` softmax, log-softmax or KL tensors), then the library's weighting and
+    masked means. ``mod``: the library's module (its bbox2distance and box_iou, looked up at
+    call time)."""
     @functools.wraps(orig)
     def loss_local(self, outputs, targets, indices, num_boxes, T=5):
         pc, tc = outputs.get("pred_corners"), outputs.get("teacher_corners")
@@ -390,9 +392,18 @@ def _wrap_loss_local(orig, mod, to_corners):
         ious = torch.diag(mod.box_iou(to_corners(outputs["pred_boxes"][idx]),
                                       to_corners(target_boxes))[0])
         weight_targets = ious.unsqueeze(-1).repeat(1, 1, 4).reshape(-1).detach()
-        losses["loss_fgl"] = self.unimodal_distribution_focal_loss(
-            pred_corners, target_corners, weight_right, weight_left, weight_targets,
-            avg_factor=num_boxes)
+        if (type(self).unimodal_distribution_focal_loss is fgl
+                and torch.equal(weight_left, 1 - weight_right)):
+            # wl·CE(l) + wr·CE(l + 1) per edge, weighted by its IoU (float32, as the library's
+            # weight.float()), summed, over num_boxes: the DFL kernel with the given left bins
+            # and right weights (translate_gt's; wl = 1 - wr as it computes them)
+            losses["loss_fgl"] = DF.distribution_focal_loss(
+                pred_corners, target_corners, "sum", weight_targets.float(),
+                weight_right=weight_right) / num_boxes
+        else:
+            losses["loss_fgl"] = self.unimodal_distribution_focal_loss(
+                pred_corners, target_corners, weight_right, weight_left, weight_targets,
+                avg_factor=num_boxes)
         # DDF
         pred_corners, target_corners = pc.reshape(-1, R), tc.reshape(-1, R)
         if torch.equal(pred_corners, target_corners):
@@ -445,7 +456,8 @@ def _apply(ps):
     for name in ("bbox2distance", "box_iou"):
         ps.original(m["d_fine"], name)  # loss_local reads them: they must exist
     plan.append((dfine, "loss_local",
-                 _wrap_loss_local(ps.original(dfine, "loss_local"), m["d_fine"], to_corners)))
+                 _wrap_loss_local(ps.original(dfine, "loss_local"), m["d_fine"], to_corners,
+                                  ps.original(dfine, "unimodal_distribution_focal_loss"))))
     deim = ps.original(m["deimv2"], "Deimv2Loss")
     plan.append((deim, "loss_labels_mal",
                  _wrap_loss_labels_mal(ps.original(deim, "loss_labels_mal"), to_corners)))
