@@ -246,7 +246,7 @@ def test_transformers_unpatch_restores_the_originals():
     from transformers.loss import loss_for_object_detection as od, loss_rt_detr as rt
 
     from transformers.loss import loss_d_fine as df, loss_deformable_detr as dd, loss_deimv2 as deim
-    from transformers.loss import loss_grounding_dino as gd, loss_lw_detr as lw
+    from transformers.loss import loss_grounding_dino as gd, loss_lw_detr as lw, loss_rf_detr as rf
 
     def snapshot():
         return [od.sigmoid_focal_loss, od.generalized_box_iou, od.ImageLoss.__dict__["loss_boxes"],
@@ -254,7 +254,7 @@ def test_transformers_unpatch_restores_the_originals():
                 od.HungarianMatcher.__dict__["forward"],
                 dd.DeformableDetrHungarianMatcher.__dict__["forward"],
                 rt.RTDetrHungarianMatcher.__dict__["forward"],
-                lw.LwDetrHungarianMatcher.__dict__["forward"],
+                lw.LwDetrHungarianMatcher.__dict__["forward"], rf.RfDetrHungarianMatcher.__dict__["forward"],
                 gd.GroundingDinoHungarianMatcher.__dict__["forward"],
                 deim.Deimv2Loss.__dict__["loss_labels_mal"], df.DFineLoss.__dict__["loss_local"]]
 

@@ -177,6 +177,73 @@ def test_rt_detr_and_lw_detr_matchers():
     assert calls == ["focal", "softmax", "focal"]
 
 
+def _rf_scene(seed, sizes=(3, 0, 7, 5), Q=24, H=12, W=10, h=24, w=20):
+    """RF-DETR segmentation outputs: mask logits [B, Q, H, W] and each image's boolean
+    target masks [T_b, h, w] (a blob each), on the box scene."""
+    g = torch.Generator().manual_seed(100 + seed)
+    logits, pb, targets = scene(dtype=torch.float32, seed=seed, Q=Q, sizes=list(sizes))
+    pm = torch.randn(len(sizes), Q, H, W, generator=g) * 3
+    for t in targets:
+        m = torch.zeros(len(t["boxes"]), h, w, dtype=torch.bool)
+        for k in range(len(m)):
+            y, x = (int(v) for v in torch.randint(0, 12, (2,), generator=g))
+            m[k, y:y + 8, x:x + 6] = True
+        t["masks"] = m
+    return logits, pb, pm, targets
+
+
+def test_rf_detr_segmentation_matcher():
+    """RF-DETR's segmentation matcher: the box and class part fused, the mask part the
+    library's lines on the same random points (one torch.rand draw, the generator left where
+    the library leaves it): the library's matchings, one group and three; NaN logits (a row of
+    the largest cost, replaced before the mask cost is added); float64 mask logits (the
+    library's grid_sample error) and a target
+    whose mask count differs from its box count run the library's code."""
+    import detloss_cuda.integrations.transformers as dl
+    from transformers.loss.loss_rf_detr import RfDetrHungarianMatcher
+
+    m = RfDetrHungarianMatcher(class_cost=2, bbox_cost=5, giou_cost=2, mask_point_sample_ratio=4,
+                               cost_mask_class_cost=5, cost_mask_dice_cost=5)
+    calls = []
+    real = dl.DM.detr_match_cost
+
+    def run(out, targets, groups):
+        torch.manual_seed(3)
+        got = m(out, targets, groups)
+        return got, torch.rand(4)  # where the generator was left
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dl.DM, "detr_match_cost", lambda *a, **k: calls.append(k["class_kind"]) or real(*a, **k))
+        for seed, groups in ((0, 1), (1, 3), (2, 1), (3, 3)):
+            logits, pb, pm, targets = _rf_scene(seed)
+            if seed == 2:
+                logits[2, 5] = float("nan")
+            out = {"logits": logits, "pred_boxes": pb, "pred_masks": pm}
+            ref, ref_next = run(out, targets, groups)
+            with dl.patched():
+                got, got_next = run(out, targets, groups)
+            assert torch.equal(ref_next, got_next)
+            for b, ((i, j), (oi, oj)) in enumerate(zip(ref, got)):
+                if seed == 2 and b == 2:
+                    # the NaN query's row is the largest cost: ties only if it had to match
+                    assert 5 not in i.tolist() and torch.equal(i, oi) and torch.equal(j, oj)
+                    continue
+                assert torch.equal(i, oi) and torch.equal(j, oj), (seed, b)
+        assert calls == ["focal"] * 4
+        logits, pb, pm, targets = _rf_scene(4)
+        out = {"logits": logits, "pred_boxes": pb, "pred_masks": pm.double()}
+        with pytest.raises(RuntimeError, match="expected scalar type Double but found Float"):
+            m(out, targets, 1)  # the library's: float64 masks, float32 points in grid_sample
+        with dl.patched():
+            with pytest.raises(RuntimeError, match="expected scalar type Double but found Float"):
+                m(out, targets, 1)
+            bad = [dict(t) for t in targets]
+            bad[0] = dict(bad[0], masks=bad[0]["masks"][:2])
+            with pytest.raises(RuntimeError, match="The size of tensor a"):  # the library's sum
+                m({"logits": logits, "pred_boxes": pb, "pred_masks": pm}, bad, 1)
+    assert calls == ["focal"] * 4
+
+
 def _grounding_scene(seed, sizes=(3, 0, 7, 12), K=16, dtype=torch.float32):
     """Text-token logits [B, Q, K] and per-image label maps (int64 0/1, as the model builds
     them: each class one to three tokens; image 2 has a class without tokens, a NaN cost)."""

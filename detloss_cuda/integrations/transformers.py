@@ -36,7 +36,10 @@ calls the fused ops would treat differently go to the library's code):
   bins and right weights (``distribution_focal_loss(..., weight_right=)``: one pass a row
   where the library runs two cross-entropies), DDF's distillation KL of every query's edge
   distributions on ``distribution_kl_loss`` (one kernel, no ``[B·Q·4, R]`` softmax /
-  log-softmax / KL tensors); the weights and masked means stay the library's.
+  log-softmax / KL tensors); the weights and masked means stay the library's;
+* ``RfDetrHungarianMatcher`` (RF-DETR segmentation): the box and class part as LW-DETR's,
+  the mask part (point sampling, pair-wise sigmoid-CE and dice) the library's own lines,
+  each image's block of it added before the NaN/inf replacement.
 
 The library's own formulas have no ``eps``: the fused ops run with ``eps=0`` (degenerate
 boxes give the same NaN/inf). fp16/bf16 boxes (AMP) go to the library's code, which mixes
@@ -188,10 +191,20 @@ def _wrap_matcher(orig, cls, to_corners, kind):
     return forward
 
 
+def _solve_groups(cost, sizes, group_detr):
+    """LW-DETR's (and RF-DETR's) groups: each group of queries' blocks solved apart, the
+    groups' indices concatenated (offset by the group's first query), as the library does."""
+    n = cost.shape[1] // group_detr
+    indices = []
+    for g in range(group_detr):
+        got_g = DM.solve(cost[:, g * n:(g + 1) * n], sizes)
+        indices = got_g if g == 0 else [(torch.cat([i1, i2 + n * g]), torch.cat([j1, j2]))
+                                        for (i1, j1), (i2, j2) in zip(indices, got_g)]
+    return indices
+
+
 def _wrap_group_matcher(orig, cls, to_corners):
-    """LW-DETR's matcher: the focal cost (alpha 0.25, gamma 2) and each query group's blocks
-    solved apart, the groups' indices concatenated (offset by the group's first query), as
-    the library does."""
+    """LW-DETR's matcher: the focal cost (alpha 0.25, gamma 2), each query group solved apart."""
     @functools.wraps(orig)
     def forward(self, outputs, targets, group_detr):
         got = (_matcher_inputs(outputs, targets, to_corners, float32_only=True)
@@ -203,13 +216,75 @@ def _wrap_group_matcher(orig, cls, to_corners):
             cost = DM.detr_match_cost(logits, pb, labels, boxes, sizes, class_cost=self.class_cost,
                                       bbox_cost=self.bbox_cost, giou_cost=self.giou_cost,
                                       class_kind="focal", alpha=0.25, gamma=2.0)
-        n = logits.shape[1] // group_detr
-        indices = []
-        for g in range(group_detr):
-            got_g = DM.solve(cost[:, g * n:(g + 1) * n], sizes)
-            indices = got_g if g == 0 else [(torch.cat([i1, i2 + n * g]), torch.cat([j1, j2]))
-                                            for (i1, j1), (i2, j2) in zip(indices, got_g)]
-        return indices
+        return _solve_groups(cost, sizes, group_detr)
+    return forward
+
+
+def _blocks(full, sizes, B):
+    """Each image's block of a library cost ``[B·Q, ΣT]`` (every query against every target of
+    the batch), as ``[B, Q, max T]`` with the padding 0 (detr_match_cost's layout)."""
+    full = full.view(B, -1, full.shape[-1])
+    out = full.new_zeros(B, full.shape[1], max(sizes, default=0))
+    start = 0
+    for b, n in enumerate(sizes):
+        out[b, :, :n] = full[b, :, start:start + n]
+        start += n
+    return out
+
+
+def _wrap_rf_matcher(orig, cls, mod, to_corners):
+    """RF-DETR's segmentation matcher: the box and class part as LW-DETR's (the fused
+    per-image cost), the mask part the library's own lines (``mod``'s sample_point and
+    pair-wise sigmoid-CE and dice, on its one torch.rand draw of points: the same draw, every
+    query against every target as there), each image's block of it added in the library's
+    order, then its nan_to_num, the groups solved apart."""
+    @functools.wraps(orig)
+    def forward(self, outputs, targets, group_detr):
+        got = None
+        if type(self) is cls and isinstance(group_detr, int) and group_detr >= 1:
+            got = _matcher_inputs(outputs, targets, to_corners, float32_only=True)
+        if got is not None:
+            pm = outputs.get("pred_masks")
+            masks = [t.get("masks") for t in targets]
+            if not (type(pm) is torch.Tensor and pm.dtype == torch.float32 and pm.dim() == 4
+                    and pm.shape[:2] == got[0].shape[:2] and pm.device == got[0].device
+                    and all(type(m) is torch.Tensor and m.dim() == 3 and m.device == pm.device
+                            and m.shape[1:] == masks[0].shape[1:] for m in masks)
+                    and [len(m) for m in masks] == got[4]):
+                got = None
+        if got is None:
+            return orig(self, outputs, targets, group_detr)
+        logits, pb, labels, boxes, sizes = got
+        B = logits.shape[0]
+        with torch.no_grad():
+            cost = DM.detr_match_cost(logits, pb, labels, boxes, sizes, class_cost=self.class_cost,
+                                      bbox_cost=self.bbox_cost, giou_cost=self.giou_cost,
+                                      class_kind="focal", alpha=0.25, gamma=2.0)
+            # the library's mask lines (its point count: the flattened boxes' [B·Q, 4] shape)
+            out_masks = pm.flatten(0, 1)
+            target_masks = torch.cat(masks)
+            height, width = pb.flatten(0, 1).shape[:2]
+            num_points = height * width // self.mask_point_sample_ratio
+            point_coords = torch.rand(1, num_points, 2, device=out_masks.device)
+            pred_point_coords = point_coords.repeat(out_masks.shape[0], 1, 1)
+            pred_masks_logits = mod.sample_point(out_masks.unsqueeze(1), pred_point_coords,
+                                                 align_corners=False)
+            pred_masks_logits = torch.squeeze(pred_masks_logits, (-1, 1))
+            target_masks = target_masks.to(out_masks.dtype).unsqueeze(1)
+            target_point_coords = point_coords.repeat(target_masks.shape[0], 1, 1)
+            target_masks = mod.sample_point(target_masks, target_point_coords, align_corners=False,
+                                            mode="nearest")
+            target_masks = torch.squeeze(target_masks, (-1, 1))
+            mask_ce = mod.pair_wise_sigmoid_cross_entropy_loss(pred_masks_logits, target_masks)
+            mask_dice = mod.pair_wise_dice_loss(pred_masks_logits, target_masks)
+            # the library adds these after the box and class terms, then replaces NaN/inf; the
+            # fused cost has replaced them already: a replaced entry (the largest float) plus a
+            # finite mask cost stays the largest, and a non-finite sum is replaced below
+            cost = cost + _blocks(self.cost_mask_class * mask_ce, sizes, B)
+            cost = cost + _blocks(self.cost_mask_dice * mask_dice, sizes, B)
+            big = torch.finfo(cost.dtype).max
+            cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
+        return _solve_groups(cost, sizes, group_detr)
     return forward
 
 
@@ -461,7 +536,7 @@ def _apply(ps):
     deim = ps.original(m["deimv2"], "Deimv2Loss")
     plan.append((deim, "loss_labels_mal",
                  _wrap_loss_labels_mal(ps.original(deim, "loss_labels_mal"), to_corners)))
-    # the Hungarian matchers (each exact class; RF-DETR's segmentation matcher keeps its own)
+    # the Hungarian matchers (each exact class)
     for short, name, kind in (
             ("od", "HungarianMatcher", lambda self: ("softmax", 0.25, 2.0)),
             ("deformable_detr", "DeformableDetrHungarianMatcher", lambda self: ("focal", 0.25, 2.0)),
@@ -474,6 +549,10 @@ def _apply(ps):
     plan.append((gd, "forward", _wrap_grounding_matcher(ps.original(gd, "forward"), gd, to_corners)))
     lw = ps.original(m["lw_detr"], "LwDetrHungarianMatcher")
     plan.append((lw, "forward", _wrap_group_matcher(ps.original(lw, "forward"), lw, to_corners)))
+    rf = ps.original(m["rf_detr"], "RfDetrHungarianMatcher")
+    for name in ("sample_point", "pair_wise_sigmoid_cross_entropy_loss", "pair_wise_dice_loss"):
+        ps.original(m["rf_detr"], name)  # the mask cost's lines read them: they must exist
+    plan.append((rf, "forward", _wrap_rf_matcher(ps.original(rf, "forward"), rf, m["rf_detr"], to_corners)))
     for owner, name, new in plan:
         ps.replace(owner, name, new)
 
