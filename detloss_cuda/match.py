@@ -2,7 +2,8 @@
 subclasses), fused: the matching cost of each image's queries against that image's targets
 only, in one kernel (``torch.ops.detloss.detr_match_cost``; the formula in
 ``csrc/math/box.h``), then each image's block solved by SciPy's ``linear_sum_assignment``
-after one host copy of the blocks.
+after one host copy of the blocks, or the whole batch by ``torch-linear-assignment`` on the
+GPU where it is installed (``solve``).
 
 The libraries build the cost of every query of the batch against every target of the batch,
 ``(B·Q) × ΣT`` (a softmax or focal class cost, ``cdist(p=1)``, a GIoU matrix and their weighted
@@ -13,7 +14,7 @@ import torch
 
 from . import _ops
 
-__all__ = ["detr_match_cost", "solve", "hungarian_match"]
+__all__ = ["detr_match_cost", "solve", "hungarian_match", "SOLVERS", "default_solver"]
 
 
 def _check(name, t):
@@ -65,12 +66,59 @@ def detr_match_cost(logits, pred_boxes, target_labels, target_boxes, sizes, *, c
                                     float(giou_cost), float(alpha), float(gamma), convention)
 
 
-def solve(cost, sizes):
-    """Each image's block ``cost[b, :, :sizes[b]]`` solved by SciPy's ``linear_sum_assignment``
-    (one host copy of ``cost``): a list of ``(query indices, target indices)`` int64 tensors,
-    as the libraries' matchers return them. Where several assignments reach the minimum, the
-    one SciPy returns for that block (the libraries' too: the same solver on the same block,
-    up to the last ulp of the costs)."""
+SOLVERS = ("auto", "scipy", "batched")
+default_solver = "auto"  # what solve() (and the patched matchers) use when not told
+
+
+def _batched_solver():
+    try:
+        from torch_linear_assignment import batch_linear_assignment
+    except ImportError:
+        return None
+    return batch_linear_assignment
+
+
+def solve(cost, sizes, solver=None):
+    """Each image's block ``cost[b, :, :sizes[b]]`` solved: a list of ``(query indices, target
+    indices)`` int64 tensors on the CPU, as the libraries' matchers return them.
+
+    ``solver`` (default: ``detloss_cuda.match.default_solver``, ``'auto'``):
+
+    * ``'scipy'``: one host copy of ``cost``, SciPy's ``linear_sum_assignment`` on each block
+      (the libraries' solver). Where several assignments reach the minimum, the one SciPy
+      returns for that block (the libraries' too, up to the last ulp of the costs).
+    * ``'batched'``: the whole padded batch in one call of ``torch_linear_assignment``'s
+      ``batch_linear_assignment`` (an optional dependency: Triton on CUDA GPUs of compute
+      capability 8.0 and newer, SciPy elsewhere), in float64 as SciPy solves, and one host
+      copy of the ``[B, Q]`` assignment. The padding columns cost 0 for every query, so
+      they change no image's optimum; it needs ``Q >= max(sizes)``. The same matchings where
+      the optimum is unique; where it is not, another optimal one (the same total cost).
+    * ``'auto'``: ``'batched'`` where ``cost`` is on a CUDA device, the package is installed
+      and ``Q >= max(sizes)``; ``'scipy'`` otherwise.
+    """
+    solver = default_solver if solver is None else solver
+    if solver not in SOLVERS:
+        raise ValueError(f"solve: solver must be one of {SOLVERS}, got {solver!r}")
+    sizes = [int(n) for n in sizes]
+    fits = cost.dim() == 3 and cost.shape[1] >= max(sizes, default=0)
+    batched = _batched_solver() if solver != "scipy" else None
+    if solver == "batched":
+        if batched is None:
+            raise ImportError("solve(solver='batched') needs torch-linear-assignment "
+                              "(pip install torch-linear-assignment)")
+        if not fits:
+            raise ValueError(f"solve(solver='batched') needs at least as many queries as an "
+                             f"image's targets: cost of shape {tuple(cost.shape)}, sizes {sizes}")
+    elif solver == "auto" and not (cost.is_cuda and batched is not None and fits):
+        batched = None
+    if batched is not None and max(sizes, default=0) > 0:
+        assignment = batched(cost.detach().to(torch.float64)).cpu()
+        out = []
+        for b, n in enumerate(sizes):
+            i = ((assignment[b] >= 0) & (assignment[b] < n)).nonzero().flatten()
+            out.append((i, assignment[b, i]))
+        return out
+
     from scipy.optimize import linear_sum_assignment
 
     blocks = cost.detach().cpu()
@@ -82,7 +130,7 @@ def solve(cost, sizes):
 
 
 def hungarian_match(logits, pred_boxes, targets, *, class_cost=1.0, bbox_cost=1.0, giou_cost=1.0,
-                    class_kind="softmax", alpha=0.25, gamma=2.0):
+                    class_kind="softmax", alpha=0.25, gamma=2.0, solver=None):
     """transformers' ``HungarianMatcher.forward`` (and, with ``class_kind='focal'``, its
     Deformable DETR / RT-DETR subclasses'), fused: ``targets`` a list of dicts with
     ``class_labels [T_b]`` and ``boxes [T_b, 4]`` (cxcywh), one per image."""
@@ -92,4 +140,4 @@ def hungarian_match(logits, pred_boxes, targets, *, class_cost=1.0, bbox_cost=1.
     cost = detr_match_cost(logits, pred_boxes, labels, boxes, sizes, class_cost=class_cost,
                            bbox_cost=bbox_cost, giou_cost=giou_cost, class_kind=class_kind,
                            alpha=alpha, gamma=gamma)
-    return solve(cost, sizes)
+    return solve(cost, sizes, solver)

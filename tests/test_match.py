@@ -331,6 +331,41 @@ def test_what_is_not_routed_keeps_the_librarys_code_and_errors():
     assert calls == []
 
 
+def test_batched_solver_gives_scipys_matchings():
+    """solve(solver='batched'): the padded batch in one call of torch-linear-assignment (SciPy
+    inside it on the CPU; Triton on a GPU: compiled, not run here): the padding columns (cost 0
+    for every query) change no image's optimum, so the matchings are SciPy's on random scenes
+    (images with 0 and with fewer targets than the widest); the largest-float entries of
+    NaN costs are solved in float64 as SciPy does; 'auto' on the CPU is SciPy; the errors."""
+    pytest.importorskip("torch_linear_assignment")
+    import detloss_cuda.match as DM
+
+    for seed in range(4):
+        logits, pb, targets = scene(dtype=torch.float32, seed=seed, sizes=[3, 0, 7, 30])
+        if seed == 3:
+            logits[2, 4] = float("nan")  # a row of the largest float32
+        sizes = [len(t["boxes"]) for t in targets]
+        cost = ours(logits, pb, targets, "focal", class_cost=2.0, bbox_cost=5.0, giou_cost=2.0)
+        ref = solve(cost, sizes, "scipy")
+        for (i, j), (bi, bj) in zip(ref, solve(cost, sizes, "batched")):
+            assert torch.equal(i, bi) and torch.equal(j, bj) and bi.dtype == bj.dtype == torch.int64
+    assert [len(i) for i, _ in solve(cost[:, :, :0], [0] * 4, "batched")] == [0] * 4
+    calls = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DM, "_batched_solver", lambda: calls.append(1) or (lambda c: 1 / 0))
+        solve(cost, sizes)  # auto, on the CPU: SciPy
+        mp.setattr(DM, "default_solver", "batched")
+        with pytest.raises(ZeroDivisionError):
+            solve(cost, sizes)  # the module's default reaches the batched solver
+        mp.setattr(DM, "_batched_solver", lambda: None)
+        with pytest.raises(ImportError, match=r"solve\(solver='batched'\) needs torch-linear-assignment"):
+            solve(cost, sizes)
+    with pytest.raises(ValueError, match=r"solver must be one of \('auto', 'scipy', 'batched'\), got 'lapjv'"):
+        solve(cost, sizes, "lapjv")
+    with pytest.raises(ValueError, match=r"needs at least as many queries as an image's targets"):
+        solve(cost[:, :20], sizes, "batched")
+
+
 def test_errors_name_the_argument():
     logits, pb, targets = scene()
     lab = torch.cat([t["class_labels"] for t in targets])
@@ -381,3 +416,25 @@ def test_cuda_matches_cpu():
             cuda = ours(logits.cuda(), pb.cuda(), [{k: v.cuda() for k, v in t.items()} for t in targets], kind)
             torch.testing.assert_close(cuda.cpu(), cpu, rtol=2e-6 if dtype == torch.float32 else 1e-14,
                                        atol=2e-6 if dtype == torch.float32 else 1e-14)
+
+
+@pytest.mark.cuda
+def test_cuda_auto_solver_is_the_batched_one():
+    """On CUDA with torch-linear-assignment installed, 'auto' solves the batch in one call
+    (Triton on sm_80 and newer) and returns SciPy's matchings on random scenes."""
+    pytest.importorskip("torch_linear_assignment")
+    import detloss_cuda.match as DM
+
+    calls = []
+    real = DM._batched_solver()
+    for seed in range(4):
+        logits, pb, targets = scene(dtype=torch.float32, seed=seed, sizes=[3, 0, 7, 30])
+        sizes = [len(t["boxes"]) for t in targets]
+        cost = ours(logits.cuda(), pb.cuda(), [{k: v.cuda() for k, v in t.items()} for t in targets],
+                    "focal", class_cost=2.0, bbox_cost=5.0, giou_cost=2.0)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(DM, "_batched_solver", lambda: calls.append(1) or real)
+            got = solve(cost, sizes)
+        for (i, j), (gi, gj) in zip(solve(cost, sizes, "scipy"), got):
+            assert torch.equal(i, gi) and torch.equal(j, gj)
+    assert len(calls) == 4
