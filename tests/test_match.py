@@ -230,6 +230,11 @@ def test_rf_detr_segmentation_matcher():
                     continue
                 assert torch.equal(i, oi) and torch.equal(j, oj), (seed, b)
         assert calls == ["focal"] * 4
+        logits, pb, pm, targets = _rf_scene(5, sizes=(0, 0, 0, 0))  # no targets at all
+        out = {"logits": logits, "pred_boxes": pb, "pred_masks": pm}
+        with dl.patched():
+            assert [(len(i), len(j)) for i, j in m(out, targets, 2)] == [(0, 0)] * 4
+        assert calls == ["focal"] * 5
         logits, pb, pm, targets = _rf_scene(4)
         out = {"logits": logits, "pred_boxes": pb, "pred_masks": pm.double()}
         with pytest.raises(RuntimeError, match="expected scalar type Double but found Float"):
@@ -241,7 +246,7 @@ def test_rf_detr_segmentation_matcher():
             bad[0] = dict(bad[0], masks=bad[0]["masks"][:2])
             with pytest.raises(RuntimeError, match="The size of tensor a"):  # the library's sum
                 m({"logits": logits, "pred_boxes": pb, "pred_masks": pm}, bad, 1)
-    assert calls == ["focal"] * 4
+    assert calls == ["focal"] * 5
 
 
 def _grounding_scene(seed, sizes=(3, 0, 7, 12), K=16, dtype=torch.float32):

@@ -220,11 +220,11 @@ def _wrap_group_matcher(orig, cls, to_corners):
     return forward
 
 
-def _blocks(full, sizes, B):
+def _blocks(full, sizes, B, Q):
     """Each image's block of a library cost ``[B·Q, ΣT]`` (every query against every target of
     the batch), as ``[B, Q, max T]`` with the padding 0 (detr_match_cost's layout)."""
-    full = full.view(B, -1, full.shape[-1])
-    out = full.new_zeros(B, full.shape[1], max(sizes, default=0))
+    full = full.view(B, Q, full.shape[-1])
+    out = full.new_zeros(B, Q, max(sizes, default=0))
     start = 0
     for b, n in enumerate(sizes):
         out[b, :, :n] = full[b, :, start:start + n]
@@ -255,7 +255,7 @@ def _wrap_rf_matcher(orig, cls, mod, to_corners):
         if got is None:
             return orig(self, outputs, targets, group_detr)
         logits, pb, labels, boxes, sizes = got
-        B = logits.shape[0]
+        B, Q = logits.shape[:2]
         with torch.no_grad():
             cost = DM.detr_match_cost(logits, pb, labels, boxes, sizes, class_cost=self.class_cost,
                                       bbox_cost=self.bbox_cost, giou_cost=self.giou_cost,
@@ -280,8 +280,8 @@ def _wrap_rf_matcher(orig, cls, mod, to_corners):
             # the library adds these after the box and class terms, then replaces NaN/inf; the
             # fused cost has replaced them already: a replaced entry (the largest float) plus a
             # finite mask cost stays the largest, and a non-finite sum is replaced below
-            cost = cost + _blocks(self.cost_mask_class * mask_ce, sizes, B)
-            cost = cost + _blocks(self.cost_mask_dice * mask_dice, sizes, B)
+            cost = cost + _blocks(self.cost_mask_class * mask_ce, sizes, B, Q)
+            cost = cost + _blocks(self.cost_mask_dice * mask_dice, sizes, B, Q)
             big = torch.finfo(cost.dtype).max
             cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
         return _solve_groups(cost, sizes, group_detr)
