@@ -16,7 +16,8 @@
 #   BENCH_MIN_TIME=s    NCU_K=regex:...  (kernels Nsight Compute profiles)
 # The e2e rows (yolo_loss, retinanet_loss) appear when ultralytics is importable there: the
 # device has no network, so carry its wheels (the device tool's README, "Notes") and put
-# them on PYTHONPATH before this script.
+# them on PYTHONPATH before this script. Likewise torch-linear-assignment (pure Python; its
+# Triton solver is what tests/test_match.py's CUDA solver test runs, skipped without it).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out/gpu}
