@@ -78,9 +78,14 @@ def _batched_solver():
     return batch_linear_assignment
 
 
-def solve(cost, sizes, solver=None):
+def solve(cost, sizes, solver=None, groups=1):
     """Each image's block ``cost[b, :, :sizes[b]]`` solved: a list of ``(query indices, target
     indices)`` int64 tensors on the CPU, as the libraries' matchers return them.
+
+    ``groups`` (LW-DETR's and RF-DETR's ``group_detr``): the queries form that many groups of
+    ``Q // groups`` (a remainder is left out, as the libraries' split leaves it), each matched
+    to the image's targets apart, all groups' blocks in the one host copy (or batched call);
+    an image's indices are its groups' concatenated, offset by each group's first query.
 
     ``solver`` (default: ``detloss_cuda.match.default_solver``, ``'auto'``):
 
@@ -90,8 +95,9 @@ def solve(cost, sizes, solver=None):
     * ``'batched'``: the whole padded batch in one call of ``torch_linear_assignment``'s
       ``batch_linear_assignment`` (an optional dependency: Triton on CUDA GPUs of compute
       capability 8.0 and newer, SciPy elsewhere), in float64 as SciPy solves, and one host
-      copy of the ``[B, Q]`` assignment. The padding columns cost 0 for every query, so
-      they change no image's optimum; it needs ``Q >= max(sizes)``. The same matchings where
+      copy of the ``[B, Q]`` assignment. Each image's columns past its targets are set to 0
+      for every query (a constant: they change no image's optimum); it needs
+      ``Q >= max(sizes)``. The same matchings where
       the optimum is unique; where it is not, another optimal one (the same total cost).
     * ``'auto'``: ``'batched'`` where ``cost`` is on a CUDA device, the package is installed
       and ``Q >= max(sizes)``; ``'scipy'`` otherwise.
@@ -100,6 +106,14 @@ def solve(cost, sizes, solver=None):
     if solver not in SOLVERS:
         raise ValueError(f"solve: solver must be one of {SOLVERS}, got {solver!r}")
     sizes = [int(n) for n in sizes]
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"solve: groups must be an int >= 1, got {groups!r}")
+    if groups > 1:  # [B, G·n, T] -> [B·G, n, T]: image b's group g is problem b·G + g
+        B, n = cost.shape[0], cost.shape[1] // groups
+        flat = cost[:, :groups * n].reshape(B * groups, n, cost.shape[-1])
+        parts = solve(flat, [s for s in sizes for _ in range(groups)], solver)
+        return [(torch.cat([parts[b * groups + g][0] + g * n for g in range(groups)]),
+                 torch.cat([parts[b * groups + g][1] for g in range(groups)])) for b in range(B)]
     fits = cost.dim() == 3 and cost.shape[1] >= max(sizes, default=0)
     batched = _batched_solver() if solver != "scipy" else None
     if solver == "batched":
@@ -112,7 +126,12 @@ def solve(cost, sizes, solver=None):
     elif solver == "auto" and not (cost.is_cuda and batched is not None and fits):
         batched = None
     if batched is not None and max(sizes, default=0) > 0:
-        assignment = batched(cost.detach().to(torch.float64)).cpu()
+        # each image's columns past its targets set to 0 (whatever the cost held there): a
+        # constant for every query, so they move no image's optimum
+        width = max(sizes)
+        c = cost.detach()[:, :, :width].to(torch.float64, copy=True)
+        past = torch.arange(width, device=c.device) >= torch.tensor(sizes, device=c.device)[:, None, None]
+        assignment = batched(c.masked_fill_(past, 0)).cpu()
         out = []
         for b, n in enumerate(sizes):
             i = ((assignment[b] >= 0) & (assignment[b] < n)).nonzero().flatten()

@@ -354,6 +354,12 @@ def test_batched_solver_gives_scipys_matchings():
         ref = solve(cost, sizes, "scipy")
         for (i, j), (bi, bj) in zip(ref, solve(cost, sizes, "batched")):
             assert torch.equal(i, bi) and torch.equal(j, bj) and bi.dtype == bj.dtype == torch.int64
+        # LW-DETR's query groups: 30 queries in 3 groups of 10; image 3's first 5 targets (its
+        # block's other columns hold costs, which the batched solver must not see)
+        g_sizes = [3, 0, 7, 5]
+        for (i, j), (bi, bj) in zip(solve(cost, g_sizes, "scipy", groups=3),
+                                    solve(cost, g_sizes, "batched", groups=3)):
+            assert torch.equal(i, bi) and torch.equal(j, bj)
     assert [len(i) for i, _ in solve(cost[:, :, :0], [0] * 4, "batched")] == [0] * 4
     calls = []
     with pytest.MonkeyPatch.context() as mp:

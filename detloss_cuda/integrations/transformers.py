@@ -191,18 +191,6 @@ def _wrap_matcher(orig, cls, to_corners, kind):
     return forward
 
 
-def _solve_groups(cost, sizes, group_detr):
-    """LW-DETR's (and RF-DETR's) groups: each group of queries' blocks solved apart, the
-    groups' indices concatenated (offset by the group's first query), as the library does."""
-    n = cost.shape[1] // group_detr
-    indices = []
-    for g in range(group_detr):
-        got_g = DM.solve(cost[:, g * n:(g + 1) * n], sizes)
-        indices = got_g if g == 0 else [(torch.cat([i1, i2 + n * g]), torch.cat([j1, j2]))
-                                        for (i1, j1), (i2, j2) in zip(indices, got_g)]
-    return indices
-
-
 def _wrap_group_matcher(orig, cls, to_corners):
     """LW-DETR's matcher: the focal cost (alpha 0.25, gamma 2), each query group solved apart."""
     @functools.wraps(orig)
@@ -216,7 +204,7 @@ def _wrap_group_matcher(orig, cls, to_corners):
             cost = DM.detr_match_cost(logits, pb, labels, boxes, sizes, class_cost=self.class_cost,
                                       bbox_cost=self.bbox_cost, giou_cost=self.giou_cost,
                                       class_kind="focal", alpha=0.25, gamma=2.0)
-        return _solve_groups(cost, sizes, group_detr)
+        return DM.solve(cost, sizes, groups=group_detr)
     return forward
 
 
@@ -284,7 +272,7 @@ def _wrap_rf_matcher(orig, cls, mod, to_corners):
             cost = cost + _blocks(self.cost_mask_dice * mask_dice, sizes, B, Q)
             big = torch.finfo(cost.dtype).max
             cost = torch.nan_to_num(cost, nan=big, posinf=big, neginf=big)
-        return _solve_groups(cost, sizes, group_detr)
+        return DM.solve(cost, sizes, groups=group_detr)
     return forward
 
 
