@@ -339,12 +339,15 @@ def distribution_focal_loss(pred, target, reduction="mean", weight=None, *, weig
         if not weight_right.is_floating_point():
             raise TypeError(f"distribution_focal_loss: weight_right must be a floating tensor, got "
                             f"{weight_right.dtype}")
+        if weight_right.requires_grad:
+            raise RuntimeError("distribution_focal_loss: weight_right requires grad; the loss is "
+                               "differentiable with respect to pred only (detach it)")
         if weight_right.device != target.device:
             raise ValueError(f"distribution_focal_loss: weight_right is on {weight_right.device}, "
                              f"target on {target.device}")
         # the op's split form: [..., 2] (left bin, right weight) in the targets' dtype (opmath)
-        tt = torch.float64 if pred.dtype == torch.float64 else torch.float32
-        target = torch.stack([target.detach().to(tt), weight_right.detach().to(tt)], -1)
+        tt = _ops._opmath(pred.dtype)
+        target = torch.stack([target.to(tt), weight_right.to(tt)], -1)
     elif pred.dim() >= 1 and target.shape == (*pred.shape[:-1], 2):
         # the op's split form is reached through weight_right only: here a shape error
         raise ValueError(f"detloss.dfl_loss: target of shape {list(target.shape)} must have the "

@@ -329,6 +329,10 @@ def test_split_targets_edges_and_errors():
         DF.distribution_focal_loss(z, left, weight_right=wr[:5])
     with pytest.raises(TypeError, match="weight_right must be a floating tensor"):
         DF.distribution_focal_loss(z, left, weight_right=wr.long())
+    with pytest.raises(RuntimeError, match="weight_right requires grad"):
+        DF.distribution_focal_loss(z, left, weight_right=wr.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="target requires grad"):
+        DF.distribution_focal_loss(z, left.clone().requires_grad_(), weight_right=wr)
     with pytest.raises(TypeError, match="weight_right must be a torch.Tensor"):
         DF.distribution_focal_loss(z, left, weight_right=0.5)
     with pytest.raises(ValueError, match=r"target of shape \[6, 2\] must have the leading shape of "
