@@ -85,6 +85,21 @@ def _text(arch):
     return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
 
+def _translate_gt_in_float32(monkeypatch):
+    """D-FINE's translate_gt forms its interpolation weights in float32 (indices.float()) and
+    cannot take float64 distances: a float64 run's targets go through it in float32 (targets,
+    no gradient; a 1e-7 relative change of the reference)."""
+    from transformers.loss import loss_d_fine
+
+    translate = loss_d_fine.translate_gt
+
+    def translate_in_float32(gt, max_num_bins, reg_scale, up):
+        out = translate(gt.float(), max_num_bins, reg_scale, up.float())
+        return tuple(o.double() if o.is_floating_point() else o for o in out)
+
+    monkeypatch.setattr(loss_d_fine, "translate_gt", translate_in_float32)
+
+
 def _detr_step(model, x, labels, patched, **inputs):
     import detloss_cuda.integrations.transformers as dl
 
@@ -129,18 +144,7 @@ def test_detr_family_steps_match(arch, monkeypatch):
     m64 = copy.deepcopy(model).double()
     was = torch.get_default_dtype()
     if arch in ("d_fine", "deimv2"):
-        # D-FINE's translate_gt forms its interpolation weights in float32 (indices.float())
-        # and cannot take float64 distances: the float64 run's targets go through it in
-        # float32 (targets, no gradient; a 1e-7 relative change of the reference)
-        from transformers.loss import loss_d_fine
-
-        translate = loss_d_fine.translate_gt
-
-        def translate_in_float32(gt, max_num_bins, reg_scale, up):
-            out = translate(gt.float(), max_num_bins, reg_scale, up.float())
-            return tuple(o.double() if o.is_floating_point() else o for o in out)
-
-        monkeypatch.setattr(loss_d_fine, "translate_gt", translate_in_float32)
+        _translate_gt_in_float32(monkeypatch)
     torch.set_default_dtype(torch.float64)  # the losses build float32 buffers (class weights)
     try:
         l64, g64 = _detr_step(m64, x.double(), [{k: (v.double() if v.is_floating_point() else v)
@@ -489,14 +493,6 @@ def test_dfine_loss_local_matches():
     import detloss_cuda.integrations.transformers as dl
     from transformers.loss.loss_d_fine import DFineLoss
 
-    from transformers.loss import loss_d_fine
-
-    translate = loss_d_fine.translate_gt
-
-    def translate_in_float32(gt, max_num_bins, reg_scale, up):
-        out = translate(gt.float(), max_num_bins, reg_scale, up.float())
-        return tuple(o.double() if o.is_floating_point() else o for o in out)
-
     crit = DFineLoss(T.DFineConfig(num_labels=5))
     R = crit.max_num_bins + 1
     g = torch.Generator().manual_seed(5)
@@ -524,7 +520,7 @@ def test_dfine_loss_local_matches():
 
         state = g.get_state()
         with pytest.MonkeyPatch.context() as mp:  # translate_gt takes float32 only (as in the steps)
-            mp.setattr(loss_d_fine, "translate_gt", translate_in_float32)
+            _translate_gt_in_float32(mp)
             want64, g64 = run(False, torch.float64)
         g.set_state(state)  # the same teacher logits
         want, gw = run(False)
